@@ -1,0 +1,219 @@
+"""The `streamd` command: start the supervisor, talk to a running one, and the one-shot tools."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from streamd import config as config_module
+from streamd import control, logs
+from streamd.config import Config, ConfigError
+
+EXIT_USAGE = 2  # bad config or arguments: nothing was started
+EXIT_NOT_RUNNING = 3  # the LSB status code for "program is not running"
+
+
+class CommandError(Exception):
+    """A user-facing failure with a one-sentence explanation; exit code 1."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"streamd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(f"streamd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamd", description="A supervised Kafka → MongoDB → HTTP pipeline in one command."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "-c", "--config", help="config file (default: ./config.yaml, else /etc/streamd/config.yaml)"
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("start", cmd_start, "Run the supervisor and every child in the foreground.")
+    stop = command("stop", cmd_stop, "Ask the running supervisor to stop gracefully, and wait.")
+    stop.add_argument("--timeout", type=float, help="seconds to wait (default: graceful_timeout + 15)")
+    status = command("status", cmd_status, "List every child with its state; exit 3 when nothing runs.")
+    status.add_argument("--json", action="store_true", help="print the supervisor's answer as JSON")
+    command("reload", cmd_reload, "Re-read config.yaml and apply only what changed (same as SIGHUP).")
+
+    produce = command("produce", cmd_produce, "Send messages once and report sent / acked / failed.")
+    produce.add_argument("--count", type=positive_int, required=True, help="messages to send")
+    produce.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
+    produce.add_argument("--source", help="the messages' source field (default: producer.source)")
+
+    stack = command("stack", cmd_stack, "Run the local Kafka and MongoDB-wire store for development.")
+    stack.add_argument("action", choices=["up", "down", "status"])
+
+    show = command("config", cmd_config, "Print the effective config (file, defaults and environment).")
+    show.add_argument("--keys", action="store_true", help="print every key with its default and meaning")
+    return parser
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def load(args: argparse.Namespace) -> Config:
+    return config_module.load(args.config)
+
+
+# --- supervisor commands ----------------------------------------------------------------------------
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from streamd import stack
+    from streamd.supervisor import Supervisor, service_children
+
+    config = load(args)
+    logs.configure(config.logging, "supervisor")
+    pid = control.running_pid(config)
+    if pid is not None:
+        raise CommandError(
+            f"a supervisor already runs for state directory {config.state_path} (pid {pid}); "
+            "use `streamd status` to see it or `streamd stop` to stop it."
+        )
+    services = []
+    if config.stack.local is not False:
+        try:
+            stack.provision(config)
+            services = stack.services_to_run(config)
+        except stack.StackError as exc:
+            raise CommandError(str(exc)) from None
+    return Supervisor(config, service_children(services)).run()
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    config = load(args)
+    pid = require_supervisor(config)
+    os.kill(pid, signal.SIGTERM)
+    timeout = args.timeout if args.timeout is not None else config.supervisor.graceful_timeout + 15
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not control.process_alive(pid):
+            print(f"streamd stopped (pid {pid})")
+            return 0
+        time.sleep(0.2)
+    raise CommandError(f"the supervisor (pid {pid}) is still stopping after {timeout:.0f} s; see its log.")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    config = load(args)
+    pid = require_supervisor(config)
+    os.kill(pid, signal.SIGHUP)
+    print(f"reload requested (pid {pid}); the supervisor logs what changed, or why it kept the old config")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import orjson
+
+    config = load(args)
+    try:
+        answer = control.request_status(config)
+    except control.NotRunning as exc:
+        print(f"streamd: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if args.json:
+        print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(
+        f"supervisor pid {answer['pid']}, up {format_duration(answer['uptime'])}, config {answer['config']}"
+    )
+    print(f"{'CHILD':<14}{'STATE':<10}{'PID':>8}  {'UPTIME':>9}  {'RESTARTS':>8}  LAST EXIT")
+    for child in answer["children"]:
+        uptime = format_duration(child["uptime"]) if child["uptime"] is not None else "-"
+        print(
+            f"{child['name']:<14}{child['state']:<10}{child['pid'] or '-':>8}  {uptime:>9}  "
+            f"{child['restarts']:>8}  {child['last_exit'] or '-'}"
+        )
+    return 0
+
+
+def require_supervisor(config: Config) -> int:
+    pid = control.running_pid(config)
+    if pid is None:
+        raise CommandError(f"no streamd supervisor is running for state directory {config.state_path}.")
+    return pid
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# --- one-shot tools ---------------------------------------------------------------------------------
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streamd import producer
+
+    config = load(args)
+    logs.configure(config.logging, "produce")
+    report = producer.produce_once(config, count=args.count, rate=args.rate, source=args.source)
+    print(f"sent {report.sent}, acked {report.acked}, failed {report.failed}")
+    return 0 if report.failed == 0 and report.acked == args.count else 1
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from streamd import stack
+
+    config = load(args)
+    logs.configure(config.logging, "stack")
+    try:
+        if args.action == "up":
+            stack.ensure_running(config)
+            return stack.print_status(config)
+        if args.action == "down":
+            stack.down(config)
+            return 0
+        return stack.print_status(config)
+    except stack.StackError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    if args.keys:
+        for key, default, meaning in config_module.documented_keys():
+            shown = "" if default is None else default
+            print(f"{key} = {shown!r}\n    {meaning}  (env {config_module.env_name(key)})")
+        return 0
+    config = load(args)
+    print(f"# effective config from {config.source or 'built-in defaults'} and STREAMD_* variables")
+    print(yaml.safe_dump(config_module.to_mapping(config), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+"""The one config schema: validates config.yaml, fills defaults, applies env overrides, documents every key.
+
+Each section is a frozen dataclass whose fields carry their default and their documentation; nothing
+else in streamd reads a raw YAML key.  Environment variables override keys: ``STREAMD_<SECTION>_<KEY>``
+(upper case), e.g. ``STREAMD_CONSUMER_PROCESSES=3``, and ``STREAMD_STATE_DIR`` for the top-level key.
+Their values are read as YAML scalars, so ``true``, ``3`` and ``0.5`` mean what they look like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+SEARCH_PATHS = (Path("config.yaml"), Path("/etc/streamd/config.yaml"))
+ENV_PREFIX = "STREAMD_"
+# Keys that size the pipeline rather than configure a child: changing one adds or removes children.
+SCALE_KEYS = {"consumer": "processes"}
+
+
+class ConfigError(Exception):
+    """A user-fixable problem in config.yaml or the environment; the message is one sentence."""
+
+
+def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None) -> Any:
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc, "minimum": minimum, "maximum": maximum})
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    brokers: str = setting(
+        "127.0.0.1:9092", "Bootstrap brokers, comma separated (librdkafka bootstrap.servers)."
+    )
+    topic: str = setting("data-stream", "Topic the producer writes to and the consumers read.")
+    partitions: int = setting(3, "Partitions of the topic when streamd creates it.", minimum=1, maximum=1000)
+    replication_factor: int = setting(
+        1, "Replication factor of topics streamd creates.", minimum=1, maximum=16
+    )
+    dead_letter_topic: str = setting(
+        "data-stream.dlq",
+        "Topic that receives messages the consumer cannot store, with the reason in headers.",
+    )
+    client: dict = setting(
+        {}, "Extra librdkafka properties for every client (e.g. security.protocol, sasl.*)."
+    )
+
+
+@dataclass(frozen=True)
+class MongoConfig:
+    uri: str = setting("mongodb://127.0.0.1:27017", "MongoDB connection string.")
+    database: str = setting("messageDB", "Database holding the messages.")
+    collection: str = setting("messages", "Collection holding the messages.")
+    timeout_ms: int = setting(
+        5000, "How long an operation waits for a usable server before failing.", minimum=100, maximum=600_000
+    )
+
+
+@dataclass(frozen=True)
+class ProducerConfig:
+    enabled: bool = setting(True, "Run the built-in message generator as a child.")
+    interval: float = setting(1.0, "Seconds between generated messages (used when rate is 0).", minimum=0.001)
+    rate: float = setting(0.0, "Messages per second for load; 0 means one every `interval`.", minimum=0)
+    source: str = setting("system-generator", "The `source` field of generated messages.")
+    linger_ms: int = setting(
+        5, "librdkafka linger.ms: how long to wait to fill a batch.", minimum=0, maximum=5000
+    )
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    processes: int = setting(2, "Consumer processes in the group.", minimum=0, maximum=64)
+    group: str = setting("message-processing-group", "Kafka consumer group id.")
+    batch_size: int = setting(
+        500, "Most messages written to the store in one insert_many.", minimum=1, maximum=100_000
+    )
+    batch_timeout_ms: int = setting(
+        100, "Longest wait to fill a batch before writing what arrived.", minimum=1, maximum=60_000
+    )
+    max_message_bytes: int = setting(
+        1_048_576, "Larger message values go to the dead-letter topic.", minimum=1, maximum=100_000_000
+    )
+    schema: str | None = setting(
+        None, "Path to a JSON Schema file for message payloads; empty uses the built-in schema."
+    )
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    host: str = setting("127.0.0.1", "Address the API binds to.")
+    port: int = setting(3000, "Port the API listens on.", minimum=1, maximum=65535)
+    workers: int = setting(2, "Gunicorn worker processes.", minimum=1, maximum=64)
+    threads: int = setting(4, "Threads per Gunicorn worker (gthread worker class).", minimum=1, maximum=256)
+    timeout: int = setting(30, "Seconds before Gunicorn replaces a silent worker.", minimum=1, maximum=3600)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    graceful_timeout: float = setting(
+        30.0, "Seconds children get to stop after SIGTERM before SIGKILL.", minimum=0.1, maximum=3600
+    )
+    backoff_initial: float = setting(1.0, "First restart delay after a child dies.", minimum=0, maximum=3600)
+    backoff_max: float = setting(
+        30.0, "Longest restart delay (the delay doubles per crash).", minimum=0, maximum=3600
+    )
+    crash_limit: int = setting(
+        5,
+        "Exits within crash_window that mark a child FATAL (it is no longer restarted).",
+        minimum=1,
+        maximum=1000,
+    )
+    crash_window: float = setting(
+        60.0, "Seconds over which crash_limit is counted.", minimum=1, maximum=86_400
+    )
+    start_seconds: float = setting(
+        1.0, "A child that stays up this long counts as RUNNING.", minimum=0, maximum=3600
+    )
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "Lowest level logged.")
+    format: Literal["text", "json"] = setting("text", "text for terminals, json for log shippers.")
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    local: Literal["auto", True, False] = setting(
+        "auto",
+        "auto: start a local Kafka and store when the configured ones do not answer; "
+        "true: always run them; false: never (production).",
+    )
+    kafka_version: str = setting("3.9.2", "Apache Kafka version resolved from Maven Central.")
+    kafka_heap: str = setting("512m", "JVM heap of the local Kafka broker (-Xmx).")
+    kafka_controller_port: int = setting(
+        9093, "KRaft controller port of the local broker.", minimum=1, maximum=65535
+    )
+    ferretdb_version: str = setting("v1.24.2", "FerretDB version built when no mongod is on PATH.")
+    cache_dir: str | None = setting(
+        None, "Where downloaded and built server artifacts are kept; empty means <state_dir>/cache."
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    mongodb: MongoConfig = field(default_factory=MongoConfig)
+    producer: ProducerConfig = field(default_factory=ProducerConfig)
+    consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    state_dir: str = setting(
+        ".streamd", "Directory for the pid file, control socket, local server data and cache."
+    )
+    # Where the values came from, for messages and for resolving relative paths; not a config key.
+    source: Path | None = field(default=None, compare=False, metadata={"internal": True})
+
+    @property
+    def state_path(self) -> Path:
+        return self.resolve_path(self.state_dir)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.resolve_path(self.stack.cache_dir) if self.stack.cache_dir else self.state_path / "cache"
+
+    def resolve_path(self, value: str) -> Path:
+        """Relative paths in config.yaml are relative to the file, not to wherever streamd was started."""
+        path = Path(value).expanduser()
+        if path.is_absolute() or self.source is None:
+            return path.absolute()
+        return (self.source.parent / path).absolute()
+
+    def changed_sections(self, other: Config) -> set[str]:
+        """Sections whose children need a restart; a scale key alone only adds or removes children."""
+        changed = set()
+        for name in section_names():
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name in SCALE_KEYS:
+                key = SCALE_KEYS[name]
+                theirs = dataclasses.replace(theirs, **{key: getattr(mine, key)})
+            if mine != theirs:
+                changed.add(name)
+        return changed
+
+
+def section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config) if _is_section(f)]
+
+
+def find_config_path(explicit: str | os.PathLike | None) -> Path | None:
+    """-c wins; else ./config.yaml; else /etc/streamd/config.yaml; else None (built-in defaults)."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file; pass an existing file with -c.")
+        return path.absolute()
+    for candidate in SEARCH_PATHS:
+        if candidate.is_file():
+            return candidate.absolute()
+    return None
+
+
+def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and complete the config; a ConfigError names the file, the key and what was expected."""
+    source = find_config_path(path)
+    raw: Any = {}
+    if source is not None:
+        try:
+            raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(
+                f"{source}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})."
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot be read ({exc.strerror}).") from None
+    label = str(source) if source else "built-in defaults"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label}: the top level must be a mapping of sections (kafka:, consumer:, ...).")
+    raw = _with_env_overrides(raw, os.environ if environ is None else environ)
+    return _build(Config, raw, label, prefix="", extra={"source": source})
+
+
+def from_mapping(raw: Mapping[str, Any], label: str = "<config>") -> Config:
+    """Build a Config from an in-memory mapping (tests, tools); same validation as load()."""
+    return _build(Config, dict(raw), label, prefix="", extra={})
+
+
+def to_mapping(config: Config) -> dict[str, Any]:
+    """The config as plain YAML-ready data (for writing a config file or printing the effective config)."""
+    return {key: value for key, value in dataclasses.asdict(config).items() if key != "source"}
+
+
+def documented_keys() -> Iterator[tuple[str, Any, str]]:
+    """(dotted key, default, meaning) for every key, in schema order: the source of the README table."""
+    for top in dataclasses.fields(Config):
+        if top.metadata.get("internal"):
+            continue
+        if _is_section(top):
+            for f in dataclasses.fields(_field_type(Config, top.name)):
+                yield f"{top.name}.{f.name}", _default_of(f), f.metadata["doc"]
+        else:
+            yield top.name, _default_of(top), top.metadata["doc"]
+
+
+def env_name(dotted_key: str) -> str:
+    return ENV_PREFIX + dotted_key.replace(".", "_").upper()
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+def _is_section(f: dataclasses.Field) -> bool:
+    return dataclasses.is_dataclass(_field_type(Config, f.name))
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def _with_env_overrides(raw: dict, environ: Mapping[str, str]) -> dict:
+    known = {env_name(key): key for key, _, _ in documented_keys()}
+    merged = {name: (dict(value) if isinstance(value, dict) else value) for name, value in raw.items()}
+    for variable, text in environ.items():
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        if variable not in known:
+            raise ConfigError(
+                f"environment variable {variable} names no config key; "
+                f"the rule is STREAMD_<SECTION>_<KEY>, e.g. STREAMD_CONSUMER_PROCESSES."
+            )
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        section, _, key = known[variable].rpartition(".")
+        if section:
+            target = merged.setdefault(section, {})
+            if not isinstance(target, dict):
+                continue  # the file's own error for this section is reported by _build
+            target[key] = value
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type, raw: dict, label: str, prefix: str, extra: dict) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        key = prefix + str(unknown[0])
+        raise ConfigError(f"{label}: unknown key {key!r}; known keys here are {', '.join(sorted(names))}.")
+    values = dict(extra)
+    for name, f in names.items():
+        if name not in raw:
+            continue
+        key = prefix + name
+        expected = _field_type(cls, name)
+        if dataclasses.is_dataclass(expected):
+            section = raw[name]
+            if section is None:
+                section = {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"{label}: {key} must be a mapping of keys, got {_shown(section)}.")
+            values[name] = _build(expected, section, label, prefix=key + ".", extra={})
+        else:
+            values[name] = _coerce(raw[name], expected, f, f"{label}: {key}")
+    return cls(**values)
+
+
+def _coerce(value: Any, expected: Any, f: dataclasses.Field, where: str) -> Any:
+    default = _default_of(f)
+    hint = f" (default {default!r})" if default not in (None, {}) else ""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        options = [t for t in typing.get_args(expected) if t is not type(None)]
+        if value is None or value == "":
+            return None
+        return _coerce(value, options[0], f, where)
+    if origin is Literal:
+        choices = typing.get_args(expected)
+        for choice in choices:
+            if value == choice and type(value) is type(choice):
+                return choice
+            if isinstance(value, str) and isinstance(choice, str) and value.lower() == choice.lower():
+                return choice
+        shown = " | ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+        raise ConfigError(f"{where}: expected one of {shown}, got {_shown(value)}{hint}.")
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {_shown(value)}{hint}.")
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number{_bounds(f)}, got {_shown(value)}{hint}.")
+        return _checked_range(value, f, where, hint)
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number{_bounds(f)}, got {_shown(value)}{hint}.")
+        return _checked_range(float(value), f, where, hint)
+    if expected is str:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: expected a non-empty string, got {_shown(value)}{hint}.")
+        return value
+    if expected is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(
+            isinstance(v, str | int | float | bool) for v in value.values()
+        ):
+            raise ConfigError(
+                f"{where}: expected a mapping of property names to scalar values, got {_shown(value)}."
+            )
+        return {str(k): v for k, v in value.items()}
+    raise TypeError(
+        f"config schema has an unsupported type {expected!r} at {where}"
+    )  # our bug, not the user's
+
+
+def _checked_range(value: float, f: dataclasses.Field, where: str, hint: str) -> Any:
+    low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{where}: expected a value{_bounds(f)}, got {value!r}{hint}.")
+    return value
+
+
+def _bounds(f: dataclasses.Field) -> str:
+    low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+    if low is not None and high is not None:
+        return f" from {low} to {high}"
+    if low is not None:
+        return f" of at least {low}"
+    return ""
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)

@@ -1,0 +1,372 @@
+"""The supervisor: one process that forks every child, restarts what dies and stops everything cleanly.
+
+Shaped like gunicorn's arbiter.  Signal handlers only queue the signal and wake the main loop through
+a self-pipe; the loop then runs, in order:
+
+    dispatch_signals()   SIGHUP → handle_hup (reload), SIGTERM → handle_term, SIGINT → handle_int,
+                         SIGQUIT → handle_quit, SIGCHLD → handle_chld
+    reap_children()      waitpid every exited child and let its `Child` decide: EXITED, BACKOFF or FATAL
+    manage_children()    spawn what is due, promote STARTING to RUNNING, escalate overdue stops
+
+What happens when a child dies is therefore `reap_children` plus `Child.exited` in children.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from setproctitle import setproctitle
+
+from streamd import config as config_module
+from streamd import logs
+from streamd.children import Child, ChildSpec, ChildState, ChildTarget, RestartPolicy, Tier
+from streamd.config import Config, ConfigError
+from streamd.control import ControlServer
+from streamd.lifecycle import Shutdown
+from streamd.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from streamd.stack import Service
+
+log = logging.getLogger("streamd.supervisor")
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+Planner = Callable[[Config, Sequence[ChildSpec]], list[ChildSpec]]
+
+
+def plan_children(config: Config, services: Sequence[ChildSpec] = ()) -> list[ChildSpec]:
+    """The children this config asks for, in start order.  Imports stay lazy so `streamd status` is quick."""
+    from streamd import consumer, producer
+    from streamd.api import server as api_server
+
+    specs = list(services)
+    if config.producer.enabled:
+        specs.append(
+            ChildSpec(
+                "producer", "streamd: producer", producer.run, frozenset({"kafka", "producer", "logging"})
+            )
+        )
+    for index in range(1, config.consumer.processes + 1):
+        specs.append(
+            ChildSpec(
+                f"consumer-{index}",
+                f"streamd: consumer {index}",
+                consumer.run,
+                frozenset({"kafka", "mongodb", "consumer", "logging"}),
+            )
+        )
+    specs.append(
+        ChildSpec("api", "streamd: api", api_server.run, frozenset({"kafka", "mongodb", "api", "logging"}))
+    )
+    return specs
+
+
+def service_children(services: Sequence[Service]) -> list[ChildSpec]:
+    """Local servers (Kafka, the store) run as children too, started first and stopped last."""
+    from streamd import stack
+
+    def runner(service: Service) -> ChildTarget:
+        return lambda config, shutdown: stack.run_service(service, shutdown)
+
+    return [
+        ChildSpec(
+            service.name,
+            f"streamd: {service.name}",
+            runner(service),
+            sections=frozenset(),
+            tier=Tier.SERVICE,
+            ready=service.ready,
+        )
+        for service in services
+    ]
+
+
+class Supervisor:
+    SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
+
+    def __init__(
+        self, config: Config, services: Sequence[ChildSpec] = (), plan: Planner = plan_children
+    ) -> None:
+        self.config = config
+        self.services = list(services)
+        self.plan = plan
+        self.children: list[Child] = []
+        self.signal_queue: list[int] = []
+        self.wake_r, self.wake_w = -1, -1
+        self.control = ControlServer(config)
+        self.notifier = Notifier()
+        self.pid = os.getpid()
+        self.started = time.monotonic()
+        self.stopping = False
+        self.interrupts = 0
+        self.exit_code = 0
+        self.announced_ready = False
+
+    # --- main loop -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        setproctitle("streamd: supervisor")
+        # Orphaned grandchildren (a Gunicorn worker whose master was killed) are re-parented to us,
+        # so we reap them instead of leaving that to init.
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self.init_signals()
+        self.control.open()
+        self.adopt(self.plan(self.config, self.services))
+        log.info("supervisor started (pid %d) with %d children", self.pid, len(self.children))
+        try:
+            while not self.finished():
+                self.sleep()
+                self.dispatch_signals()
+                self.reap_children()
+                self.manage_children()
+                self.notifier.watchdog(time.monotonic())
+        finally:
+            self.control.close()
+        log.info("supervisor stopped")
+        return self.exit_code
+
+    def finished(self) -> bool:
+        return self.stopping and not any(child.is_alive for child in self.children)
+
+    def init_signals(self) -> None:
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for signum in self.SIGNALS:
+            signal.signal(signum, self.on_signal)
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        if len(self.signal_queue) < 16:
+            self.signal_queue.append(signum)
+        self.wakeup()
+
+    def wakeup(self) -> None:
+        try:
+            os.write(self.wake_w, b".")
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EINTR):
+                raise
+
+    def sleep(self) -> None:
+        """Wait for a signal, a control request or the next deadline; whichever comes first."""
+        busy = any(c.state in (ChildState.STARTING, ChildState.STOPPING) for c in self.children)
+        timeout = 0.2 if busy or self.signal_queue else 1.0
+        try:
+            readable, _, _ = select.select([self.wake_r, self.control.fileno()], [], [], timeout)
+        except InterruptedError:
+            return
+        if self.wake_r in readable:
+            try:
+                while os.read(self.wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        if self.control.fileno() in readable:
+            self.control.serve_one(self.status())
+
+    def dispatch_signals(self) -> None:
+        handlers = {
+            signal.SIGHUP: self.handle_hup,
+            signal.SIGTERM: self.handle_term,
+            signal.SIGINT: self.handle_int,
+            signal.SIGQUIT: self.handle_quit,
+            signal.SIGCHLD: self.handle_chld,
+        }
+        while self.signal_queue:
+            handlers[self.signal_queue.pop(0)]()
+
+    # --- signal handlers (run in the main loop, never in signal context) -------------------------
+
+    def handle_chld(self) -> None:
+        pass  # reap_children runs right after dispatch on every wake-up
+
+    def handle_term(self) -> None:
+        self.begin_stop("SIGTERM")
+
+    def handle_int(self) -> None:
+        self.interrupts += 1
+        if self.interrupts > 1:
+            self.handle_quit()
+        else:
+            self.begin_stop("SIGINT (press Ctrl-C again to stop at once)")
+
+    def handle_quit(self) -> None:
+        log.warning("stopping at once: killing every child")
+        self.stopping, self.exit_code = True, 1
+        for child in self.children:
+            child.kill()
+
+    def handle_hup(self) -> None:
+        self.reload()
+
+    # --- reaping and managing --------------------------------------------------------------------
+
+    def reap_children(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = next((c for c in self.children if c.pid == pid), None)
+            if child is None:
+                continue  # an adopted grandchild; reaping it is all we owe it
+            child.exited(status, time.monotonic())
+            if child.retire_after_stop:
+                self.children.remove(child)
+            elif child.respawn_after_stop and not self.stopping:
+                child.respawn_after_stop = False
+                child.rearm()
+
+    def manage_children(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            child.deadline(now)
+        if self.stopping:
+            self.stop_next_tier(now)
+            return
+        for child in self.children:
+            if child.due_to_prove(now):
+                child.proven(now)
+        # Pipeline children wait for local servers to answer once; after that a restarting server is
+        # the client libraries' business (librdkafka and pymongo reconnect by themselves).
+        services_up = all(c.ever_running for c in self.children if c.spec.tier is Tier.SERVICE)
+        for child in self.children:
+            if child.due_to_spawn(now) and (child.spec.tier is Tier.SERVICE or services_up):
+                self.spawn(child)
+        if not self.announced_ready and all(c.ever_running for c in self.children):
+            self.announced_ready = True
+            self.notifier.ready(f"{len(self.children)} children running")
+            log.info("all %d children are running", len(self.children))
+
+    def begin_stop(self, reason: str) -> None:
+        if self.stopping:
+            return
+        log.info(
+            "stopping on %s: children get %.0f s to finish", reason, self.config.supervisor.graceful_timeout
+        )
+        self.stopping = True
+        self.notifier.stopping()
+
+    def stop_next_tier(self, now: float) -> None:
+        """Stop the pipeline first and the local servers last, so consumers can still commit."""
+        for tier in sorted(Tier, reverse=True):
+            members = [c for c in self.children if c.spec.tier is tier and c.is_alive]
+            if members:
+                for child in members:
+                    child.stop_requested(now, self.config.supervisor.graceful_timeout)
+                return
+
+    def spawn(self, child: Child) -> None:
+        pid = os.fork()
+        if pid:
+            child.spawned(pid, time.monotonic())
+            return
+        code = 1
+        try:
+            self.become_child(child)
+            result = child.spec.target(child.config, Shutdown().install())
+            code = result if isinstance(result, int) else 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            log.exception("%s crashed", child.name)
+        finally:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def become_child(self, child: Child) -> None:
+        """Everything a freshly forked child must do before it runs its own code."""
+        # Own process group: Ctrl-C in a terminal reaches only the supervisor, which stops the
+        # children in order (consumers before Kafka) instead of all at once.
+        os.setpgid(0, 0)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.pid:
+            os._exit(1)  # the supervisor died between fork() and prctl()
+        for signum in self.SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        if self.control.sock is not None:
+            # Close, never unlink: the socket file belongs to the supervisor.
+            self.control.sock.close()
+        setproctitle(child.spec.title)
+        logs.configure(child.config.logging, child.name)
+
+    # --- reload ----------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read config.yaml and apply only the difference; a bad file changes nothing."""
+        path = self.config.source
+        try:
+            new = config_module.load(path)
+        except ConfigError as exc:
+            log.error("reload refused, still running the previous config: %s", exc)
+            return
+        self.notifier.reloading()
+        changed = self.config.changed_sections(new)
+        if "stack" in changed or new.state_dir != self.config.state_dir:
+            log.warning("changes to stack and state_dir take effect at the next `streamd start`")
+        if "logging" in changed:
+            logs.configure(new.logging, "supervisor")
+        log.info("reloading %s: changed sections: %s", path, ", ".join(sorted(changed)) or "none")
+        self.config = new
+        desired = {spec.name: spec for spec in self.plan(new, self.services)}
+        now = time.monotonic()
+        for child in list(self.children):
+            child.policy.retune(new.supervisor)
+            spec = desired.pop(child.name, None)
+            if spec is None:
+                self.retire(child, now)
+                continue
+            child.config = new
+            child.rearm()
+            if child.is_alive and child.spec.sections & changed:
+                log.info("restarting %s for its new config", child.name)
+                child.respawn_after_stop = True
+                child.stop_requested(now, new.supervisor.graceful_timeout)
+        self.adopt(desired.values())
+        self.notifier.ready("reloaded")
+
+    def retire(self, child: Child, now: float) -> None:
+        log.info("removing %s", child.name)
+        if child.is_alive:
+            child.retire_after_stop = True
+            child.stop_requested(now, self.config.supervisor.graceful_timeout)
+        else:
+            self.children.remove(child)
+
+    def adopt(self, specs: Sequence[ChildSpec] | object) -> None:
+        for spec in specs:  # type: ignore[attr-defined]
+            self.children.append(Child(spec, RestartPolicy.from_config(self.config.supervisor), self.config))
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        return {
+            "pid": self.pid,
+            "config": str(self.config.source) if self.config.source else None,
+            "uptime": round(now - self.started, 1),
+            "stopping": self.stopping,
+            "children": [child.snapshot(now) for child in self.children],
+        }

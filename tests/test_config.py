@@ -1,0 +1,113 @@
+"""config.yaml validation, defaults and environment overrides: what a user typing a config would see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamd import config as config_module
+from streamd.config import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_text(tmp_path: Path, text: str, environ: dict | None = None):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return config_module.load(path, environ=environ or {})
+
+
+def test_the_shipped_config_is_valid_and_follows_the_tutorial_defaults():
+    settings = config_module.load(REPO / "config.yaml", environ={})
+    assert settings.kafka.topic == "data-stream"
+    assert settings.kafka.brokers == "127.0.0.1:9092"
+    assert settings.consumer.group == "message-processing-group"
+    assert (settings.mongodb.uri, settings.mongodb.database, settings.mongodb.collection) == (
+        "mongodb://127.0.0.1:27017",
+        "messageDB",
+        "messages",
+    )
+    assert settings.api.port == 3000
+    assert settings.stack.local == "auto"
+
+
+def test_an_empty_file_means_all_defaults(tmp_path):
+    assert config_module.from_mapping({}) == load_text(tmp_path, "")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("consumer:\n  batch_size: 0\n", "consumer.batch_size: expected a value from 1 to 100000, got 0"),
+        ("consumer:\n  processes: two\n", "consumer.processes: expected a whole number from 0 to 64, got 'two'"),
+        ("api:\n  port: 70000\n", "api.port: expected a value from 1 to 65535, got 70000"),
+        ("producer:\n  enabled: yes please\n", "producer.enabled: expected true or false, got 'yes please'"),
+        ("logging:\n  format: xml\n", "logging.format: expected one of text | json, got 'xml'"),
+        ("stack:\n  local: sometimes\n", "stack.local: expected one of auto | true | false, got 'sometimes'"),
+        ("kafka:\n  topik: x\n", "unknown key 'kafka.topik'"),
+        ("kafak:\n  topic: x\n", "unknown key 'kafak'"),
+        ("kafka: [a, b]\n", "kafka must be a mapping of keys, got a list"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+        ("kafka:\n  topic: [unclosed\n", "is not valid YAML"),
+        ("mongodb:\n  uri: ''\n", "mongodb.uri: expected a non-empty string"),
+    ],
+)
+def test_a_bad_value_names_the_file_the_key_and_what_was_expected(tmp_path, text, message):
+    with pytest.raises(ConfigError) as error:
+        load_text(tmp_path, text)
+    assert str(tmp_path / "config.yaml") in str(error.value)
+    assert message in str(error.value)
+
+
+def test_environment_variables_override_the_file(tmp_path):
+    settings = load_text(
+        tmp_path,
+        "consumer:\n  processes: 1\n",
+        environ={"STREAMD_CONSUMER_PROCESSES": "4", "STREAMD_STACK_LOCAL": "false", "STREAMD_STATE_DIR": "/srv/x"},
+    )
+    assert settings.consumer.processes == 4
+    assert settings.stack.local is False
+    assert settings.state_path == Path("/srv/x")
+
+
+def test_a_bad_environment_value_is_reported_like_a_bad_file_value(tmp_path):
+    with pytest.raises(ConfigError, match="consumer.batch_size: expected a whole number"):
+        load_text(tmp_path, "", environ={"STREAMD_CONSUMER_BATCH_SIZE": "lots"})
+
+
+def test_an_unknown_streamd_variable_is_an_error_not_a_silent_typo(tmp_path):
+    with pytest.raises(ConfigError, match="STREAMD_CONSUMER_PROCESS names no config key"):
+        load_text(tmp_path, "", environ={"STREAMD_CONSUMER_PROCESS": "3"})
+
+
+def test_relative_paths_are_relative_to_the_config_file_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    settings = load_text(tmp_path, "state_dir: run\n")
+    assert settings.state_path == tmp_path / "run"
+    assert settings.cache_path == tmp_path / "run" / "cache"
+
+
+def test_scaling_consumers_alone_is_not_a_change_that_restarts_them():
+    before = config_module.from_mapping({"consumer": {"processes": 2}})
+    assert before.changed_sections(config_module.from_mapping({"consumer": {"processes": 3}})) == set()
+    bigger_batches = config_module.from_mapping({"consumer": {"processes": 3, "batch_size": 10}})
+    assert before.changed_sections(bigger_batches) == {"consumer"}
+
+
+def test_every_key_is_documented_with_its_default():
+    keys = {key: (default, meaning) for key, default, meaning in config_module.documented_keys()}
+    assert keys["consumer.group"][0] == "message-processing-group"
+    assert all(meaning.strip() for _, meaning in keys.values())
+    assert "source" not in keys, "internal fields are not config keys"
+
+
+def test_the_readme_documents_every_config_key():
+    readme = (REPO / "README.md").read_text()
+    missing = [key for key, _, _ in config_module.documented_keys() if f"`{key}`" not in readme]
+    assert not missing, f"README.md lacks these config keys: {missing}"
+
+
+def test_missing_explicit_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        config_module.load(tmp_path / "nope.yaml")
