@@ -68,9 +68,7 @@ class RestartPolicy:
 
     @classmethod
     def from_config(cls, settings: SupervisorConfig) -> RestartPolicy:
-        return cls(
-            settings.backoff_initial, settings.backoff_max, settings.crash_limit, settings.crash_window
-        )
+        return cls(settings.backoff_initial, settings.backoff_max, settings.crash_limit, settings.crash_window)
 
     def retune(self, settings: SupervisorConfig) -> None:
         self.initial, self.maximum = settings.backoff_initial, settings.backoff_max

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from streamd import config as config_module
 from streamd import control, logs
 from streamd.config import Config, ConfigError
+from streamd.kafka import KafkaUnavailable
 
 EXIT_USAGE = 2  # bad config or arguments: nothing was started
 EXIT_NOT_RUNNING = 3  # the LSB status code for "program is not running"
@@ -32,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"streamd: {exc}", file=sys.stderr)
         return 1
+    except KafkaUnavailable as exc:
+        print(f"streamd: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -42,13 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(
-        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
-    ) -> argparse.ArgumentParser:
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "-c", "--config", help="config file (default: ./config.yaml, else /etc/streamd/config.yaml)"
-        )
+        sub.add_argument("-c", "--config", help="config file (default: ./config.yaml, else /etc/streamd/config.yaml)")
         sub.set_defaults(handler=handler)
         return sub
 
@@ -142,9 +142,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
         return 0
-    print(
-        f"supervisor pid {answer['pid']}, up {format_duration(answer['uptime'])}, config {answer['config']}"
-    )
+    print(f"supervisor pid {answer['pid']}, up {format_duration(answer['uptime'])}, config {answer['config']}")
     print(f"{'CHILD':<14}{'STATE':<10}{'PID':>8}  {'UPTIME':>9}  {'RESTARTS':>8}  LAST EXIT")
     for child in answer["children"]:
         uptime = format_duration(child["uptime"]) if child["uptime"] is not None else "-"

@@ -37,21 +37,15 @@ def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: fl
 
 @dataclass(frozen=True)
 class KafkaConfig:
-    brokers: str = setting(
-        "127.0.0.1:9092", "Bootstrap brokers, comma separated (librdkafka bootstrap.servers)."
-    )
+    brokers: str = setting("127.0.0.1:9092", "Bootstrap brokers, comma separated (librdkafka bootstrap.servers).")
     topic: str = setting("data-stream", "Topic the producer writes to and the consumers read.")
     partitions: int = setting(3, "Partitions of the topic when streamd creates it.", minimum=1, maximum=1000)
-    replication_factor: int = setting(
-        1, "Replication factor of topics streamd creates.", minimum=1, maximum=16
-    )
+    replication_factor: int = setting(1, "Replication factor of topics streamd creates.", minimum=1, maximum=16)
     dead_letter_topic: str = setting(
         "data-stream.dlq",
         "Topic that receives messages the consumer cannot store, with the reason in headers.",
     )
-    client: dict = setting(
-        {}, "Extra librdkafka properties for every client (e.g. security.protocol, sasl.*)."
-    )
+    client: dict = setting({}, "Extra librdkafka properties for every client (e.g. security.protocol, sasl.*).")
 
 
 @dataclass(frozen=True)
@@ -70,18 +64,14 @@ class ProducerConfig:
     interval: float = setting(1.0, "Seconds between generated messages (used when rate is 0).", minimum=0.001)
     rate: float = setting(0.0, "Messages per second for load; 0 means one every `interval`.", minimum=0)
     source: str = setting("system-generator", "The `source` field of generated messages.")
-    linger_ms: int = setting(
-        5, "librdkafka linger.ms: how long to wait to fill a batch.", minimum=0, maximum=5000
-    )
+    linger_ms: int = setting(5, "librdkafka linger.ms: how long to wait to fill a batch.", minimum=0, maximum=5000)
 
 
 @dataclass(frozen=True)
 class ConsumerConfig:
     processes: int = setting(2, "Consumer processes in the group.", minimum=0, maximum=64)
     group: str = setting("message-processing-group", "Kafka consumer group id.")
-    batch_size: int = setting(
-        500, "Most messages written to the store in one insert_many.", minimum=1, maximum=100_000
-    )
+    batch_size: int = setting(500, "Most messages written to the store in one insert_many.", minimum=1, maximum=100_000)
     batch_timeout_ms: int = setting(
         100, "Longest wait to fill a batch before writing what arrived.", minimum=1, maximum=60_000
     )
@@ -108,21 +98,15 @@ class SupervisorConfig:
         30.0, "Seconds children get to stop after SIGTERM before SIGKILL.", minimum=0.1, maximum=3600
     )
     backoff_initial: float = setting(1.0, "First restart delay after a child dies.", minimum=0, maximum=3600)
-    backoff_max: float = setting(
-        30.0, "Longest restart delay (the delay doubles per crash).", minimum=0, maximum=3600
-    )
+    backoff_max: float = setting(30.0, "Longest restart delay (the delay doubles per crash).", minimum=0, maximum=3600)
     crash_limit: int = setting(
         5,
         "Exits within crash_window that mark a child FATAL (it is no longer restarted).",
         minimum=1,
         maximum=1000,
     )
-    crash_window: float = setting(
-        60.0, "Seconds over which crash_limit is counted.", minimum=1, maximum=86_400
-    )
-    start_seconds: float = setting(
-        1.0, "A child that stays up this long counts as RUNNING.", minimum=0, maximum=3600
-    )
+    crash_window: float = setting(60.0, "Seconds over which crash_limit is counted.", minimum=1, maximum=86_400)
+    start_seconds: float = setting(1.0, "A child that stays up this long counts as RUNNING.", minimum=0, maximum=3600)
 
 
 @dataclass(frozen=True)
@@ -140,9 +124,7 @@ class StackConfig:
     )
     kafka_version: str = setting("3.9.2", "Apache Kafka version resolved from Maven Central.")
     kafka_heap: str = setting("512m", "JVM heap of the local Kafka broker (-Xmx).")
-    kafka_controller_port: int = setting(
-        9093, "KRaft controller port of the local broker.", minimum=1, maximum=65535
-    )
+    kafka_controller_port: int = setting(9093, "KRaft controller port of the local broker.", minimum=1, maximum=65535)
     ferretdb_version: str = setting("v1.24.2", "FerretDB version built when no mongod is on PATH.")
     cache_dir: str | None = setting(
         None, "Where downloaded and built server artifacts are kept; empty means <state_dir>/cache."
@@ -159,9 +141,7 @@ class Config:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     stack: StackConfig = field(default_factory=StackConfig)
-    state_dir: str = setting(
-        ".streamd", "Directory for the pid file, control socket, local server data and cache."
-    )
+    state_dir: str = setting(".streamd", "Directory for the pid file, control socket, local server data and cache.")
     # Where the values came from, for messages and for resolving relative paths; not a config key.
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
@@ -220,9 +200,7 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(
-                f"{source}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})."
-            ) from None
+            raise ConfigError(f"{source}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}).") from None
         except OSError as exc:
             raise ConfigError(f"{source}: cannot be read ({exc.strerror}).") from None
     label = str(source) if source else "built-in defaults"
@@ -362,16 +340,10 @@ def _coerce(value: Any, expected: Any, f: dataclasses.Field, where: str) -> Any:
     if expected is dict:
         if value is None:
             return {}
-        if not isinstance(value, dict) or not all(
-            isinstance(v, str | int | float | bool) for v in value.values()
-        ):
-            raise ConfigError(
-                f"{where}: expected a mapping of property names to scalar values, got {_shown(value)}."
-            )
+        if not isinstance(value, dict) or not all(isinstance(v, str | int | float | bool) for v in value.values()):
+            raise ConfigError(f"{where}: expected a mapping of property names to scalar values, got {_shown(value)}.")
         return {str(k): v for k, v in value.items()}
-    raise TypeError(
-        f"config schema has an unsupported type {expected!r} at {where}"
-    )  # our bug, not the user's
+    raise TypeError(f"config schema has an unsupported type {expected!r} at {where}")  # our bug, not the user's
 
 
 def _checked_range(value: float, f: dataclasses.Field, where: str, hint: str) -> Any:

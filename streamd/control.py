@@ -112,8 +112,6 @@ def request_status(config: Config) -> dict:
                 chunks.append(chunk)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
-                raise NotRunning(
-                    f"no streamd supervisor is running for state directory {config.state_path}"
-                ) from None
+                raise NotRunning(f"no streamd supervisor is running for state directory {config.state_path}") from None
             raise
     return orjson.loads(b"".join(chunks))

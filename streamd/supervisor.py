@@ -60,9 +60,7 @@ def plan_children(config: Config, services: Sequence[ChildSpec] = ()) -> list[Ch
     specs = list(services)
     if config.producer.enabled:
         specs.append(
-            ChildSpec(
-                "producer", "streamd: producer", producer.run, frozenset({"kafka", "producer", "logging"})
-            )
+            ChildSpec("producer", "streamd: producer", producer.run, frozenset({"kafka", "producer", "logging"}))
         )
     for index in range(1, config.consumer.processes + 1):
         specs.append(
@@ -73,9 +71,7 @@ def plan_children(config: Config, services: Sequence[ChildSpec] = ()) -> list[Ch
                 frozenset({"kafka", "mongodb", "consumer", "logging"}),
             )
         )
-    specs.append(
-        ChildSpec("api", "streamd: api", api_server.run, frozenset({"kafka", "mongodb", "api", "logging"}))
-    )
+    specs.append(ChildSpec("api", "streamd: api", api_server.run, frozenset({"kafka", "mongodb", "api", "logging"})))
     return specs
 
 
@@ -102,9 +98,7 @@ def service_children(services: Sequence[Service]) -> list[ChildSpec]:
 class Supervisor:
     SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 
-    def __init__(
-        self, config: Config, services: Sequence[ChildSpec] = (), plan: Planner = plan_children
-    ) -> None:
+    def __init__(self, config: Config, services: Sequence[ChildSpec] = (), plan: Planner = plan_children) -> None:
         self.config = config
         self.services = list(services)
         self.plan = plan
@@ -259,9 +253,7 @@ class Supervisor:
     def begin_stop(self, reason: str) -> None:
         if self.stopping:
             return
-        log.info(
-            "stopping on %s: children get %.0f s to finish", reason, self.config.supervisor.graceful_timeout
-        )
+        log.info("stopping on %s: children get %.0f s to finish", reason, self.config.supervisor.graceful_timeout)
         self.stopping = True
         self.notifier.stopping()
 

@@ -12,42 +12,30 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from streamd import config as config_module
 from streamd import control
 
+from .supervisor_process import REPO, SupervisorProcess, process_gone, wait_until
+
 TOY = Path(__file__).with_name("toy_supervisor.py")
-REPO = TOY.parent.parent
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def process_gone(pid: int) -> bool:
-    return not control.process_alive(pid)
-
-
-class ToySupervisor:
+class ToySupervisor(SupervisorProcess):
     def __init__(self, tmp_path: Path, sections: dict) -> None:
         self.dir = tmp_path
-        self.config_path = tmp_path / "config.yaml"
         self.events_path = tmp_path / "events"
-        self.log_path = tmp_path / "supervisor.log"
-        self.process: subprocess.Popen | None = None
-        self._config = None
+        config_path = tmp_path / "config.yaml"
+        super().__init__(
+            config_path,
+            [sys.executable, str(TOY), str(config_path)],
+            tmp_path / "supervisor.log",
+            env={"TOY_EVENTS": str(self.events_path)},
+        )
         self.write(sections)
 
     def write(self, sections: dict) -> None:
@@ -61,58 +49,8 @@ class ToySupervisor:
             merged[key] = {**defaults[key], **sections.get(key, {})}
         self.config_path.write_text(yaml.safe_dump(merged))
 
-    @property
-    def config(self):
-        # Read once: a test may later write an invalid file on purpose.
-        if self._config is None:
-            self._config = config_module.load(self.config_path, environ={})
-        return self._config
-
-    def start(self, env: dict | None = None) -> ToySupervisor:
-        environ = {**os.environ, "TOY_EVENTS": str(self.events_path), "PYTHONPATH": str(REPO), **(env or {})}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(TOY), str(self.config_path)], env=environ, stdout=log, stderr=log
-            )
-        return self
-
-    def status(self) -> dict | None:
-        try:
-            return control.request_status(self.config)
-        except (control.NotRunning, OSError):
-            return None
-
-    def children(self) -> dict[str, dict]:
-        answer = self.status() or {"children": []}
-        return {child["name"]: child for child in answer["children"]}
-
-    def wait_running(self, *names: str, timeout: float = 10.0) -> dict[str, dict]:
-        def all_running():
-            children = self.children()
-            if all(children.get(n, {}).get("state") == "RUNNING" for n in names):
-                return children
-            return None
-
-        return wait_until(all_running, timeout, f"{', '.join(names)} RUNNING")
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def wait_exit(self, timeout: float = 15.0) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
     def events(self) -> list[str]:
         return self.events_path.read_text().splitlines() if self.events_path.exists() else []
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture

@@ -69,9 +69,7 @@ def toy_plan(config: Config, services: Sequence[ChildSpec]) -> list[ChildSpec]:
     ]
     if config.producer.enabled:
         body = BEHAVIOURS.get(config.producer.source, sleeper)
-        specs.append(
-            ChildSpec("producer", "streamd: producer", named("producer", body), frozenset({"producer"}))
-        )
+        specs.append(ChildSpec("producer", "streamd: producer", named("producer", body), frozenset({"producer"})))
     return specs
 
 

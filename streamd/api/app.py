@@ -1,0 +1,38 @@
+"""The Falcon application: routes, JSON media through orjson, and one JSON shape for every error."""
+
+from __future__ import annotations
+
+import falcon
+import falcon.media
+import orjson
+from pymongo.errors import PyMongoError
+
+from streamd.api import errors
+from streamd.api.backends import Backends
+from streamd.api.health import HealthResource, ReadyResource
+from streamd.api.messages import MessageResource, MessagesResource
+from streamd.config import Config
+
+
+def create_app(config: Config, backends: Backends | None = None) -> falcon.App:
+    """The WSGI app of one process; pass `backends` to control (and close) its clients yourself."""
+    backends = backends or Backends(config)
+    app = falcon.App(media_type=falcon.MEDIA_JSON)
+
+    json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json})
+    app.resp_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json})
+    # Falcon drops `?limit=` silently by default; an empty value is a mistake worth a 400.
+    app.req_options.keep_blank_qs_values = True
+
+    app.add_route("/messages", MessagesResource(backends))
+    app.add_route("/messages/{message_id}", MessageResource(backends))
+    app.add_route("/health", HealthResource())
+    app.add_route("/ready", ReadyResource(backends))
+
+    app.set_error_serializer(errors.serialize_error)
+    # Falcon picks the handler of the most specific class in the exception's MRO.
+    app.add_error_handler(Exception, errors.unexpected_error)
+    app.add_error_handler(falcon.HTTPRouteNotFound, errors.route_not_found)
+    app.add_error_handler(PyMongoError, errors.store_error)
+    return app

@@ -1,0 +1,161 @@
+"""The api child: a Gunicorn master in this process, forking gthread workers that each serve create_app().
+
+Gunicorn is driven through its application API, never its command line: the settings come from
+config.api, and nothing here reads sys.argv or GUNICORN_CMD_ARGS (only gunicorn.app.base.Application
+does; BaseApplication does not).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import signal
+import sys
+from typing import Any
+
+import falcon
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.config import Config as GunicornConfig
+from gunicorn.workers.base import Worker
+from setproctitle import setproctitle
+
+from streamd import logs
+from streamd.api.app import create_app
+from streamd.api.backends import Backends
+from streamd.config import Config
+from streamd.lifecycle import Shutdown
+
+PROC_NAME = "streamd: api"
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+log = logging.getLogger("streamd.api")
+
+
+class ApiLogger(glogging.Logger):
+    """Gunicorn's own lines ("Booting worker…") through streamd's log format, tagged with the process."""
+
+    def setup(self, cfg: GunicornConfig) -> None:
+        super().setup(cfg)
+        for handler in list(self.error_log.handlers):
+            if getattr(handler, "_gunicorn", False):
+                self.error_log.removeHandler(handler)
+        self.error_log.propagate = True
+
+
+class ApiArbiter(Arbiter):
+    def handle_usr2(self) -> None:
+        # Gunicorn's binary upgrade re-executes sys.argv, which here is the whole `streamd` command:
+        # it would start a second supervisor. Restarts of the API are the supervisor's job.
+        self.log.warning("ignoring SIGUSR2: the streamd supervisor, not Gunicorn, restarts the API")
+
+
+class ApiServer(BaseApplication):
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.backends: Backends | None = None
+        super().__init__(prog=PROC_NAME)
+
+    def load_config(self) -> None:
+        for key, value in self.settings().items():
+            self.cfg.set(key, value)
+
+    def settings(self) -> dict[str, Any]:
+        api = self.config.api
+        return {
+            "bind": [bind_address(api.host, api.port)],
+            "workers": api.workers,
+            "worker_class": "gthread",
+            "threads": api.threads,
+            "timeout": api.timeout,
+            "graceful_timeout": worker_grace(self.config.supervisor.graceful_timeout),
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": self.config.logging.level.lower(),
+            "logger_class": ApiLogger,
+            "proc_name": PROC_NAME,
+            # Gunicorn 25+ opens a control socket at a per-user path shared by every Gunicorn on the
+            # machine, and it can reload or scale this server behind the supervisor's back.
+            "control_socket_disable": True,
+            "when_ready": self.when_ready,
+            "pre_fork": self.pre_fork,
+            "post_fork": self.post_fork,
+            "worker_exit": self.worker_exit,
+        }
+
+    def load(self) -> falcon.App:
+        # Runs in each worker after the fork (preload_app is off), so every worker has its own clients.
+        self.backends = Backends(self.config)
+        return create_app(self.config, self.backends)
+
+    def run(self) -> None:
+        ApiArbiter(self).run()
+
+    # --- hooks ----------------------------------------------------------------------------------
+
+    def when_ready(self, server: Arbiter) -> None:
+        logs.configure(self.config.logging, "api")
+        setproctitle(PROC_NAME)
+
+    def pre_fork(self, server: Arbiter, worker: Worker) -> None:
+        # The arbiter renames itself "gunicorn: master [...]" right after when_ready and on reload;
+        # every spawn comes after either, so this is where the master's name sticks.
+        setproctitle(PROC_NAME)
+        taken = {getattr(other, "slot", None) for other in server.WORKERS.values()}
+        # The lowest free number, so a replacement worker takes over its predecessor's name.
+        worker.slot = next(n for n in range(1, len(taken) + 2) if n not in taken)
+
+    def post_fork(self, server: Arbiter, worker: Worker) -> None:
+        # The kernel sends SIGTERM (a graceful stop) when the master dies, even by SIGKILL; the
+        # master is a single-threaded process, so "the thread that forked us" is the master itself.
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+        if os.getppid() != server.pid:
+            os._exit(1)  # the master died between fork() and prctl()
+        name = f"api worker {worker.slot}"
+        setproctitle(f"streamd: {name}")
+        logs.configure(self.config.logging, name)
+
+    def worker_exit(self, server: Arbiter, worker: Worker) -> None:
+        if self.backends is not None:
+            self.backends.close()
+
+
+def bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def worker_grace(supervisor_grace: float) -> int:
+    """Gunicorn's graceful timeout: whole seconds, and short of the supervisor's SIGKILL deadline.
+
+    The supervisor's clock starts at the same SIGTERM; finishing a second earlier leaves the master
+    time to reap its workers and exit 0 instead of being killed with them still running.
+    """
+    return max(1, math.ceil(supervisor_grace) - 1)
+
+
+def run(config: Config, shutdown: Shutdown) -> int:
+    """Serve the API until SIGTERM (graceful: in-flight requests finish), then return 0.
+
+    `shutdown` is unused: Gunicorn installs its own signal handlers in this process (SIGTERM graceful,
+    SIGINT/SIGQUIT fast), and the argument only keeps the signature every child target has.
+    """
+    del shutdown
+    master = os.getpid()
+    logs.configure(config.logging, "api")
+    try:
+        ApiServer(config).run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if os.getpid() != master:
+            # A worker ends here. It must not unwind into our caller's frames or atexit hooks:
+            # those belong to the process that forked the master.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+    return 0

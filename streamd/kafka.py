@@ -1,0 +1,86 @@
+"""Kafka as streamd uses it: librdkafka client settings from config.kafka, and topic creation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamd.config import Config, ConfigError, KafkaConfig
+
+log = logging.getLogger(__name__)
+
+TOPIC_TIMEOUT = 10.0
+
+Client = TypeVar("Client")
+
+
+class KafkaUnavailable(Exception):
+    """The brokers did not answer, or refused a request streamd cannot work without; one sentence."""
+
+
+def client_settings(settings: KafkaConfig, role: str, required: dict[str, Any] | None = None) -> dict[str, Any]:
+    """librdkafka properties for one client: the brokers, the user's extras, then what `role` needs.
+
+    The role's own properties are applied last on purpose: commit-after-write and the idempotent
+    producer rest on them, so kafka.client can add security settings but cannot switch those off.
+    """
+    return {
+        "bootstrap.servers": settings.brokers,
+        "client.id": f"streamd-{role}",
+        # librdkafka logs through Python logging (served from poll/consume), so its lines carry the child name.
+        "logger": logging.getLogger(f"kafka.{role}"),
+        **settings.client,
+        **(required or {}),
+    }
+
+
+def make_client(
+    kind: Callable[[dict[str, Any]], Client], settings: KafkaConfig, role: str, required: dict[str, Any] | None = None
+) -> Client:
+    """A Consumer, Producer or AdminClient; a property librdkafka does not accept is a ConfigError."""
+    try:
+        return kind(client_settings(settings, role, required))
+    except KafkaException as exc:
+        raise ConfigError(f"kafka.client: librdkafka refused the {role} settings ({exc.args[0].str()}).") from None
+
+
+def ensure_topic(config: Config, name: str, partitions: int | None = None, timeout: float = TOPIC_TIMEOUT) -> bool:
+    """Create topic `name` unless it exists; True when this call created it.
+
+    Raises KafkaUnavailable when the brokers do not answer within `timeout` seconds.
+    """
+    settings = config.kafka
+    admin = make_client(AdminClient, settings, "admin")
+    # Looking first means a cluster where streamd may read and write but not create topics still works
+    # once an operator has created them, and it turns "no broker" into one clear error.
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"Kafka at {settings.brokers} did not answer within {timeout:g}s ({exc.args[0].str()}); "
+            f"start the broker or fix kafka.brokers in the config."
+        ) from None
+    existing = metadata.topics.get(name)
+    if existing is not None and existing.error is None:
+        return False
+
+    wanted = partitions or settings.partitions
+    topic = NewTopic(name, num_partitions=wanted, replication_factor=settings.replication_factor)
+    future = admin.create_topics([topic], request_timeout=timeout, operation_timeout=timeout)[name]
+    try:
+        future.result()  # request_timeout bounds this: librdkafka always resolves the future
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        # Another child (or another streamd) created it between our look and our request.
+        if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return False
+        raise KafkaUnavailable(
+            f"Kafka at {settings.brokers} did not create topic {name!r} ({error.str()}); "
+            f"create it yourself or check kafka.partitions and kafka.replication_factor."
+        ) from None
+    log.info("created topic %s with %d partitions", name, wanted)
+    return True

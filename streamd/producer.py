@@ -1,0 +1,156 @@
+"""The producer child (a message generator for demos and load) and `streamd produce` (a one-off send).
+
+Generated messages have the tutorial's shape: {"id", "text", "source", "timestamp"}, keyed by id.
+The producer is idempotent with acks=all, so librdkafka's own retries can neither duplicate nor
+reorder a message within its partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streamd.config import Config, ConfigError
+from streamd.ids import new_id
+from streamd.kafka import KafkaUnavailable, ensure_topic, make_client
+from streamd.lifecycle import Shutdown
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.1  # longest wait between delivery-report polls, and so the delay in noticing a stop
+MAX_BURST = 10_000  # most messages sent between two polls when catching up or unpaced
+FLUSH_MARGIN = 1.0  # seconds of supervisor.graceful_timeout left over after flush() for exiting
+
+
+@dataclass
+class ProduceReport:
+    sent: int = 0
+    acked: int = 0
+    failed: int = 0
+
+    def __str__(self) -> str:
+        return f"sent {self.sent}, acked {self.acked}, failed {self.failed}"
+
+
+def new_message(source: str) -> tuple[bytes, bytes]:
+    """(key, value) of one generated message; the key is the id, so messages spread over the partitions."""
+    message_id = new_id()
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+    value = orjson.dumps({"id": message_id, "text": f"Message généré à {stamp}", "source": source, "timestamp": stamp})
+    return message_id.encode(), value
+
+
+class Sender:
+    """A librdkafka producer for config.kafka.topic that counts what it sent and what the broker acknowledged."""
+
+    def __init__(self, config: Config) -> None:
+        self.topic = config.kafka.topic
+        self.report = ProduceReport()
+        self._failing: int | None = None  # error code of the latest failed delivery, until an ack
+        self.producer = make_client(
+            Producer,
+            config.kafka,
+            "producer",
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": config.producer.linger_ms,
+                "on_delivery": self._delivered,
+            },
+        )
+
+    def send(self, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, value, key)
+                break
+            except BufferError:
+                # librdkafka's queue is full (queue.buffering.max.messages): deliveries make room.
+                self.producer.poll(POLL_INTERVAL)
+        self.report.sent += 1
+
+    def poll(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds, serving delivery reports (and librdkafka's log lines)."""
+        self.producer.poll(timeout)
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait for every delivery report (or `timeout` seconds); how many messages are still undelivered."""
+        return self.producer.flush() if timeout is None else self.producer.flush(timeout)
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            self.report.acked += 1
+            self._failing = None
+            return
+        self.report.failed += 1
+        # While the broker is away every message fails the same way: log the change, count the rest.
+        if error.code() != self._failing:
+            self._failing = error.code()
+            log.warning("delivery to %s failed: %s (repeats are counted, not logged)", message.topic(), error.str())
+
+
+def generate(sender: Sender, source: str, rate: float | None, count: int | None, shutdown: Shutdown) -> None:
+    """Send `count` messages (endlessly when None), `rate` per second (as fast as possible when None),
+    until done or asked to stop.
+
+    Message n is due at start + n/rate on the monotonic clock, and every loop sends all that are due,
+    so high rates go out in batches and a late loop catches up instead of slowing the average down.
+    """
+    limit = math.inf if count is None else count
+    start = time.monotonic()
+    sent = 0
+    while sent < limit and not shutdown.requested:
+        due = int((time.monotonic() - start) * rate) + 1 if rate else limit
+        burst = min(due, limit, sent + MAX_BURST) - sent
+        for _ in range(burst):
+            sender.send(*new_message(source))
+        sent += burst
+        wait = start + sent / rate - time.monotonic() if rate else 0.0
+        sender.poll(min(max(wait, 0.0), POLL_INTERVAL))
+
+
+def run(config: Config, shutdown: Shutdown) -> int:
+    """The producer child's main: generate until stopped, then flush within the graceful timeout."""
+    try:
+        ensure_topic(config, config.kafka.topic)
+        sender = Sender(config)
+    except (KafkaUnavailable, ConfigError) as exc:
+        log.error("%s", exc)
+        return 1
+    rate = config.producer.rate or 1 / config.producer.interval
+    log.info("producing to %s at %g messages/s", config.kafka.topic, rate)
+    status = 0
+    try:
+        generate(sender, config.producer.source, rate, None, shutdown)
+    except KafkaException as exc:
+        # A fatal error (e.g. the idempotent producer fenced): this producer instance cannot go on.
+        log.error("stopping on a fatal Kafka error: %s", exc.args[0].str())
+        status = 1
+    grace = config.supervisor.graceful_timeout
+    unflushed = sender.flush(max(grace - FLUSH_MARGIN, grace / 2))
+    log.info("stopped: %s", sender.report)
+    if unflushed:
+        log.error("%d messages were still undelivered when the graceful timeout ran out", unflushed)
+        status = 1
+    return status
+
+
+def produce_once(
+    config: Config, count: int, rate: float | None = None, source: str | None = None, shutdown: Shutdown | None = None
+) -> ProduceReport:
+    """`streamd produce`: send `count` generated messages and wait for every delivery report.
+
+    Raises KafkaUnavailable when the brokers do not answer, ConfigError for a bad kafka.client.
+    """
+    ensure_topic(config, config.kafka.topic)
+    sender = Sender(config)
+    generate(sender, source or config.producer.source, rate, count, shutdown or Shutdown())
+    # No timeout: librdkafka reports every message within message.timeout.ms, delivered or failed.
+    sender.flush()
+    return sender.report

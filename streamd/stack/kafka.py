@@ -1,0 +1,247 @@
+"""The local Apache Kafka: jars from Maven Central, a single KRaft node bound to the configured loopback port.
+
+Kafka's release tarball is just its jars plus shell scripts; resolving the jars with Maven gets the
+same thing from a checksummed repository the JDK toolchain already trusts, and running `java` directly
+means no script sets a JMX port or reads KAFKA_* variables behind our back.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import shutil
+import subprocess
+import uuid
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from streamd.config import Config
+from streamd.stack.endpoint import Endpoint, kafka_endpoints
+from streamd.stack.pidfile import server_home
+from streamd.stack.provisioning import (
+    INSTEAD,
+    cache_lock,
+    failure_line,
+    is_complete,
+    mark_complete,
+    phase,
+    require_tool,
+    run_logged,
+)
+from streamd.stack.service import Service, StackError
+
+SCALA_VERSION = "2.13"
+SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")  # Kafka 3.x logs through log4j 1 (reload4j)
+NODE_ID = 1
+
+POM = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by streamd: only its dependency list matters, to copy Kafka's runtime jars into libs/. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>streamd.stack</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>{version}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_{scala}</artifactId>
+      <version>{version}</version>
+    </dependency>
+    <dependency>
+      <groupId>{slf4j[0]}</groupId>
+      <artifactId>{slf4j[1]}</artifactId>
+      <version>{slf4j[2]}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+
+def artifacts_dir(config: Config) -> Path:
+    return config.cache_path / f"kafka-{config.stack.kafka_version}"
+
+
+def home_dir(config: Config) -> Path:
+    """Everything of one local broker: its properties, cluster id, data, and (when detached) log and pid."""
+    return server_home(config, "kafka")
+
+
+def data_dir(config: Config) -> Path:
+    return home_dir(config) / "data"
+
+
+def broker_endpoint(config: Config) -> Endpoint:
+    """The one loopback address a local broker may bind; StackError for anything else."""
+    brokers = config.kafka.brokers
+    try:
+        endpoints = kafka_endpoints(brokers)
+    except ValueError as exc:
+        raise StackError(f"kafka.brokers {brokers!r} is not a list of host:port ({exc}).") from None
+    if len(endpoints) != 1:
+        raise StackError(
+            f"kafka.brokers lists {len(endpoints)} brokers but a local Kafka is a single node; "
+            f"set it to one loopback host:port such as 127.0.0.1:9092, or set stack.local: false."
+        )
+    broker = endpoints[0]
+    if not broker.is_loopback:
+        raise StackError(
+            f"kafka.brokers is {brokers}, which is not a loopback address, so streamd will not start a "
+            f"local Kafka for it; start that broker, set kafka.brokers to 127.0.0.1:<port>, "
+            f"or set stack.local: false."
+        )
+    if broker.port == config.stack.kafka_controller_port:
+        raise StackError(
+            f"stack.kafka_controller_port {broker.port} is also the port of kafka.brokers; "
+            f"give the local KRaft controller a port of its own."
+        )
+    return broker
+
+
+def controller_endpoint(config: Config) -> Endpoint:
+    return Endpoint("127.0.0.1", config.stack.kafka_controller_port)
+
+
+def server_properties(config: Config) -> str:
+    """A single-node KRaft broker+controller; replication factors of 1 because there is only one node."""
+    broker = broker_endpoint(config)
+    bind = Endpoint(broker.bind_host, broker.port)
+    controller = controller_endpoint(config)
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": NODE_ID,
+        "controller.quorum.voters": f"{NODE_ID}@{controller}",
+        "listeners": f"PLAINTEXT://{bind},CONTROLLER://{controller}",
+        "advertised.listeners": f"PLAINTEXT://{broker}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": data_dir(config),
+        "offsets.topic.replication.factor": 1,
+        "transaction.state.log.replication.factor": 1,
+        "transaction.state.log.min.isr": 1,
+        # A lone consumer should not wait the default 3 s for group members that will never come.
+        "group.initial.rebalance.delay.ms": 0,
+        "num.partitions": config.kafka.partitions,
+    }
+    header = "# Written by streamd on every start from config.yaml; edits here are overwritten.\n"
+    return header + "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def new_cluster_id() -> str:
+    """Kafka's own format (base64url of a UUID, unpadded); like Kafka's Uuid.randomUuid it avoids a leading
+    "-", which the storage tool's argument parser would take for an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def provision(config: Config) -> Path:
+    """Resolve Kafka's runtime jars into the cache once; return the libs directory."""
+    version = config.stack.kafka_version
+    directory = artifacts_dir(config)
+    libs = directory / "libs"
+    if is_complete(directory):
+        return libs
+    require_tool("java", "run a local Kafka", "a JDK 17 (e.g. openjdk-17-jdk-headless)")
+    mvn = require_tool("mvn", "download a local Kafka from Maven Central", "Maven (e.g. the maven package)")
+    with cache_lock(config.cache_path):
+        if is_complete(directory):
+            return libs
+        shutil.rmtree(libs, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "pom.xml").write_text(
+            POM.format(version=version, scala=SCALA_VERSION, slf4j=SLF4J_BINDING), encoding="utf-8"
+        )
+        log = directory / "mvn.log"
+        with phase(f"kafka {version}: resolving jars from Maven Central with mvn"):
+            argv = [
+                mvn,
+                "-B",
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={libs}",
+                "-DincludeScope=runtime",
+            ]
+            tail = run_logged(argv, cwd=directory, log_path=log)
+            if tail:
+                reason = failure_line(tail, ("[ERROR]",))
+                raise StackError(
+                    f"mvn could not fetch Kafka {version} ({reason}; full output in {log}); "
+                    f"check the network and stack.kafka_version, {INSTEAD}."
+                )
+        mark_complete(directory)
+    return libs
+
+
+def service(config: Config) -> Service:
+    """The local broker, ready to exec: jars provisioned, properties written, storage formatted."""
+    broker = broker_endpoint(config)
+    java = require_tool("java", "run a local Kafka", "a JDK 17 (e.g. openjdk-17-jdk-headless)")
+    libs = provision(config)
+    home = home_dir(config)
+    data_dir(config).mkdir(parents=True, exist_ok=True)
+    properties = home / "server.properties"
+    properties.write_text(server_properties(config), encoding="utf-8")
+    log4j = home / "log4j.properties"
+    log4j.write_bytes(resources.files("streamd.stack").joinpath("log4j.properties").read_bytes())
+    jvm = [java, "-Djava.awt.headless=true", f"-Dlog4j.configuration={log4j.as_uri()}", "-cp", f"{libs}/*"]
+    _format_storage(config, jvm, properties)
+    heap = config.stack.kafka_heap
+    return Service(
+        name="kafka",
+        argv=[jvm[0], f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", *jvm[1:], "kafka.Kafka", str(properties)],
+        env={},
+        cwd=home,
+        endpoint=str(broker),
+        data_dir=data_dir(config),
+        stop_timeout=config.supervisor.graceful_timeout * 0.8,
+        check=functools.partial(answers, str(broker), {}),
+    )
+
+
+def _format_storage(config: Config, jvm: list[str], properties: Path) -> None:
+    """KRaft refuses to start on an unformatted log dir: format it once, keeping the cluster id beside it."""
+    data = data_dir(config)
+    if (data / "meta.properties").is_file():
+        return
+    id_file = home_dir(config) / "cluster.id"
+    if not id_file.is_file():
+        id_file.write_text(new_cluster_id() + "\n", encoding="utf-8")
+    cluster_id = id_file.read_text(encoding="utf-8").strip()
+    with phase(f"kafka: formatting storage (cluster id {cluster_id})"):
+        argv = [
+            *jvm,
+            "kafka.tools.StorageTool",
+            "format",
+            "--ignore-formatted",
+            "-t",
+            cluster_id,
+            "-c",
+            str(properties),
+        ]
+        result = subprocess.run(argv, cwd=home_dir(config), capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            lines = (result.stdout + result.stderr).strip().splitlines() or ["no output"]
+            raise StackError(f"formatting the local Kafka storage in {data} failed: {lines[-1].strip()}.")
+
+
+def answers(brokers: str, client: Mapping[str, Any], timeout: float = 3.0) -> bool:
+    """True when a broker returns cluster metadata with at least one live broker in it."""
+    try:
+        if not any(endpoint.answers() for endpoint in kafka_endpoints(brokers)):
+            return False  # nothing listens: skip librdkafka's retries and its connection-refused noise
+    except ValueError:
+        return False
+    # log_level 0: a probe that fails is an answer here, not an error worth printing.
+    admin = AdminClient({"log_level": 0, **client, "bootstrap.servers": brokers})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return bool(metadata.brokers)

@@ -1,0 +1,113 @@
+"""A supervisor under test, run as a real process: start it, ask its status, signal it, read its log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from streamd import config as config_module
+from streamd import control
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def process_gone(pid: int) -> bool:
+    return not control.process_alive(pid)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children, Gunicorn workers, the JVM of a local server…)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_bytes().rpartition(b")")[2].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+class SupervisorProcess:
+    def __init__(self, config_path: Path, command: Sequence[str], log_path: Path, env: dict | None = None) -> None:
+        self.config_path = config_path
+        self.command = list(command)
+        self.log_path = log_path
+        self.env = env or {}
+        self.process: subprocess.Popen | None = None
+        self._config = None
+
+    @property
+    def config(self):
+        # Read once: a test may later write an invalid file on purpose.
+        if self._config is None:
+            self._config = config_module.load(self.config_path, environ={})
+        return self._config
+
+    def start(self, env: dict | None = None) -> SupervisorProcess:
+        environ = {**os.environ, "PYTHONPATH": str(REPO), **self.env, **(env or {})}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, env=environ, stdout=log, stderr=log)
+        return self
+
+    def status(self) -> dict | None:
+        try:
+            return control.request_status(self.config)
+        except (control.NotRunning, OSError):
+            return None
+
+    def children(self) -> dict[str, dict]:
+        answer = self.status() or {"children": []}
+        return {child["name"]: child for child in answer["children"]}
+
+    def wait_running(self, *names: str, timeout: float = 10.0) -> dict[str, dict]:
+        def all_running():
+            children = self.children()
+            if all(children.get(n, {}).get("state") == "RUNNING" for n in names):
+                return children
+            return None
+
+        return wait_until(all_running, timeout, f"{', '.join(names)} RUNNING; log:\n{self.log_tail()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            leftovers = descendants(self.process.pid)
+            self.process.kill()
+            self.process.wait()
+            for pid in leftovers:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass

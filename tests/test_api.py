@@ -1,0 +1,593 @@
+"""The REST API as a client sees it: GET /messages, GET /messages/{id}, /health, /ready, and its errors.
+
+Reads run against the real store (a database of their own per test); requests that must be rejected
+run against a store nobody listens on, so a value that slipped through validation would show up as
+a 503 instead of the expected 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.testing
+import pytest
+
+from streamd import config as config_module
+from streamd.api import create_app
+from streamd.api.backends import Backends
+from streamd.api.messages import NEWEST_FIRST, list_filter
+from streamd.api.params import Cursor, MessageQuery
+from streamd.config import Config
+from streamd.store import INDEXES, MessageStore
+
+from .conftest import REPO, free_port
+from .supervisor_process import descendants, process_gone, wait_until
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+ITEM_KEYS = {"id", "content", "timestamp", "source", "ingested_at", "kafka"}
+
+
+def stored(message_id: str, timestamp: datetime, source: str | None = "sensor-a", **extra: Any) -> dict:
+    """A document as the consumer stores it."""
+    return {
+        "_id": message_id,
+        "content": f"content of {message_id}",
+        "timestamp": timestamp,
+        "source": source,
+        "ingested_at": timestamp + timedelta(seconds=1),
+        "kafka": {"topic": "data-stream", "partition": 0, "offset": 7},
+        **extra,
+    }
+
+
+def with_dead(config: Config, dependency: str) -> Config:
+    """`config` with Kafka or the store moved to a loopback port nobody listens on."""
+    mapping = config_module.to_mapping(config)
+    if dependency == "kafka":
+        mapping["kafka"]["brokers"] = f"127.0.0.1:{free_port()}"
+    else:
+        mapping["mongodb"] |= {"uri": f"mongodb://127.0.0.1:{free_port()}", "timeout_ms": 200}
+    return config_module.from_mapping(mapping)
+
+
+@pytest.fixture
+def store(pipeline_config: Config) -> Iterator[MessageStore]:
+    messages = MessageStore(pipeline_config.mongodb)
+    messages.ensure_indexes()
+    yield messages
+    messages.client.drop_database(pipeline_config.mongodb.database)
+    messages.close()
+
+
+@contextmanager
+def api_client(config: Config) -> Iterator[falcon.testing.TestClient]:
+    backends = Backends(config)
+    try:
+        yield falcon.testing.TestClient(create_app(config, backends))
+    finally:
+        backends.close()
+
+
+@pytest.fixture
+def client(pipeline_config: Config, store: MessageStore) -> Iterator[falcon.testing.TestClient]:
+    with api_client(pipeline_config) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def offline_client() -> Iterator[falcon.testing.TestClient]:
+    """An API whose store and Kafka are closed loopback ports."""
+    config = config_module.from_mapping(
+        {
+            "kafka": {"brokers": f"127.0.0.1:{free_port()}"},
+            "mongodb": {"uri": f"mongodb://127.0.0.1:{free_port()}", "timeout_ms": 200},
+        }
+    )
+    with api_client(config) as test_client:
+        yield test_client
+
+
+def ids(body: dict) -> list[str]:
+    return [item["id"] for item in body["data"]]
+
+
+def all_pages(client: falcon.testing.TestClient, **params: str) -> list[list[str]]:
+    pages, cursor = [], None
+    while True:
+        query = {**params, **({"before": cursor} if cursor else {})}
+        response = client.simulate_get("/messages", params=query)
+        assert response.status_code == 200, response.json
+        pages.append(ids(response.json))
+        cursor = response.json["next"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 100, "pagination does not end"
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+# --- GET /messages ---------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_list_returns_newest_first_in_the_documented_shape(client, store):
+    store.insert_batch(
+        [stored("m-old", T0), stored("m-new", T0 + timedelta(minutes=2)), stored("m-mid", T0 + timedelta(minutes=1))]
+    )
+
+    response = client.simulate_get("/messages")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json["count"] == 3
+    assert response.json["next"] is None
+    assert ids(response.json) == ["m-new", "m-mid", "m-old"]
+    assert response.json["data"][2] == {
+        "id": "m-old",
+        "content": "content of m-old",
+        "timestamp": "2024-05-01T12:00:00.000Z",
+        "source": "sensor-a",
+        "ingested_at": "2024-05-01T12:00:01.000Z",
+        "kafka": {"topic": "data-stream", "partition": 0, "offset": 7},
+    }
+
+
+@pytest.mark.integration
+def test_list_exposes_only_the_documented_fields(client, store):
+    store.insert_batch([stored("m-1", T0, internal_note="not for clients")])
+
+    item = client.simulate_get("/messages").json["data"][0]
+
+    assert set(item) == ITEM_KEYS
+
+
+@pytest.mark.integration
+def test_list_returns_100_messages_by_default_and_honours_limit(client, store):
+    store.insert_batch([stored(f"m-{i:03d}", T0 + timedelta(seconds=i)) for i in range(101)])
+
+    default = client.simulate_get("/messages")
+    limited = client.simulate_get("/messages", params={"limit": "5"})
+
+    assert default.json["count"] == 100
+    assert default.json["next"] is not None
+    assert ids(limited.json) == [f"m-{i:03d}" for i in range(100, 95, -1)]
+
+
+@pytest.mark.integration
+def test_no_next_cursor_when_the_last_page_is_exactly_full(client, store):
+    store.insert_batch([stored(f"m-{i}", T0 + timedelta(seconds=i)) for i in range(4)])
+
+    assert all_pages(client, limit="2") == [["m-3", "m-2"], ["m-1", "m-0"]]
+
+
+@pytest.mark.integration
+def test_cursor_pages_have_no_duplicate_and_no_gap_across_equal_timestamps(client, store):
+    # 23 messages in groups sharing one millisecond, with ids not in insertion order: pages of 3
+    # split most groups, which is where a timestamp-only cursor skips or repeats messages.
+    documents = []
+    for i in range(23):
+        message_id = f"{uuid.uuid4().hex[:6]}-{i}"
+        documents.append(stored(message_id, T0 + timedelta(milliseconds=i // 5)))
+    store.insert_batch(documents)
+    expected = [d["_id"] for d in sorted(documents, key=lambda d: (d["timestamp"], d["_id"]), reverse=True)]
+
+    pages = all_pages(client, limit="3")
+
+    assert [len(page) for page in pages] == [3] * 7 + [2]
+    assert [message_id for page in pages for message_id in page] == expected
+
+
+@pytest.mark.integration
+def test_cursor_pages_do_not_shift_when_newer_messages_arrive(client, store):
+    store.insert_batch([stored(f"m-{i}", T0 + timedelta(seconds=i)) for i in range(6)])
+    first = client.simulate_get("/messages", params={"limit": "3"})
+
+    store.insert_batch([stored("m-newest", T0 + timedelta(hours=1))])
+    second = client.simulate_get("/messages", params={"limit": "3", "before": first.json["next"]})
+
+    assert ids(first.json) == ["m-5", "m-4", "m-3"]
+    assert ids(second.json) == ["m-2", "m-1", "m-0"]
+
+
+@pytest.mark.integration
+def test_source_filter_returns_only_that_source_across_pages(client, store):
+    store.insert_batch(
+        [stored(f"a-{i}", T0 + timedelta(seconds=i), source="sensor-a") for i in range(5)]
+        + [stored(f"b-{i}", T0 + timedelta(seconds=i), source="sensor-b") for i in range(5)]
+        + [stored("none-0", T0, source=None)]
+    )
+
+    pages = all_pages(client, source="sensor-b", limit="2")
+
+    assert pages == [["b-4", "b-3"], ["b-2", "b-1"], ["b-0"]]
+
+
+@pytest.mark.integration
+def test_source_that_looks_like_an_operator_is_matched_literally(client, store):
+    store.insert_batch([stored("m-plain", T0, source="x"), stored("m-dollar", T0, source="$ne")])
+
+    response = client.simulate_get("/messages", params={"source": "$ne"})
+
+    assert ids(response.json) == ["m-dollar"]
+
+
+@pytest.mark.integration
+def test_since_is_inclusive_and_until_is_exclusive(client, store):
+    store.insert_batch([stored(f"m-{i}", T0 + timedelta(minutes=i)) for i in range(4)])
+    t1, t3 = iso(T0 + timedelta(minutes=1)), iso(T0 + timedelta(minutes=3))
+
+    assert ids(client.simulate_get("/messages", params={"since": t1}).json) == ["m-3", "m-2", "m-1"]
+    assert ids(client.simulate_get("/messages", params={"until": t1}).json) == ["m-0"]
+    assert ids(client.simulate_get("/messages", params={"since": t1, "until": t3}).json) == ["m-2", "m-1"]
+
+
+@pytest.mark.integration
+def test_since_and_until_honour_offsets_and_sub_millisecond_digits(client, store):
+    store.insert_batch([stored("m-early", T0), stored("m-late", T0 + timedelta(milliseconds=1))])
+
+    # 14:00:00+02:00 is T0; half a millisecond after T0 must exclude T0 even though BSON keeps ms.
+    with_offset = client.simulate_get("/messages", params={"since": "2024-05-01T14:00:00+02:00"})
+    past_t0 = client.simulate_get("/messages", params={"since": "2024-05-01T12:00:00.000500Z"})
+    before_late = client.simulate_get("/messages", params={"until": "2024-05-01T12:00:00.000500Z"})
+
+    assert ids(with_offset.json) == ["m-late", "m-early"]
+    assert ids(past_t0.json) == ["m-late"]
+    assert ids(before_late.json) == ["m-early"]
+
+
+def test_list_queries_walk_a_store_index_in_its_own_order():
+    # Equality fields followed by the sort must be an index's key, or MongoDB sorts in memory.
+    index_keys = [list(index.document["key"].items()) for index in INDEXES]
+    cursor = Cursor(T0, "m-1")
+    for query in (
+        MessageQuery(),
+        MessageQuery(since=T0, until=T0, before=cursor),
+        MessageQuery(source="sensor-a"),
+        MessageQuery(source="sensor-a", since=T0, before=cursor),
+    ):
+        selector = list_filter(query)
+        equality = [(field, 1) for field, value in selector.items() if isinstance(value, str)]
+        assert equality + NEWEST_FIRST in index_keys, query
+
+
+# --- GET /messages/{id} ----------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_get_by_id_returns_that_message(client, store):
+    store.insert_batch([stored("order-123", T0), stored("other", T0)])
+
+    response = client.simulate_get("/messages/order-123")
+
+    assert response.status_code == 200
+    assert response.json == {
+        "id": "order-123",
+        "content": "content of order-123",
+        "timestamp": "2024-05-01T12:00:00.000Z",
+        "source": "sensor-a",
+        "ingested_at": "2024-05-01T12:00:01.000Z",
+        "kafka": {"topic": "data-stream", "partition": 0, "offset": 7},
+    }
+
+
+@pytest.mark.integration
+def test_get_by_unknown_id_is_a_json_404(client, store):
+    response = client.simulate_get("/messages/no-such-message")
+
+    assert response.status_code == 404
+    assert response.json["status"] == 404
+    assert "no-such-message" in response.json["description"]
+
+
+@pytest.mark.parametrize("path_id", ["%24ne", "-leading-dash", "a" * 129, "has%20space", "x%00y", "%7B%7D"])
+def test_get_by_malformed_id_is_a_400_naming_id(offline_client, path_id):
+    response = offline_client.simulate_get(f"/messages/{path_id}")
+
+    assert response.status_code == 400
+    assert response.json["parameters"] == ["id"]
+
+
+# --- rejected input --------------------------------------------------------------------------------
+
+
+def cursor_of(payload: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    ("query_string", "parameter"),
+    [
+        ("source[$ne]=x", "source[$ne]"),
+        ("source%5B%24ne%5D=x", "source[$ne]"),
+        ("$where=1", "$where"),
+        ("sort=timestamp", "sort"),
+        ("limit=1e9", "limit"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=+5", "limit"),
+        ("limit=%EF%BC%95", "limit"),  # a full-width 5, which int() would accept
+        ("limit=", "limit"),
+        ("limit=1&limit=2", "limit"),
+        ("source=a&source=b", "source"),
+        ("source=" + "a" * 257, "source"),
+        ("since=yesterday", "since"),
+        ("since=", "since"),
+        ("until=2024-13-01T00:00:00Z", "until"),
+        ("until=9999-12-31T23:59:59.9999-01:00", "until"),
+        ("before=not-a-cursor!", "before"),
+        ("before=" + "A" * 300, "before"),
+        ("before=" + cursor_of({"$gt": ""}), "before"),
+        ("before=" + cursor_of([1714564800000, "$ne"]), "before"),
+        ("before=" + cursor_of(["1714564800000", "m-1"]), "before"),
+        ("before=" + cursor_of([10**20, "m-1"]), "before"),
+    ],
+)
+def test_bad_query_parameters_are_a_400_naming_the_parameter(offline_client, query_string, parameter):
+    response = offline_client.simulate_get("/messages", query_string=query_string)
+
+    assert response.status_code == 400, response.json
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json["parameters"] == [parameter]
+    assert parameter in response.json["description"]
+
+
+def test_every_unknown_parameter_is_named(offline_client):
+    response = offline_client.simulate_get("/messages/m-1", query_string="a=1&b=2")
+
+    assert response.status_code == 400
+    assert response.json["parameters"] == ["a", "b"]
+
+
+def test_store_unreachable_is_a_json_503_within_the_store_timeout(offline_client):
+    for path in ("/messages", "/messages/m-1"):
+        started = time.monotonic()
+        response = offline_client.simulate_get(path)
+
+        assert time.monotonic() - started < 3, "mongodb.timeout_ms is 200 ms"
+        assert response.status_code == 503, path
+        assert response.json["title"] == "Store unavailable"
+        assert "Retry-After" in response.headers
+
+
+def test_unknown_route_and_wrong_method_are_json_even_when_xml_is_preferred(offline_client):
+    xml = {"Accept": "application/xml"}
+    missing = offline_client.simulate_get("/nowhere", headers=xml)
+    wrong_method = offline_client.simulate_post("/messages", headers=xml)
+
+    assert missing.status_code == 404
+    assert missing.json["status"] == 404
+    assert "/nowhere" in missing.json["description"]
+    assert wrong_method.status_code == 405
+    assert wrong_method.json["status"] == 405
+    assert wrong_method.headers["Allow"] == "GET, OPTIONS"
+
+
+# --- /health and /ready ----------------------------------------------------------------------------
+
+
+def test_health_answers_without_its_dependencies(offline_client):
+    response = offline_client.simulate_get("/health")
+
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+
+
+@pytest.mark.integration
+def test_ready_when_kafka_and_store_answer(client):
+    response = client.simulate_get("/ready")
+
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "checks": {"kafka": "ok", "store": "ok"}}
+
+
+@pytest.mark.integration
+def test_not_ready_names_kafka_when_only_kafka_is_down(pipeline_config, store):
+    config = with_dead(pipeline_config, "kafka")
+
+    started = time.monotonic()
+    with api_client(config) as client:
+        response = client.simulate_get("/ready")
+
+    assert time.monotonic() - started < 4
+    assert response.status_code == 503
+    assert response.json["status"] == "unavailable"
+    assert response.json["checks"]["store"] == "ok"
+    assert response.json["checks"]["kafka"].startswith("unreachable")
+
+
+@pytest.mark.integration
+def test_not_ready_names_the_store_when_only_the_store_is_down(pipeline_config):
+    config = with_dead(pipeline_config, "store")
+
+    with api_client(config) as client:
+        response = client.simulate_get("/ready")
+
+    assert response.status_code == 503
+    assert response.json["checks"]["kafka"] == "ok"
+    assert response.json["checks"]["store"].startswith("unreachable")
+
+
+def test_ready_checks_are_bounded_when_both_are_down(offline_client):
+    started = time.monotonic()
+    response = offline_client.simulate_get("/ready")
+
+    assert time.monotonic() - started < 5
+    assert response.status_code == 503
+    assert set(response.json["checks"]) == {"kafka", "store"}
+    assert all(result.startswith("unreachable") for result in response.json["checks"].values())
+
+
+# --- the Gunicorn server ---------------------------------------------------------------------------
+
+SERVER_SCRIPT = """
+import json, sys
+from streamd.api.server import run
+from streamd.config import from_mapping
+from streamd.lifecycle import Shutdown
+sys.exit(run(from_mapping(json.loads(sys.argv[1])), Shutdown()))
+"""
+
+
+def start_server(config: Config, home: Path) -> subprocess.Popen:
+    mapping = config_module.to_mapping(config)
+    mapping["api"]["workers"] = 2
+    # The extra argument is one Gunicorn's own command line would refuse: the server must not read argv.
+    command = [sys.executable, "-c", SERVER_SCRIPT, json.dumps(mapping), "--no-such-gunicorn-flag"]
+    # A home of its own shows whether Gunicorn left a control socket (~/.gunicorn/gunicorn.ctl) behind.
+    environ = {key: value for key, value in os.environ.items() if key != "XDG_RUNTIME_DIR"} | {"HOME": str(home)}
+    with open(home / "api.log", "wb") as log:
+        return subprocess.Popen(command, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT)
+
+
+def get(port: int, path: str) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def answers(port: int) -> bool:
+    try:
+        return get(port, "/health")[0] == 200
+    except OSError:
+        return False
+
+
+def title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except FileNotFoundError:
+        return ""
+
+
+@pytest.fixture
+def server(pipeline_config, store, tmp_path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    process = start_server(pipeline_config, tmp_path)
+    yield process, tmp_path / "api.log"
+    leftovers = descendants(process.pid)  # before the kill: orphans are no longer our descendants
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for pid in leftovers:
+        if not process_gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def started(process: subprocess.Popen, port: int, log_path: Path) -> set[int]:
+    """The worker pids, once the API answers over HTTP."""
+    wait_until(lambda: answers(port) or process.poll() is not None, 30, "the API to answer")
+    assert process.poll() is None, log_path.read_text()
+    return wait_until(lambda: workers_of(process), 10, "2 workers")
+
+
+@pytest.mark.integration
+def test_server_serves_over_http_and_stops_cleanly_on_sigterm(pipeline_config, store, server):
+    process, log_path = server
+    port = pipeline_config.api.port
+    store.insert_batch([stored("m-1", T0)])
+    workers = started(process, port, log_path)
+
+    status, body = get(port, "/messages")
+    titles = sorted(title(pid) for pid in workers)
+    master_title = title(process.pid)
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=30)
+
+    assert (status, ids(body)) == (200, ["m-1"])
+    assert master_title == "streamd: api"
+    assert titles == ["streamd: api worker 1", "streamd: api worker 2"]
+    assert code == 0, log_path.read_text()
+    assert all(process_gone(pid) for pid in workers)
+    assert "[api worker 1]" in log_path.read_text()
+    assert not (log_path.parent / ".gunicorn").exists()
+
+
+@pytest.mark.integration
+def test_a_replacement_worker_takes_over_its_predecessors_number(pipeline_config, server):
+    process, log_path = server
+    workers = started(process, pipeline_config.api.port, log_path)
+    first = next(pid for pid in workers if title(pid) == "streamd: api worker 1")
+
+    os.kill(first, signal.SIGKILL)
+    replacement = wait_until(lambda: (workers_of(process) or workers) - workers, 10, "a replacement worker")
+
+    assert [title(pid) for pid in replacement] == ["streamd: api worker 1"]
+
+
+@pytest.mark.integration
+def test_sigusr2_does_not_start_a_second_server(pipeline_config, server):
+    # Gunicorn's binary upgrade would re-execute this process's command line: in production, `streamd`.
+    process, log_path = server
+    workers = started(process, pipeline_config.api.port, log_path)
+
+    process.send_signal(signal.SIGUSR2)
+    time.sleep(2)
+
+    assert descendants(process.pid) == workers
+    assert "ignoring SIGUSR2" in log_path.read_text()
+
+
+@pytest.mark.integration
+def test_workers_stop_when_the_master_is_killed(pipeline_config, server):
+    process, log_path = server
+    workers = started(process, pipeline_config.api.port, log_path)
+
+    process.kill()
+    process.wait()
+
+    wait_until(lambda: all(process_gone(pid) for pid in workers), 15, "the orphaned workers to exit")
+
+
+def workers_of(process: subprocess.Popen) -> set[int] | None:
+    """Both workers, once each has named itself (which it does right after the fork)."""
+    found = descendants(process.pid)
+    named = len(found) == 2 and all(title(pid).startswith("streamd: api worker") for pid in found)
+    return found if named else None
+
+
+ORPHAN_SCRIPT = """
+import os, sys, time
+from types import SimpleNamespace
+from streamd.api.server import ApiServer
+from streamd.config import from_mapping
+server, master = ApiServer(from_mapping({})), os.getpid()
+if os.fork() == 0:
+    server.post_fork(SimpleNamespace(pid=master), SimpleNamespace(slot=1))
+    print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_worker_is_signalled_the_moment_its_master_dies():
+    # Gunicorn's workers also notice a new parent on their own, up to a second later and only while
+    # their loop runs; this isolates the post_fork hook: the stand-in worker below only sleeps.
+    master = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], cwd=REPO, stdout=subprocess.PIPE)
+    worker = int(master.stdout.readline())
+    try:
+        master.kill()
+        master.wait()
+
+        wait_until(lambda: process_gone(worker), 5, "the stand-in worker to get SIGTERM")
+    finally:
+        if not process_gone(worker):
+            os.kill(worker, signal.SIGKILL)

@@ -1,0 +1,290 @@
+"""The consumer's stages: what is stored, what is rejected and why, and which offsets a batch commits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message
+from jsonschema import Draft202012Validator
+
+from streamd import config as config_module
+from streamd.config import ConfigError
+from streamd.pipeline import (
+    BUILTIN_SCHEMA,
+    FORMATS,
+    Invalid,
+    PayloadSchema,
+    Pipeline,
+    parse,
+    parse_timestamp,
+    to_document,
+)
+
+TOPIC = "orders"
+NOW = datetime(2024, 6, 1, 12, 0, 30, tzinfo=UTC)
+KAFKA_TIME_MS = int(datetime(2024, 6, 1, 11, 59, tzinfo=UTC).timestamp() * 1000)
+
+
+def kafka_message(
+    value: bytes | None, partition: int = 0, offset: int = 0, timestamp_ms: int | None = KAFKA_TIME_MS
+) -> Message:
+    """A consumed message as librdkafka hands it over; timestamp_ms=None is a message without timestamp."""
+    stamp = {} if timestamp_ms is None else {"timestamp": (TIMESTAMP_CREATE_TIME, timestamp_ms)}
+    return Message(topic=TOPIC, partition=partition, offset=offset, key=b"k", value=value, **stamp)
+
+
+def json_message(payload: object, **where) -> Message:
+    return kafka_message(orjson.dumps(payload), **where)
+
+
+@pytest.fixture
+def pipeline() -> Pipeline:
+    return Pipeline(PayloadSchema(), max_message_bytes=1000)
+
+
+def only_document(pipeline: Pipeline, message: Message) -> dict:
+    batch = pipeline.batch([message], ingested_at=NOW)
+    assert batch.rejections == []
+    [document] = batch.documents
+    return document
+
+
+def only_rejection(pipeline: Pipeline, message: Message):
+    batch = pipeline.batch([message], ingested_at=NOW)
+    assert batch.documents == []
+    [rejection] = batch.rejections
+    return rejection
+
+
+# --- parse --------------------------------------------------------------------------------------------
+
+
+def test_parse_returns_the_json_object():
+    assert parse('{"text": "héllo", "n": 1}'.encode(), max_bytes=100) == {"text": "héllo", "n": 1}
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "detail"),
+    [
+        (b"", "empty", "no value"),
+        (None, "empty", "no value"),
+        (b'{"text": "\xff\xfe"}', "not_utf8", "not UTF-8 (byte 10)"),
+        (b"hello", "not_json", "not JSON"),
+        (b'{"text": "a"} trailing', "not_json", "not JSON"),
+        (b'[{"text": "a"}]', "not_object", "a JSON array"),
+        (b'"text"', "not_object", "a JSON string"),
+        (b"42", "not_object", "a JSON number"),
+        (b"null", "not_object", "a JSON null"),
+    ],
+)
+def test_parse_rejects_what_is_not_a_utf8_json_object(pipeline, value, reason, detail):
+    rejection = only_rejection(pipeline, kafka_message(value, partition=2, offset=17))
+    assert (rejection.stage, rejection.reason) == ("parse", reason)
+    assert detail in rejection.detail
+    assert (rejection.topic, rejection.partition, rejection.offset) == (TOPIC, 2, 17)
+    assert rejection.value == value, "the raw value is kept for the dead-letter topic"
+
+
+def test_parse_rejects_values_over_max_message_bytes(pipeline):
+    value = orjson.dumps({"text": "x" * 1000})
+    rejection = only_rejection(pipeline, kafka_message(value))
+    assert rejection.reason == "too_large"
+    assert f"{len(value)} bytes" in rejection.detail and "consumer.max_message_bytes (1000)" in rejection.detail
+
+
+# --- validate -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        ({"id": "a-1"}, "'text' is a required property"),
+        ({"text": 42}, "text: 42 is not of type 'string'"),
+        ({"text": None}, "text: None is not of type 'string'"),
+        ({"text": "hi", "source": 7}, "source: 7 is not of type 'string'"),
+        ({"text": "hi", "source": None}, "source: None is not of type 'string'"),
+        ({"text": "hi", "id": 12}, "id: 12 is not of type 'string'"),
+        ({"text": "hi", "id": "has space"}, "id: 'has space'"),
+        ({"text": "hi", "id": ""}, "id: ''"),
+        ({"text": "hi", "id": "abc\n"}, "id: 'abc\\n'"),
+        ({"text": "hi", "id": "$where"}, "id: '$where'"),
+        ({"text": "hi", "id": "x" * 129}, "id: 'xxx"),
+        ({"text": "hi", "timestamp": "yesterday"}, "timestamp: 'yesterday' is not a 'date-time'"),
+        ({"text": "hi", "timestamp": "2024-06-01"}, "timestamp: '2024-06-01' is not a 'date-time'"),
+        ({"text": "hi", "timestamp": 1717243200}, "timestamp: 1717243200 is not of type 'string'"),
+    ],
+)
+def test_validate_rejects_payloads_that_break_the_schema_and_names_the_field(pipeline, payload, detail):
+    rejection = only_rejection(pipeline, json_message(payload, partition=1, offset=5))
+    assert (rejection.stage, rejection.reason) == ("validate", "schema")
+    assert detail in rejection.detail
+    assert str(rejection).startswith(f"{TOPIC}[1]@5 rejected at validate (schema): ")
+
+
+def test_rejection_details_stay_short_even_for_huge_values(pipeline):
+    rejection = only_rejection(pipeline, json_message({"text": "hi", "id": "x" * 900}))
+    assert len(rejection.detail) <= 200
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"text": ""},
+        {
+            "text": "hi",
+            "id": "0190a0e2-8b1c-7c3e-9a4e-123456789abc",
+            "source": "web",
+            "timestamp": "2024-06-01T12:00:00Z",
+        },
+        {"text": "hi", "id": "order-123", "timestamp": "2024-06-01T14:00:00.5+02:00"},
+        {"text": "hi", "timestamp": "2024-06-01T12:00:00"},
+        {"text": "hi", "extra": {"nested": [1, 2]}, "priority": 3},
+    ],
+)
+def test_validate_accepts_valid_payloads_with_extra_fields(pipeline, payload):
+    assert only_document(pipeline, json_message(payload))["content"] == payload["text"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"text": "hi"},
+        {"text": "hi", "id": "a.b:c-d_e"},
+        {"text": "hi", "id": "abc\n"},
+        {"text": "hi", "id": "-leading-dash"},
+        {"text": "hi", "id": None},
+        {"text": "hi", "source": ""},
+        {"text": "hi", "source": ["web"]},
+        {"text": "hi", "timestamp": "2024-06-01T12:00:00+00:00"},
+        {"text": "hi", "timestamp": "20240601T120000Z"},
+        {"text": "hi", "timestamp": "2024-13-01T12:00:00Z"},
+        {"text": "hi", "timestamp": None},
+        {"text": ["hi"]},
+        {"TEXT": "hi"},
+    ],
+)
+def test_the_fast_path_agrees_with_the_json_schema(payload):
+    """PayloadSchema skips jsonschema for payloads it can vouch for; it must never vouch for a bad one."""
+    schema = Draft202012Validator(BUILTIN_SCHEMA, format_checker=FORMATS)
+    try:
+        PayloadSchema().validate(payload)
+        accepted = True
+    except Invalid:
+        accepted = False
+    assert accepted == schema.is_valid(payload)
+
+
+def test_a_custom_schema_file_adds_rules_to_the_built_in_schema(tmp_path):
+    schema_file = tmp_path / "message.schema.json"
+    schema_file.write_text('{"type": "object", "required": ["source"]}')
+    settings = config_module.from_mapping({"consumer": {"schema": str(schema_file)}})
+    pipeline = Pipeline.from_config(settings)
+
+    batch = pipeline.batch(
+        [
+            json_message({"text": "hi", "source": "web"}, offset=0),
+            json_message({"text": "hi"}, offset=1),
+            json_message({"source": "web"}, offset=2),
+        ],
+        ingested_at=NOW,
+    )
+
+    assert [document["kafka"]["offset"] for document in batch.documents] == [0]
+    details = [rejection.detail for rejection in batch.rejections]
+    assert details == ["'source' is a required property", "'text' is a required property"]
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [(None, "cannot be read"), ("{not json", "is not JSON"), ('{"type": 12}', "is not a valid JSON Schema")],
+)
+def test_an_unusable_schema_file_is_a_config_error_naming_the_key(tmp_path, content, complaint):
+    schema_file = tmp_path / "message.schema.json"
+    if content is not None:
+        schema_file.write_text(content)
+    settings = config_module.from_mapping({"consumer": {"schema": str(schema_file)}})
+    with pytest.raises(ConfigError, match=f"consumer.schema: {schema_file} {complaint}"):
+        Pipeline.from_config(settings)
+
+
+# --- to_document --------------------------------------------------------------------------------------
+
+
+def test_to_document_has_the_stored_shape(pipeline):
+    payload = {"id": "order-1", "text": "hi", "source": "web", "timestamp": "2024-06-01T14:00:00.250+02:00", "x": 1}
+    document = only_document(pipeline, json_message(payload, partition=2, offset=41))
+    assert document == {
+        "_id": "order-1",
+        "content": "hi",
+        "timestamp": datetime(2024, 6, 1, 12, 0, 0, 250_000, tzinfo=UTC),
+        "source": "web",
+        "ingested_at": NOW,
+        "kafka": {"topic": TOPIC, "partition": 2, "offset": 41},
+    }
+
+
+def test_a_message_without_id_gets_its_kafka_coordinates_as_id(pipeline):
+    document = only_document(pipeline, json_message({"text": "hi"}, partition=1, offset=99))
+    assert document["_id"] == f"{TOPIC}:1:99"
+    assert document["source"] is None
+
+
+def test_a_replayed_message_without_id_gets_the_same_id(pipeline):
+    first = only_document(pipeline, json_message({"text": "hi"}, partition=1, offset=99))
+    again = only_document(pipeline, json_message({"text": "hi"}, partition=1, offset=99))
+    assert first["_id"] == again["_id"]
+
+
+def test_a_message_without_timestamp_gets_the_kafka_timestamp(pipeline):
+    document = only_document(pipeline, json_message({"text": "hi"}))
+    assert document["timestamp"] == datetime(2024, 6, 1, 11, 59, tzinfo=UTC)
+
+
+def test_a_message_without_any_timestamp_gets_the_ingestion_time(pipeline):
+    document = only_document(pipeline, json_message({"text": "hi"}, timestamp_ms=None))
+    assert document["timestamp"] == NOW
+
+
+def test_timestamps_are_stored_in_utc_and_a_missing_offset_means_utc():
+    assert parse_timestamp("2024-06-01T12:00:00") == datetime(2024, 6, 1, 12, tzinfo=UTC)
+    assert parse_timestamp("2024-06-01T12:00:00-05:00") == datetime(2024, 6, 1, 17, tzinfo=UTC)
+    assert parse_timestamp("2024-06-01T12:00:00-05:00").utcoffset() == timedelta(0)
+
+
+def test_to_document_can_be_called_on_its_own():
+    document = to_document({"text": "hi"}, TOPIC, 0, 7, (TIMESTAMP_CREATE_TIME, KAFKA_TIME_MS), NOW)
+    assert document["_id"] == f"{TOPIC}:0:7" and document["ingested_at"] == NOW
+
+
+# --- the batch ----------------------------------------------------------------------------------------
+
+
+def test_a_batch_commits_one_past_the_highest_offset_of_each_partition_rejected_or_not(pipeline):
+    messages = [
+        json_message({"text": "a"}, partition=0, offset=10),
+        json_message({"text": "b"}, partition=1, offset=3),
+        json_message({"text": "c"}, partition=0, offset=11),
+        kafka_message(b"not json", partition=0, offset=12),
+        kafka_message(b"[]", partition=2, offset=0),
+    ]
+    batch = pipeline.batch(messages, ingested_at=NOW)
+    assert batch.next_offsets == {(TOPIC, 0): 13, (TOPIC, 1): 4, (TOPIC, 2): 1}
+    assert len(batch) == 5
+    assert [document["content"] for document in batch.documents] == ["a", "b", "c"]
+    assert [(r.partition, r.offset) for r in batch.rejections] == [(0, 12), (2, 0)]
+
+
+def test_kafka_error_events_are_not_messages(pipeline):
+    end_of_partition = Message(topic=TOPIC, partition=0, offset=5, error=KafkaError(KafkaError._PARTITION_EOF))
+    batch = pipeline.batch([json_message({"text": "a"}, offset=4), end_of_partition], ingested_at=NOW)
+    assert len(batch) == 1
+    assert batch.next_offsets == {(TOPIC, 0): 5}
+    assert [error.code() for error in batch.errors] == [KafkaError._PARTITION_EOF]
+    assert batch.rejections == []
+
+
+def test_an_empty_batch_commits_nothing(pipeline):
+    batch = pipeline.batch([], ingested_at=NOW)
+    assert not batch and batch.next_offsets == {}

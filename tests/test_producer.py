@@ -1,0 +1,115 @@
+"""The producer on the real broker: what it sends, how fast, and that a stop loses nothing."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from streamd import config as config_module
+from streamd.config import Config
+from streamd.lifecycle import Shutdown
+from streamd.producer import Sender, produce_once, run
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def read_topic(settings: Config) -> list:
+    """Every message in the topic, read from the start without a consumer group."""
+    reader = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": "unused", "enable.auto.commit": False})
+    try:
+        metadata = reader.list_topics(settings.kafka.topic, timeout=10).topics[settings.kafka.topic]
+        partitions = [TopicPartition(settings.kafka.topic, p, 0) for p in metadata.partitions]
+        expected = sum(reader.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions)
+        reader.assign(partitions)
+        messages: list = []
+        deadline = time.monotonic() + 20
+        while len(messages) < expected and time.monotonic() < deadline:
+            messages += [m for m in reader.consume(1000, timeout=0.5) if m.error() is None]
+        return messages
+    finally:
+        reader.close()
+
+
+def test_produce_once_sends_count_messages_in_the_tutorial_shape(pipeline_config: Config):
+    started = datetime.now(UTC)
+    report = produce_once(pipeline_config, count=60, rate=None, source="test-suite")
+    assert (report.sent, report.acked, report.failed) == (60, 60, 0)
+
+    messages = read_topic(pipeline_config)
+    assert len(messages) == 60
+    payloads = [orjson.loads(m.value()) for m in messages]
+    for message, payload in zip(messages, payloads, strict=True):
+        assert set(payload) == {"id", "text", "source", "timestamp"}
+        assert uuid.UUID(payload["id"]).version == 7
+        assert message.key() == payload["id"].encode()
+        assert payload["source"] == "test-suite"
+        assert payload["text"] == f"Message généré à {payload['timestamp']}"
+        sent_at = datetime.fromisoformat(payload["timestamp"])
+        assert sent_at.utcoffset() == timedelta(0)
+        assert started - timedelta(seconds=1) <= sent_at <= datetime.now(UTC)
+    assert len({payload["id"] for payload in payloads}) == 60
+    assert len({message.partition() for message in messages}) > 1, "keys by id spread over the partitions"
+
+
+def test_produce_once_defaults_to_the_configured_source(pipeline_config: Config):
+    produce_once(pipeline_config, count=1, rate=None, source=None)
+    [message] = read_topic(pipeline_config)
+    assert orjson.loads(message.value())["source"] == pipeline_config.producer.source
+
+
+def test_produce_once_paces_messages_at_rate(pipeline_config: Config):
+    started = time.monotonic()
+    report = produce_once(pipeline_config, count=21, rate=40.0, source=None)
+    elapsed = time.monotonic() - started
+    assert report.acked == 21
+    assert 0.5 <= elapsed < 3, "21 messages at 40/s: the last one is due 0.5 s after the first"
+
+
+@pytest.mark.parametrize(("producer", "per_second"), [({"rate": 50.0}, 50), ({"interval": 0.1}, 10)])
+def test_the_generator_keeps_its_pace_and_flushes_everything_on_shutdown(
+    pipeline_config: Config, caplog, producer: dict, per_second: float
+):
+    # A linger longer than the run: without the final flush most messages would still be queued.
+    settings = replace(pipeline_config, producer=replace(pipeline_config.producer, linger_ms=5000, **producer))
+    shutdown = Shutdown()
+    outcome: list[int] = []
+    caplog.set_level(logging.INFO, logger="streamd.producer")
+    child = threading.Thread(target=lambda: outcome.append(run(settings, shutdown)))
+    child.start()
+    time.sleep(1.5)
+    shutdown.request()
+    stop_requested = time.monotonic()
+    child.join(timeout=10)
+
+    assert outcome == [0]
+    assert time.monotonic() - stop_requested < 3, "a stop is noticed quickly and the flush ignores linger.ms"
+    [summary] = [m for m in caplog.messages if m.startswith("stopped:")]
+    sent, acked, failed = map(int, re.fullmatch(r"stopped: sent (\d+), acked (\d+), failed (\d+)", summary).groups())
+    assert acked == sent and failed == 0
+    assert len(read_topic(settings)) == sent
+    # Topic creation comes before the first message, so the generator ran a little under 1.5 s.
+    assert 0.8 * per_second <= sent <= 1.5 * per_second + 1
+
+
+def test_failed_deliveries_are_counted_and_logged_once_per_error(caplog):
+    settings = config_module.from_mapping(
+        {"kafka": {"brokers": f"127.0.0.1:{free_port()}", "client": {"message.timeout.ms": 300}}}
+    )
+    sender = Sender(settings)
+    for n in range(3):
+        sender.send(b"k%d" % n, b"{}")
+    assert sender.flush(timeout=10) == 0
+    assert (sender.report.sent, sender.report.acked, sender.report.failed) == (3, 0, 3)
+    failures = [r for r in caplog.records if r.name == "streamd.producer" and "delivery" in r.getMessage()]
+    assert len(failures) == 1
+    assert "timed out" in failures[0].getMessage()

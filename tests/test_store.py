@@ -1,0 +1,106 @@
+"""The message store on the real MongoDB-wire server: idempotent batch writes and the API's indexes."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+from pymongo.errors import BulkWriteError
+
+from streamd import config as config_module
+from streamd.config import Config, ConfigError
+from streamd.store import UNAVAILABLE, MessageStore, WriteOutcome, connect
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def message_store(pipeline_config: Config):
+    store = MessageStore(pipeline_config.mongodb)
+    yield store
+    store.client.drop_database(pipeline_config.mongodb.database)
+    store.close()
+
+
+def document(message_id: str, offset: int = 0) -> dict:
+    return {
+        "_id": message_id,
+        "content": f"message {message_id}",
+        "timestamp": datetime(2024, 6, 1, 12, 0, offset % 60, tzinfo=UTC),
+        "source": "test",
+        "ingested_at": datetime(2024, 6, 1, 12, 1, tzinfo=UTC),
+        "kafka": {"topic": "t", "partition": 0, "offset": offset},
+    }
+
+
+def test_a_batch_is_stored_and_reads_back_in_the_stored_shape(message_store):
+    batch = [document(f"m-{n}", n) for n in range(5)]
+    assert message_store.insert_batch(batch) == WriteOutcome(inserted=5, duplicates=0)
+    assert message_store.collection.find_one({"_id": "m-3"}) == document("m-3", 3)
+
+
+def test_writing_the_same_batch_again_inserts_nothing_and_counts_duplicates(message_store):
+    batch = [document(f"m-{n}", n) for n in range(10)]
+    message_store.insert_batch(batch)
+
+    assert message_store.insert_batch(batch) == WriteOutcome(inserted=0, duplicates=10)
+    assert message_store.collection.count_documents({}) == 10
+
+
+def test_a_batch_mixing_new_and_stored_messages_inserts_only_the_new_ones(message_store):
+    message_store.insert_batch([document("m-1"), document("m-3")])
+
+    outcome = message_store.insert_batch([document(f"m-{n}") for n in range(5)])
+
+    assert outcome == WriteOutcome(inserted=3, duplicates=2)
+    assert sorted(d["_id"] for d in message_store.collection.find()) == [f"m-{n}" for n in range(5)]
+
+
+def test_the_same_message_twice_in_one_batch_is_stored_once(message_store):
+    assert message_store.insert_batch([document("m-1"), document("m-1", 1)]) == WriteOutcome(1, 1)
+
+
+def test_an_empty_batch_is_a_no_op(message_store):
+    assert message_store.insert_batch([]) == WriteOutcome(0, 0)
+
+
+def test_a_failure_other_than_a_duplicate_is_raised_not_counted(message_store):
+    with pytest.raises(BulkWriteError):
+        message_store.insert_batch([document("m-1"), {"_id": "m-2", "$where": "not a field name"}])
+
+
+def test_ensure_indexes_creates_the_indexes_the_api_queries_need_and_can_run_again(message_store):
+    message_store.ensure_indexes()
+    message_store.ensure_indexes()
+    keys = [index["key"] for index in message_store.collection.index_information().values()]
+    assert [("timestamp", -1), ("_id", -1)] in keys
+    assert [("source", 1), ("timestamp", -1), ("_id", -1)] in keys
+
+
+def test_ping_answers_when_the_store_is_up(message_store):
+    message_store.ping()
+
+
+def test_an_unreachable_store_fails_within_timeout_ms_with_an_unavailable_error():
+    settings = config_module.from_mapping({"mongodb": {"uri": f"mongodb://127.0.0.1:{free_port()}", "timeout_ms": 200}})
+    store = MessageStore(settings.mongodb)
+    started = time.monotonic()
+    with pytest.raises(UNAVAILABLE):
+        store.insert_batch([document("m-1")])
+    assert time.monotonic() - started < 5
+    store.close()
+
+
+def test_a_malformed_uri_is_a_config_error_naming_the_key():
+    settings = config_module.from_mapping({"mongodb": {"uri": "http://127.0.0.1:27017"}})
+    with pytest.raises(ConfigError, match="^mongodb.uri: "):
+        connect(settings.mongodb)
+
+
+def test_close_leaves_a_shared_client_open(pipeline_config: Config):
+    client = connect(pipeline_config.mongodb)
+    MessageStore(pipeline_config.mongodb, client=client).close()
+    client.admin.command("ping")
+    client.close()
