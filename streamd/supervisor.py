@@ -245,10 +245,13 @@ class Supervisor:
         for child in self.children:
             if child.due_to_spawn(now) and (child.spec.tier is Tier.SERVICE or services_up):
                 self.spawn(child)
-        if not self.announced_ready and all(c.ever_running for c in self.children):
+        # Ready once every child has run or given up: a FATAL child must not hold systemd's start job
+        # hostage until its timeout, and `streamd status` says which one failed.
+        if not self.announced_ready and all(c.ever_running or c.state is ChildState.FATAL for c in self.children):
             self.announced_ready = True
-            self.notifier.ready(f"{len(self.children)} children running")
-            log.info("all %d children are running", len(self.children))
+            running = sum(c.state is ChildState.RUNNING for c in self.children)
+            self.notifier.ready(f"{running} of {len(self.children)} children running")
+            log.info("%d of %d children are running", running, len(self.children))
 
     def begin_stop(self, reason: str) -> None:
         if self.stopping:

@@ -1,0 +1,78 @@
+"""The `streamd` command as a user meets it: exit codes and one-sentence errors, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from streamd import config as config_module
+
+from .conftest import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def streamd(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMD_")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "streamd", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def test_start_with_an_invalid_config_exits_2_before_starting_anything(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nconsumer:\n  processes: -1\n")
+    result = streamd("start", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"streamd: {config}: consumer.processes: expected a value from 0 to 64, got -1 (default 2)."
+    ]
+    assert not (tmp_path / "state").exists(), "nothing was started, not even the state directory"
+
+
+def test_a_bad_environment_override_is_reported_the_same_way(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("")
+    env = {**os.environ, "STREAMD_API_PORT": "http", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "streamd", "config", "-c", str(config)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 2
+    assert "api.port: expected a whole number from 1 to 65535, got 'http'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_config_file_is_found_in_the_working_directory(tmp_path):
+    (tmp_path / "config.yaml").write_text("api:\n  port: 3999\n")
+    result = streamd("config", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "port: 3999" in result.stdout
+
+
+def test_config_keys_lists_every_key_with_its_environment_variable():
+    result = streamd("config", "--keys")
+    assert result.returncode == 0
+    for key, _, _ in config_module.documented_keys():
+        assert key in result.stdout
+        assert config_module.env_name(key) in result.stdout
+
+
+def test_produce_to_an_unreachable_broker_fails_with_a_sentence_not_a_traceback(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"kafka:\n  brokers: 127.0.0.1:{free_port()}\nstate_dir: {tmp_path / 'state'}\n")
+    result = streamd("produce", "--count", "1", "-c", str(config), timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "kafka.brokers" in result.stderr
+
+
+def test_stop_and_reload_without_a_supervisor_say_so(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    for command in ("stop", "reload"):
+        result = streamd(command, "-c", str(config))
+        assert result.returncode == 1
+        assert "no streamd supervisor is running for state directory" in result.stderr
