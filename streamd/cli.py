@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from streamd import config as config_module
 from streamd import control, logs
@@ -64,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
     produce.add_argument("--source", help="the messages' source field (default: producer.source)")
 
+    verify = command(
+        "verify", cmd_verify, "Check that every message of the topic is stored once or dead-lettered; exit 1 if not."
+    )
+    verify.add_argument("--since", type=iso_time, help="only messages with a Kafka timestamp at or after (ISO 8601)")
+    verify.add_argument("--until", type=iso_time, help="only messages with a Kafka timestamp at or before (ISO 8601)")
+
+    bench = command(
+        "bench", cmd_bench, "Measure throughput, latency and API speed against the store's and Kafka's own limits."
+    )
+    bench.add_argument("--quick", action="store_true", help="fewer messages and points: under a minute")
+    bench.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
+    bench.add_argument("--messages", type=positive_int, help="backlog size for the throughput figures")
+    bench.add_argument("--processes", type=int_list, help="consumer process counts to drain with, e.g. 1,2,4")
+    bench.add_argument("--loads", type=int_list, help="offered loads in messages/s for latency, e.g. 100,1000")
+
     stack = command("stack", cmd_stack, "Run the local Kafka and MongoDB-wire store for development.")
     stack.add_argument("action", choices=["up", "down", "status"])
 
@@ -77,6 +93,25 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers like 1,2,4") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("every value must be at least 1")
+    return values
+
+
+def iso_time(text: str) -> datetime:
+    from streamd.pipeline import parse_timestamp
+
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date and time like 2024-06-01T12:00Z") from None
 
 
 def load(args: argparse.Namespace) -> Config:
@@ -180,6 +215,45 @@ def cmd_produce(args: argparse.Namespace) -> int:
     report = producer.produce_once(config, count=args.count, rate=args.rate, source=args.source)
     print(f"sent {report.sent}, acked {report.acked}, failed {report.failed}")
     return 0 if report.failed == 0 and report.acked == args.count else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from streamd import verify
+
+    config = load(args)
+    logs.configure(config.logging, "verify")
+    try:
+        report = verify.verify(config, since=args.since, until=args.until, progress=sys.stderr)
+    except verify.VerifyError as exc:
+        raise CommandError(str(exc)) from None
+    verify.print_report(report)
+    return 0 if report.ok else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import orjson
+
+    from streamd import bench
+
+    config = load(args)
+    logs.configure(dataclasses.replace(config.logging, level="WARNING"), "bench")
+    options = bench.BenchOptions.quick_run() if args.quick else bench.BenchOptions()
+    overrides = {"messages": args.messages, "processes": args.processes, "loads": args.loads}
+    options = dataclasses.replace(options, **{key: value for key, value in overrides.items() if value is not None})
+    try:
+        figures = bench.run(config, options)
+    except bench.BenchError as exc:
+        raise CommandError(str(exc)) from None
+    print(bench.render(figures))
+    if args.json:
+        try:
+            with open(args.json, "wb") as out:
+                out.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.json} ({exc.strerror}); the table above has the figures.") from None
+    return 0
 
 
 def cmd_stack(args: argparse.Namespace) -> int:

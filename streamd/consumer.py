@@ -1,11 +1,19 @@
-"""The consumer child: Kafka in, MongoDB at rest, and an offset committed only once its batch is stored.
+"""The consumer child: Kafka in, MongoDB at rest, and an offset committed only once its message is safe.
 
-Every consumer process joins the same group, so Kafka spreads the partitions over them. Writes are
-idempotent (the message id is the `_id`), which is what lets this module be simple about failure:
-whenever in doubt it does not commit, and the replay that follows only produces duplicates the store
-skips. A store outage longer than max.poll.interval.ms (librdkafka default 5 min) makes librdkafka leave
-the group; the partitions then move to another consumer, our late commit fails harmlessly, and the next
-consume() joins again.
+Each batch goes fetch -> store -> dead-letter -> commit. "Safe" means stored, or acknowledged by the
+dead-letter topic; a committed offset therefore never covers a message that is in neither place.
+Writes are idempotent (the message id is the `_id`), which is what lets this module be simple about
+failure: whenever in doubt it does not commit, and the replay that follows only produces duplicates
+the store skips.
+
+While the store or the dead-letter topic is unavailable the consumer keeps its batch, pauses its
+partitions and keeps polling: it stays a member of the group (max.poll.interval.ms) and serves
+rebalances without fetching more, and resumes by itself once the write goes through.
+
+Every consumer process joins the same group with cooperative-sticky assignment. When partitions are
+revoked, the offsets of finished batches are committed first (so the new owner starts after them), and
+whatever of an unfinished batch belongs to them is dropped: the new owner consumes it from the last
+commit, so no message is lost and none is written by two consumers.
 """
 
 from __future__ import annotations
@@ -17,42 +25,62 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from bson.errors import InvalidDocument
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from streamd import store
 from streamd.config import Config, ConfigError, ConsumerConfig
+from streamd.dead_letter import DeadLetterQueue
 from streamd.kafka import KafkaUnavailable, ensure_topic, make_client
 from streamd.lifecycle import Shutdown
+from streamd.metrics import series
 from streamd.pipeline import MessageBatch, Pipeline, Rejection
 
 log = logging.getLogger(__name__)
 
 RETRY_INITIAL = 0.5
 RETRY_MAX = 30.0
+HOLD_POLL = 0.2  # longest poll() while holding a batch, and so the delay in noticing a stop
+DEAD_LETTER_WAIT = 1.0  # longest wait for dead-letter acknowledgements before pausing and polling again
+COMMIT_RETRY = 1.0  # while idle, how often a refused commit is tried again
+
+# Per-document write errors after which the same write can succeed later: the server was stepping
+# down, shutting down or out of time. Any other per-document error is the document's own fault.
+RETRYABLE_WRITE_CODES = frozenset(
+    {6, 7, 50, 64, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}  # MongoDB's error codes
+)
+
+Partition = tuple[str, int]
+
+
+class StoreBusy(Exception):
+    """The store answered but could not take some of the documents right now; the batch is written again."""
 
 
 @dataclass
 class ConsumerCounters:
-    consumed: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)  # by Rejection.reason
+    # Each count also feeds its Prometheus series (streamd.metrics.series), summed over every consumer.
+    consumed: int = series.Tally(series.CONSUMED)
+    stored: int = series.Tally(series.STORED)
+    duplicates: int = series.Tally(series.DUPLICATES)
+    # by Rejection.reason, when the pipeline rejects
+    rejected: Counter[str] = field(default_factory=series.LabelTally.of(series.REJECTED))
+    # by reason, once the dead-letter topic acked
+    dead_lettered: Counter[str] = field(default_factory=series.LabelTally.of(series.DEAD_LETTERED))
+    dropped: int = 0  # messages of revoked partitions dropped from an unfinished batch (their new owner has them)
 
     def __str__(self) -> str:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.dead_lettered.items()))
         return (
             f"consumed {self.consumed}, stored {self.stored}, duplicates {self.duplicates}, "
-            f"rejected {self.rejected.total()}"
+            f"rejected {self.rejected.total()}, dead-lettered {self.dead_lettered.total()}"
+            + (f" ({reasons})" if reasons else "")
         )
 
 
-def log_rejections(rejections: list[Rejection]) -> None:
-    """Today's dead-letter step: every rejected message is named in the log, none is dropped silently."""
-    for rejection in rejections:
-        log.warning("%s", rejection)
-
-
 class BatchConsumer:
-    """Consumes batches from the group, stores them, then commits them."""
+    """Consumes batches from the group, stores or dead-letters them, then commits them."""
 
     def __init__(
         self,
@@ -60,6 +88,7 @@ class BatchConsumer:
         pipeline: Pipeline,
         consumer: Consumer,
         message_store: store.MessageStore,
+        dead_letters: DeadLetterQueue,
         shutdown: Shutdown,
     ) -> None:
         self.batch_size = settings.batch_size
@@ -67,20 +96,37 @@ class BatchConsumer:
         self.pipeline = pipeline
         self.consumer = consumer
         self.store = message_store
+        self.dead_letters = dead_letters
         self.shutdown = shutdown
-        # Receives each batch's rejections before its offsets are committed; the dead-letter topic
-        # replaces it with a step that returns only once the broker has acknowledged them.
-        self.dead_letter: Callable[[list[Rejection]], None] = log_rejections
         self.counters = ConsumerCounters()
         self.indexes_ready = False
+        self.assigned: set[Partition] = set()
+        # Finished (stored or dead-lettered) but not yet known to be committed: a commit refused during a
+        # rebalance is tried again with the next batch, when idle, or on revoke.
+        self.uncommitted: dict[Partition, int] = {}
+        self.retry_commit = False  # a commit was refused since the last one was sent
+        self.next_commit_retry = 0.0
+        self.in_flight: MessageBatch | None = None
+        self.strays: list[Message] = []  # delivered while holding; they go first into the next batch
+        self.paused = False
         self.store_down_since: float | None = None
+        self.dead_letter_down_since: float | None = None
+        self.kafka_failing: int | None = None  # code of the latest Kafka error, until messages flow again
+        self.commit_failing: int | None = None
 
     @classmethod
     def open(cls, config: Config, shutdown: Shutdown) -> BatchConsumer:
-        """Create the topic when missing, join the group and connect the store."""
+        """Create the topics when missing, join the group and connect the store."""
         pipeline = Pipeline.from_config(config)  # first, so a bad consumer.schema fails before anything opens
         ensure_topic(config, config.kafka.topic)
+        dead_letters = DeadLetterQueue.open(config)
         message_store = store.MessageStore(config.mongodb)
+        batches: BatchConsumer | None = None
+
+        def on_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+            if batches is not None:
+                batches.on_commit(error, partitions)
+
         consumer = make_client(
             Consumer,
             config.kafka,
@@ -88,30 +134,47 @@ class BatchConsumer:
             {
                 "group.id": config.consumer.group,
                 "enable.auto.commit": False,
+                "on_commit": on_commit,
                 "auto.offset.reset": "earliest",
                 # Incremental rebalancing: a consumer joining or leaving moves only the partitions that
                 # must move, instead of stopping the whole group.
                 "partition.assignment.strategy": "cooperative-sticky",
             },
+            defaults={
+                # A consumer killed outright (SIGKILL, OOM) leaves its partitions idle until its session
+                # times out: the supervisor restarts it within a second, but as a new member. librdkafka's
+                # 45 s suits far-away cloud brokers; heartbeats come from librdkafka's own thread, so a busy
+                # batch never delays them. kafka.client can set another value.
+                "session.timeout.ms": 10_000,
+            },
         )
-        consumer.subscribe([config.kafka.topic], on_assign=_on_assign, on_revoke=_on_revoke, on_lost=_on_lost)
-        return cls(config.consumer, pipeline, consumer, message_store, shutdown)
+        batches = cls(config.consumer, pipeline, consumer, message_store, dead_letters, shutdown)
+        consumer.subscribe(
+            [config.kafka.topic], on_assign=batches.on_assign, on_revoke=batches.on_revoke, on_lost=batches.on_lost
+        )
+        return batches
 
     def run(self) -> None:
-        """Fetch, store, commit: the order that makes a committed offset mean the message is stored."""
+        """Fetch, store, dead-letter, commit: the order that makes a committed offset mean the message is safe."""
         self.prepare_store()
         while not self.shutdown.requested:
             batch = self.fetch()
             if not batch:
+                if self.uncommitted and self.retry_commit and time.monotonic() >= self.next_commit_retry:
+                    self.commit_finished()
                 continue
-            if not self.write(batch):
-                return  # stopping while the store is away: no commit, so a replay redelivers the batch
-            self.dead_letter(batch.rejections)
-            self.commit(batch)
+            if not self.deliver(batch):
+                return  # stopping with the batch unfinished: not committed, so it is consumed again
+            self.uncommitted.update(batch.next_offsets)
+            self.commit_finished()
 
     def close(self) -> None:
-        """Leave the group now (so its partitions move at once) and disconnect the store."""
+        """Leave the group now (so its partitions move at once) and disconnect the store.
+
+        Closing revokes every partition, and on_revoke commits what is finished.
+        """
         self.consumer.close()
+        self.dead_letters.close()
         self.store.close()
 
     def prepare_store(self) -> None:
@@ -126,73 +189,293 @@ class BatchConsumer:
             self.store.ensure_indexes()
             self.indexes_ready = True
 
+    # --- fetch -----------------------------------------------------------------------------------
+
     def fetch(self) -> MessageBatch:
-        batch = self.pipeline.batch(self.consumer.consume(self.batch_size, self.batch_timeout))
+        messages = self.consumer.consume(self.batch_size, self.batch_timeout)
+        if self.strays:
+            messages, self.strays = self.strays + messages, []
+        # consume() serves rebalances: a message fetched before its partition was revoked within the
+        # same call belongs to the partition's new owner now.
+        messages = [m for m in messages if m.error() is not None or (m.topic(), m.partition()) in self.assigned]
+        batch = self.pipeline.batch(messages)
         for error in batch.errors:
             self.kafka_error(error)
+        if batch and self.kafka_failing is not None:
+            log.info("kafka: messages flow again")
+            self.kafka_failing = None
         self.counters.consumed += len(batch)
         self.counters.rejected.update(rejection.reason for rejection in batch.rejections)
         return batch
-
-    def write(self, batch: MessageBatch) -> bool:
-        """Store the batch, retrying while the store is unavailable; False when shutdown came first."""
-        delay = RETRY_INITIAL
-        while (outcome := self.try_write(batch)) is None:
-            # Jitter keeps the consumers of a group from hammering a recovering store in step.
-            if self.shutdown.wait(random.uniform(delay / 2, delay)):
-                log.warning("stopping with %d messages unstored; they stay uncommitted for a replay", len(batch))
-                return False
-            delay = min(delay * 2, RETRY_MAX)
-        self.counters.stored += outcome.inserted
-        self.counters.duplicates += outcome.duplicates
-        return True
-
-    def try_write(self, batch: MessageBatch) -> store.WriteOutcome | None:
-        """One attempt; None when the store is unavailable. Logs the store going away and coming back, once each."""
-        try:
-            self.ensure_indexes()
-            outcome = self.store.insert_batch(batch.documents)
-        except store.UNAVAILABLE as exc:
-            if self.store_down_since is None:
-                self.store_down_since = time.monotonic()
-                log.warning(
-                    "store unavailable (%s: %s); holding %d messages uncommitted, retrying with backoff",
-                    type(exc).__name__,
-                    exc,
-                    len(batch),
-                )
-            return None
-        if self.store_down_since is not None:
-            log.info("store is back after %.1fs", time.monotonic() - self.store_down_since)
-            self.store_down_since = None
-        return outcome
-
-    def commit(self, batch: MessageBatch) -> None:
-        offsets = [
-            TopicPartition(topic, partition, offset) for (topic, partition), offset in batch.next_offsets.items()
-        ]
-        try:
-            committed = self.consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            self.commit_failed(exc.args[0])
-            return
-        for partition in committed or ():
-            if partition.error is not None:
-                self.commit_failed(partition.error)
-
-    def commit_failed(self, error: KafkaError) -> None:
-        if error.fatal():
-            raise KafkaException(error)
-        # Typically a rebalance moved the partition away: its new owner replays from the last commit,
-        # and the store skips what we already wrote.
-        log.warning("commit failed (%s); the stored batch will be replayed as duplicates", error.str())
 
     def kafka_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             return
         if error.fatal():
             raise KafkaException(error)
-        log.warning("kafka: %s", error.str())
+        # librdkafka reconnects by itself; while a broker is away it reports the same error over and over.
+        if error.code() != self.kafka_failing:
+            self.kafka_failing = error.code()
+            log.warning("kafka: %s (repeats are not logged)", error.str())
+
+    # --- deliver: store, then dead-letter ---------------------------------------------------------
+
+    def deliver(self, batch: MessageBatch) -> bool:
+        """Store the batch and dead-letter its rejections, holding while either is unavailable.
+
+        False when a stop request came first; the batch is then left uncommitted.
+        """
+        self.in_flight = batch
+        try:
+            if not self.retry(lambda: self.try_store(batch)):
+                log.warning("stopping with %d messages unstored; they stay uncommitted for a replay", len(batch))
+                return False
+            if batch.rejections:
+                self.dead_letters.submit(batch.rejections)
+                if not self.retry(self.try_dead_letter):
+                    log.warning("stopping before the dead-letter topic acknowledged; the batch stays uncommitted")
+                    return False
+            return True
+        finally:
+            self.in_flight = None
+            self.resume()
+
+    def retry(self, attempt: Callable[[], bool]) -> bool:
+        """Run `attempt` until it succeeds, with exponential backoff and jitter; False when stopping first."""
+        delay = RETRY_INITIAL
+        while not attempt():
+            # Jitter keeps the consumers of a group from hammering a recovering server in step.
+            if not self.hold(random.uniform(delay / 2, delay)):
+                return False
+            delay = min(delay * 2, RETRY_MAX)
+        return True
+
+    def try_store(self, batch: MessageBatch) -> bool:
+        """One attempt at writing the batch's documents. Logs the store going away and coming back, once each."""
+        try:
+            self.ensure_indexes()
+            outcome = self.write(batch)
+        # A command-level refusal (e.g. not authorized) is about the store, not about one document: the
+        # batch waits for an operator to fix it rather than crash-looping this consumer.
+        except (*store.UNAVAILABLE, StoreBusy, OperationFailure) as exc:
+            if self.store_down_since is None:
+                self.store_down_since = time.monotonic()
+                log.warning(
+                    "store unavailable (%s: %s); holding %d messages uncommitted, partitions paused, "
+                    "retrying with backoff",
+                    type(exc).__name__,
+                    exc,
+                    len(batch),
+                )
+            return False
+        if self.store_down_since is not None:
+            log.info("store is back after %.1fs; resuming", time.monotonic() - self.store_down_since)
+            self.store_down_since = None
+        self.counters.stored += outcome.inserted
+        self.counters.duplicates += outcome.duplicates
+        series.stored_batch(len(batch), batch.documents, outcome.duplicates)
+        return True
+
+    def write(self, batch: MessageBatch) -> store.WriteOutcome:
+        """insert_batch, turning documents the store refuses for good into store-stage rejections."""
+        try:
+            with series.STORE_WRITE_SECONDS.time():
+                return self.store.insert_batch(batch.documents)
+        except BulkWriteError as exc:
+            return self.refuse_documents(batch, exc.details)
+        except InvalidDocument:
+            # pymongo refused the whole batch before sending it (e.g. a document over 16 MB): find out which.
+            return self.write_one_by_one(batch)
+
+    def refuse_documents(self, batch: MessageBatch, details: dict) -> store.WriteOutcome:
+        errors = details.get("writeErrors", [])
+        if details.get("writeConcernErrors") or any(error["code"] in RETRYABLE_WRITE_CODES for error in errors):
+            raise StoreBusy(errors[0]["errmsg"] if errors else "write concern not satisfied")
+        duplicates = sum(error["code"] == store.DUPLICATE_KEY for error in errors)
+        refused = {
+            error["index"]: f"the store refused the document: {error.get('errmsg', '')} (code {error['code']})"
+            for error in errors
+            if error["code"] != store.DUPLICATE_KEY
+        }
+        self.log_refused(batch.refuse(refused))
+        return store.WriteOutcome(details.get("nInserted", 0), duplicates)
+
+    def write_one_by_one(self, batch: MessageBatch) -> store.WriteOutcome:
+        inserted = duplicates = 0
+        refused: dict[int, str] = {}
+        for index, document in enumerate(batch.documents):
+            try:
+                outcome = self.store.insert_batch([document])
+            except BulkWriteError as exc:
+                [error] = exc.details["writeErrors"]
+                if error["code"] in RETRYABLE_WRITE_CODES:
+                    raise StoreBusy(error["errmsg"]) from None
+                refused[index] = f"the store refused the document: {error.get('errmsg', '')} (code {error['code']})"
+            except InvalidDocument as exc:
+                refused[index] = f"the document cannot be stored: {exc}"
+            else:
+                inserted += outcome.inserted
+                duplicates += outcome.duplicates
+        self.log_refused(batch.refuse(refused))
+        return store.WriteOutcome(inserted, duplicates)
+
+    def log_refused(self, rejections: list[Rejection]) -> None:
+        self.counters.rejected.update(rejection.reason for rejection in rejections)
+        for rejection in rejections:
+            log.warning("%s", rejection)
+
+    def try_dead_letter(self) -> bool:
+        """One wait for the dead-letter topic's acknowledgements. Logs it going away and coming back, once each."""
+        settled = self.dead_letters.settle(DEAD_LETTER_WAIT)
+        acknowledged = self.dead_letters.take_acknowledged()
+        if acknowledged:
+            self.counters.dead_lettered.update(rejection.reason for rejection in acknowledged)
+            reasons = Counter(rejection.reason for rejection in acknowledged)
+            log.warning(
+                "dead-lettered %d messages to %s (%s); first: %s",
+                len(acknowledged),
+                self.dead_letters.topic,
+                ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items())),
+                acknowledged[0],
+            )
+            for rejection in acknowledged[1:]:
+                log.debug("%s", rejection)
+        if not settled and self.dead_letter_down_since is None:
+            self.dead_letter_down_since = time.monotonic()
+            log.warning(
+                "dead-letter topic %s has not acknowledged yet; holding the batch uncommitted, partitions paused",
+                self.dead_letters.topic,
+            )
+        elif settled and self.dead_letter_down_since is not None:
+            log.info(
+                "dead-letter topic acknowledged after %.1fs; resuming", time.monotonic() - self.dead_letter_down_since
+            )
+            self.dead_letter_down_since = None
+        return settled
+
+    # --- holding a batch --------------------------------------------------------------------------
+
+    def hold(self, seconds: float) -> bool:
+        """Wait with every assigned partition paused, still serving the group; False when a stop is requested."""
+        if not self.paused:
+            self.consumer.pause(self.consumer.assignment())
+            self.paused = True
+        deadline = time.monotonic() + seconds
+        while not self.shutdown.requested:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            # poll() keeps this member in the group and runs the rebalance callbacks; paused partitions
+            # hand out nothing.
+            message = self.consumer.poll(min(left, HOLD_POLL))
+            if message is not None:
+                self.stray(message)
+        return False
+
+    def stray(self, message: Message) -> None:
+        """A message delivered while holding (its partition was not paused yet): keep it for the next batch."""
+        error = message.error()
+        if error is not None:
+            self.kafka_error(error)
+            return
+        self.strays.append(message)
+        self.consumer.pause([TopicPartition(message.topic(), message.partition())])
+
+    def resume(self) -> None:
+        if self.paused:
+            self.consumer.resume(self.consumer.assignment())
+            self.paused = False
+
+    # --- commit ----------------------------------------------------------------------------------
+
+    def commit_finished(self) -> None:
+        """Ask for the offsets of finished batches to be committed; on_commit learns the outcome.
+
+        Asynchronous, so a broker that is away does not stall the loop (a synchronous commit waits for
+        the group coordinator for as long as the session timeout).
+        """
+        self.retry_commit = False
+        if not self.uncommitted:
+            return
+        try:
+            self.consumer.commit(offsets=self._offsets(self.uncommitted), asynchronous=True)
+        except KafkaException as exc:
+            self.commit_failed(exc.args[0])
+
+    def commit_now(self, partitions: set[Partition]) -> None:
+        """Commit the finished offsets of these partitions and wait for the answer (on revoke)."""
+        offsets = self._offsets({key: o for key, o in self.uncommitted.items() if key in partitions})
+        if not offsets:
+            return
+        try:
+            self.on_commit(None, self.consumer.commit(offsets=offsets, asynchronous=False) or [])
+        except KafkaException as exc:
+            self.commit_failed(exc.args[0])
+
+    def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The outcome of a commit (served inside consume() and poll()); what went through is forgotten."""
+        if error is not None:
+            self.commit_failed(error)
+            return
+        for partition in partitions:
+            key = (partition.topic, partition.partition)
+            if partition.error is not None:
+                self.commit_failed(partition.error)
+            elif self.uncommitted.get(key) == partition.offset:
+                del self.uncommitted[key]  # a later batch's offset, if any, stays until its own answer
+        if not self.uncommitted and self.commit_failing is not None:
+            log.info("commits go through again")
+            self.commit_failing = None
+
+    def commit_failed(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise KafkaException(error)
+        self.retry_commit = True
+        self.next_commit_retry = time.monotonic() + COMMIT_RETRY
+        # Typically a rebalance in progress: the offsets are kept and committed with the next batch, or
+        # on revoke if the partition moves away (its new owner then starts after them).
+        if error.code() != self.commit_failing:
+            self.commit_failing = error.code()
+            log.warning("commit refused (%s); keeping the offsets to commit again", error.str())
+
+    @staticmethod
+    def _offsets(offsets: dict[Partition, int]) -> list[TopicPartition]:
+        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+
+    # --- rebalance callbacks (run inside consume() and poll()) -------------------------------------
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned.update((p.topic, p.partition) for p in partitions)
+        log.info("assigned %s", _partition_list(partitions))
+        if self.paused:
+            # Holding a batch: new partitions wait too, or poll() would hand out their messages.
+            consumer.incremental_assign(partitions)
+            consumer.pause(partitions)
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(p.topic, p.partition) for p in partitions}
+        # Still the owner here: committing now lets the new owner start after what is finished.
+        self.commit_now(revoked)
+        self.forget(revoked)
+        log.info("revoked %s", _partition_list(partitions))
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # No longer a member, so a commit would be refused; the new owners replay from the last commit.
+        self.forget({(p.topic, p.partition) for p in partitions})
+        log.warning(
+            "lost %s (session timed out); their new owners replay from the last commit", _partition_list(partitions)
+        )
+
+    def forget(self, partitions: set[Partition]) -> None:
+        self.assigned -= partitions
+        for key in partitions:
+            self.uncommitted.pop(key, None)
+        self.strays = [m for m in self.strays if (m.topic(), m.partition()) not in partitions]
+        if self.in_flight is not None:
+            dropped = self.in_flight.drop(partitions)
+            if dropped:
+                self.counters.dropped += dropped
+                log.info("dropped %d unfinished messages of partitions that moved; their new owner has them", dropped)
 
 
 def run(config: Config, shutdown: Shutdown) -> int:
@@ -209,22 +492,6 @@ def run(config: Config, shutdown: Shutdown) -> int:
         batches.close()
         log.info("stopped: %s", batches.counters)
     return 0
-
-
-def _on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-    log.info("assigned %s", _partition_list(partitions))
-
-
-def _on_revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-    # Nothing to commit here: revocation is served inside consume(), and by then the previous batch
-    # has been stored and committed.
-    log.info("revoked %s", _partition_list(partitions))
-
-
-def _on_lost(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-    log.warning(
-        "lost %s (session timed out); their new owners replay from the last commit", _partition_list(partitions)
-    )
 
 
 def _partition_list(partitions: list[TopicPartition]) -> str:

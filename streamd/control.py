@@ -54,6 +54,23 @@ def process_alive(pid: int) -> bool:
         return True
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`: children, Gunicorn workers, a local server's JVM…"""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_bytes().rpartition(b")")[2].split()
+            except OSError:
+                continue  # exited while we looked
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 class ControlServer:
     """The supervisor's end: a listening socket its main loop polls alongside the signal pipe."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,6 +16,8 @@ from streamd.config import Config, ConfigError, KafkaConfig
 log = logging.getLogger(__name__)
 
 TOPIC_TIMEOUT = 10.0
+REPEAT_WINDOW = 60.0  # seconds during which librdkafka repeating a log line is not logged again
+_TIMINGS = re.compile(r" \(after \d+ms in state \w+\)|\d+ms")  # what differs between two repeats
 
 Client = TypeVar("Client")
 
@@ -22,28 +26,69 @@ class KafkaUnavailable(Exception):
     """The brokers did not answer, or refused a request streamd cannot work without; one sentence."""
 
 
-def client_settings(settings: KafkaConfig, role: str, required: dict[str, Any] | None = None) -> dict[str, Any]:
-    """librdkafka properties for one client: the brokers, the user's extras, then what `role` needs.
+class RepeatFilter(logging.Filter):
+    """Lets each distinct librdkafka line through once per REPEAT_WINDOW.
 
-    The role's own properties are applied last on purpose: commit-after-write and the idempotent
-    producer rest on them, so kafka.client can add security settings but cannot switch those off.
+    While a broker is down librdkafka reports every reconnect attempt, for every connection it keeps,
+    several a second: the first line says it all.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = _TIMINGS.sub("", record.getMessage())
+        now = time.monotonic()
+        if now - self.last_seen.get(key, -REPEAT_WINDOW) < REPEAT_WINDOW:
+            return False
+        if len(self.last_seen) > 1000:
+            self.last_seen.clear()  # distinct lines are few; this only bounds a pathological case
+        self.last_seen[key] = now
+        return True
+
+
+def librdkafka_logger(role: str) -> logging.Logger:
+    logger = logging.getLogger(f"kafka.{role}")
+    if not any(isinstance(existing, RepeatFilter) for existing in logger.filters):
+        logger.addFilter(RepeatFilter())
+    return logger
+
+
+def client_settings(
+    settings: KafkaConfig,
+    role: str,
+    required: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """librdkafka properties for one client: the brokers, the role's defaults, the user's extras, then what
+    `role` needs.
+
+    The role's required properties are applied last on purpose: commit-after-write and the idempotent
+    producer rest on them, so kafka.client can add security settings but cannot switch those off. Its
+    defaults are only streamd's choice, and kafka.client overrides them.
     """
     return {
         "bootstrap.servers": settings.brokers,
         "client.id": f"streamd-{role}",
         # librdkafka logs through Python logging (served from poll/consume), so its lines carry the child name.
-        "logger": logging.getLogger(f"kafka.{role}"),
+        "logger": librdkafka_logger(role),
+        **(defaults or {}),
         **settings.client,
         **(required or {}),
     }
 
 
 def make_client(
-    kind: Callable[[dict[str, Any]], Client], settings: KafkaConfig, role: str, required: dict[str, Any] | None = None
+    kind: Callable[[dict[str, Any]], Client],
+    settings: KafkaConfig,
+    role: str,
+    required: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> Client:
     """A Consumer, Producer or AdminClient; a property librdkafka does not accept is a ConfigError."""
     try:
-        return kind(client_settings(settings, role, required))
+        return kind(client_settings(settings, role, required, defaults))
     except KafkaException as exc:
         raise ConfigError(f"kafka.client: librdkafka refused the {role} settings ({exc.args[0].str()}).") from None
 

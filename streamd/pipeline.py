@@ -1,8 +1,8 @@
 """What the consumer does to each message, as small pure stages: parse -> validate -> to_document.
 
 A message that fails a stage becomes a Rejection instead of an exception escaping the batch, so the
-batch carries it to whatever handles rejects (the dead-letter step) and its offset is committed with
-the rest: a message nobody can store must not block its partition.
+batch carries it to the dead-letter step (streamd.dead_letter) and its offset is committed with the
+rest once the dead-letter topic has it: a message nobody can store must not block its partition.
 """
 
 from __future__ import annotations
@@ -84,14 +84,34 @@ class Invalid(Exception):
 class Rejection:
     """A message that will not be stored, with everything a dead-letter topic needs to keep it."""
 
-    stage: str  # parse | validate
-    reason: str  # a fixed word, fit for a metric label: empty, too_large, not_utf8, not_json, not_object, schema
+    stage: str  # parse | validate | store
+    # A fixed word, fit for a metric label: tombstone, empty, too_large, not_utf8, not_json, not_object,
+    # schema, or store_rejected (the store refused this one document for good).
+    reason: str
     detail: str  # one sentence for people
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: list[tuple[str, bytes | None]] | None = None
+    timestamp_ms: int | None = None  # the message's Kafka timestamp, when it has one
+
+    @classmethod
+    def of(cls, message: Message, stage: str, reason: str, detail: str) -> Rejection:
+        kind, stamp = message.timestamp()
+        return cls(
+            stage,
+            reason,
+            detail,
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            message.key(),
+            message.value(),
+            message.headers(),
+            None if kind == TIMESTAMP_NOT_AVAILABLE else stamp,
+        )
 
     def __str__(self) -> str:
         return f"{self.topic}[{self.partition}]@{self.offset} rejected at {self.stage} ({self.reason}): {self.detail}"
@@ -102,6 +122,8 @@ class MessageBatch:
     """One consume() worth of messages after the stages: what to store, what was rejected, what to commit."""
 
     documents: list[dict] = field(default_factory=list)
+    # The message each document came from (same index), for dead-lettering one the store refuses.
+    sources: list[Message] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     # (topic, partition) -> offset to commit: the next one to read, one past the highest in the batch.
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -111,11 +133,38 @@ class MessageBatch:
     def __len__(self) -> int:
         return len(self.documents) + len(self.rejections)
 
+    def refuse(self, refused: dict[int, str]) -> list[Rejection]:
+        """Move the documents at these indexes (-> the store's reason) to the rejections, as stage "store"."""
+        moved = [
+            Rejection.of(self.sources[index], "store", "store_rejected", _shortened(detail))
+            for index, detail in sorted(refused.items())
+        ]
+        kept = [index for index in range(len(self.documents)) if index not in refused]
+        self.documents = [self.documents[index] for index in kept]
+        self.sources = [self.sources[index] for index in kept]
+        self.rejections.extend(moved)
+        return moved
+
+    def drop(self, partitions: set[tuple[str, int]]) -> int:
+        """Forget every message of these partitions (they moved to another consumer); how many were dropped."""
+        before = len(self)
+        kept = [
+            index for index, source in enumerate(self.sources) if (source.topic(), source.partition()) not in partitions
+        ]
+        self.documents = [self.documents[index] for index in kept]
+        self.sources = [self.sources[index] for index in kept]
+        self.rejections = [r for r in self.rejections if (r.topic, r.partition) not in partitions]
+        for moved in partitions:
+            self.next_offsets.pop(moved, None)
+        return before - len(self)
+
 
 def parse(value: bytes | None, max_bytes: int) -> dict:
     """Stage 1: the value must be at most max_bytes of UTF-8 JSON holding an object."""
+    if value is None:
+        raise Invalid("parse", "tombstone", "the message is a tombstone (its value is null)")
     if not value:
-        raise Invalid("parse", "empty", "the message has no value")
+        raise Invalid("parse", "empty", "the message value is empty (0 bytes)")
     if len(value) > max_bytes:
         raise Invalid(
             "parse", "too_large", f"the value is {len(value)} bytes, over consumer.max_message_bytes ({max_bytes})"
@@ -188,6 +237,15 @@ def _meets_builtin(payload: dict) -> bool:
     return True
 
 
+def document_id(payload: object, topic: str, partition: int, offset: int) -> str:
+    """The `_id` a message is stored under: its own id, else its Kafka coordinates (see streamd.ids).
+
+    `streamd verify` uses it on every message, valid or not, to know where to look.
+    """
+    candidate = payload.get("id") if isinstance(payload, dict) else None
+    return candidate if is_valid_id(candidate) else offset_id(topic, partition, offset)
+
+
 def to_document(
     payload: dict, topic: str, partition: int, offset: int, kafka_timestamp: tuple[int, int], ingested_at: datetime
 ) -> dict:
@@ -200,7 +258,7 @@ def to_document(
     else:
         timestamp = ingested_at
     return {
-        "_id": payload.get("id") or offset_id(topic, partition, offset),
+        "_id": document_id(payload, topic, partition, offset),
         "content": payload["text"],
         "timestamp": timestamp,
         "source": payload.get("source"),
@@ -223,7 +281,8 @@ class Pipeline:
     def batch(self, messages: Iterable[Message], ingested_at: datetime | None = None) -> MessageBatch:
         ingested_at = ingested_at or datetime.now(UTC)
         batch = MessageBatch()
-        documents, rejections, next_offsets = batch.documents, batch.rejections, batch.next_offsets
+        documents, sources, rejections = batch.documents, batch.sources, batch.rejections
+        next_offsets = batch.next_offsets
         for message in messages:
             error = message.error()
             if error is not None:
@@ -234,11 +293,10 @@ class Pipeline:
                 payload = parse(value, self.max_message_bytes)
                 self.schema.validate(payload)
             except Invalid as exc:
-                rejections.append(
-                    Rejection(exc.stage, exc.reason, exc.detail, topic, partition, offset, message.key(), value)
-                )
+                rejections.append(Rejection.of(message, exc.stage, exc.reason, exc.detail))
             else:
                 documents.append(to_document(payload, topic, partition, offset, message.timestamp(), ingested_at))
+                sources.append(message)
             # Kafka hands out a partition's messages in offset order, so the last one seen is the highest.
             next_offsets[topic, partition] = offset + 1
         return batch
@@ -246,7 +304,10 @@ class Pipeline:
 
 def _describe(error: ValidationError) -> str:
     where = ".".join(str(part) for part in error.absolute_path)
-    text = f"{where}: {error.message}" if where else error.message
+    return _shortened(f"{where}: {error.message}" if where else error.message)
+
+
+def _shortened(text: str) -> str:
     return text if len(text) <= DETAIL_LIMIT else text[: DETAIL_LIMIT - 1] + "…"
 
 

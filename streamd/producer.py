@@ -20,6 +20,7 @@ from streamd.config import Config, ConfigError
 from streamd.ids import new_id
 from streamd.kafka import KafkaUnavailable, ensure_topic, make_client
 from streamd.lifecycle import Shutdown
+from streamd.metrics import series
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,10 @@ FLUSH_MARGIN = 1.0  # seconds of supervisor.graceful_timeout left over after flu
 
 @dataclass
 class ProduceReport:
-    sent: int = 0
-    acked: int = 0
-    failed: int = 0
+    # Each count also feeds its Prometheus series (streamd.metrics.series).
+    sent: int = series.Tally(series.PRODUCED)
+    acked: int = series.Tally(series.ACKNOWLEDGED)
+    failed: int = series.Tally(series.PRODUCE_FAILED)
 
     def __str__(self) -> str:
         return f"sent {self.sent}, acked {self.acked}, failed {self.failed}"
@@ -46,34 +48,47 @@ def new_message(source: str) -> tuple[bytes, bytes]:
     return message_id.encode(), value
 
 
-class Sender:
-    """A librdkafka producer for config.kafka.topic that counts what it sent and what the broker acknowledged."""
+def delivery_settings(config: Config) -> dict[str, object]:
+    """What every streamd producer needs: acks from all in-sync replicas, and idempotence so that
+    librdkafka's retries after a broker restart can neither lose nor duplicate a message."""
+    return {"enable.idempotence": True, "acks": "all", "linger.ms": config.producer.linger_ms}
 
-    def __init__(self, config: Config) -> None:
+
+class Sender:
+    """A librdkafka producer for config.kafka.topic that counts what it sent and what the broker acknowledged.
+
+    While a broker is away librdkafka keeps every message queued and retries it (idempotence keeps the
+    retries from duplicating or reordering); a message is reported failed only once message.timeout.ms
+    has passed without an acknowledgement.
+    """
+
+    def __init__(self, config: Config, shutdown: Shutdown | None = None) -> None:
         self.topic = config.kafka.topic
         self.report = ProduceReport()
+        self.shutdown = shutdown or Shutdown()
         self._failing: int | None = None  # error code of the latest failed delivery, until an ack
+        self._failed_in_row = 0
         self.producer = make_client(
             Producer,
             config.kafka,
             "producer",
-            {
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": config.producer.linger_ms,
-                "on_delivery": self._delivered,
-            },
+            {**delivery_settings(config), "on_delivery": self._delivered},
         )
 
-    def send(self, key: bytes, value: bytes) -> None:
+    def send(self, key: bytes, value: bytes) -> bool:
+        """Queue one message; False when a stop was requested while waiting for room in the queue."""
         while True:
             try:
                 self.producer.produce(self.topic, value, key)
                 break
             except BufferError:
-                # librdkafka's queue is full (queue.buffering.max.messages): deliveries make room.
+                # librdkafka's queue is full (queue.buffering.max.messages): deliveries make room, which
+                # can take until message.timeout.ms while the broker is away, so a stop must cut in.
+                if self.shutdown.requested:
+                    return False
                 self.producer.poll(POLL_INTERVAL)
         self.report.sent += 1
+        return True
 
     def poll(self, timeout: float) -> None:
         """Wait up to `timeout` seconds, serving delivery reports (and librdkafka's log lines)."""
@@ -86,13 +101,23 @@ class Sender:
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
             self.report.acked += 1
+            if self._failing is not None:
+                log.info("deliveries to %s acknowledged again after %d failed", message.topic(), self._failed_in_row)
             self._failing = None
+            self._failed_in_row = 0
             return
         self.report.failed += 1
+        self._failed_in_row += 1
         # While the broker is away every message fails the same way: log the change, count the rest.
         if error.code() != self._failing:
             self._failing = error.code()
-            log.warning("delivery to %s failed: %s (repeats are counted, not logged)", message.topic(), error.str())
+            key = message.key().decode(errors="replace") if message.key() else "(no key)"
+            log.warning(
+                "delivery of %s to %s failed: %s; this message is not in Kafka (repeats are counted, not logged)",
+                key,
+                message.topic(),
+                error.str(),
+            )
 
 
 def generate(sender: Sender, source: str, rate: float | None, count: int | None, shutdown: Shutdown) -> None:
@@ -109,7 +134,8 @@ def generate(sender: Sender, source: str, rate: float | None, count: int | None,
         due = int((time.monotonic() - start) * rate) + 1 if rate else limit
         burst = min(due, limit, sent + MAX_BURST) - sent
         for _ in range(burst):
-            sender.send(*new_message(source))
+            if not sender.send(*new_message(source)):
+                return
         sent += burst
         wait = start + sent / rate - time.monotonic() if rate else 0.0
         sender.poll(min(max(wait, 0.0), POLL_INTERVAL))
@@ -119,7 +145,7 @@ def run(config: Config, shutdown: Shutdown) -> int:
     """The producer child's main: generate until stopped, then flush within the graceful timeout."""
     try:
         ensure_topic(config, config.kafka.topic)
-        sender = Sender(config)
+        sender = Sender(config, shutdown)
     except (KafkaUnavailable, ConfigError) as exc:
         log.error("%s", exc)
         return 1
@@ -148,9 +174,10 @@ def produce_once(
 
     Raises KafkaUnavailable when the brokers do not answer, ConfigError for a bad kafka.client.
     """
+    shutdown = shutdown or Shutdown()
     ensure_topic(config, config.kafka.topic)
-    sender = Sender(config)
-    generate(sender, source or config.producer.source, rate, count, shutdown or Shutdown())
+    sender = Sender(config, shutdown)
+    generate(sender, source or config.producer.source, rate, count, shutdown)
     # No timeout: librdkafka reports every message within message.timeout.ms, delivered or failed.
     sender.flush()
     return sender.report

@@ -30,6 +30,8 @@ INDEXES = [
     # Newest first, with _id as the tie-breaker that makes the API's cursor pagination stable.
     IndexModel([("timestamp", DESCENDING), ("_id", DESCENDING)]),
     IndexModel([("source", ASCENDING), ("timestamp", DESCENDING), ("_id", DESCENDING)]),
+    # /stats counts what arrived in the last 1, 5 and 15 minutes.
+    IndexModel([("ingested_at", DESCENDING)]),
 ]
 
 

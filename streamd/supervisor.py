@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from setproctitle import setproctitle
 
 from streamd import config as config_module
-from streamd import logs
+from streamd import logs, metrics
 from streamd.children import Child, ChildSpec, ChildState, ChildTarget, RestartPolicy, Tier
 from streamd.config import Config, ConfigError
 from streamd.control import ControlServer
@@ -123,6 +123,8 @@ class Supervisor:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.init_signals()
         self.control.open()
+        # Before planning imports any child's code: prometheus-client picks file-backed values at import.
+        metrics.prepare(self.config)
         self.adopt(self.plan(self.config, self.services))
         log.info("supervisor started (pid %d) with %d children", self.pid, len(self.children))
         try:
@@ -219,6 +221,7 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            metrics.forget(pid)
             child = next((c for c in self.children if c.pid == pid), None)
             if child is None:
                 continue  # an adopted grandchild; reaping it is all we owe it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -14,6 +15,15 @@ from streamd.config import Config
 REPO = Path(__file__).resolve().parent.parent
 # The test session shares the developer's cache, so provisioning happens once per machine, not per run.
 STACK_STATE_DIR = REPO / ".streamd"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-scale",
+        type=float,
+        default=float(os.environ.get("FAULT_SCALE", "1")),
+        help="multiply the message counts of tests/test_faults.py (default 1, or $FAULT_SCALE); e.g. 5 for a soak",
+    )
 
 
 def free_port() -> int:

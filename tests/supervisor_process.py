@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from streamd import config as config_module
 from streamd import control
+from streamd.config import Config
+from streamd.control import descendants
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def start_streamd(tmp_path: Path, settings: Config, **sections: dict) -> SupervisorProcess:
+    """`streamd start -c <tmp_path>/config.yaml` as a real process, with `sections` laid over `settings`."""
+    raw = config_module.to_mapping(settings)
+    for section, values in sections.items():
+        raw[section] = {**raw[section], **values}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "streamd", "start", "-c", str(path)]
+    return SupervisorProcess(path, command, tmp_path / "streamd.log").start()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -27,23 +43,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
 
 def process_gone(pid: int) -> bool:
     return not control.process_alive(pid)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (children, Gunicorn workers, the JVM of a local server…)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_bytes().rpartition(b")")[2].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 class SupervisorProcess:

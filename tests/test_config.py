@@ -102,10 +102,30 @@ def test_every_key_is_documented_with_its_default():
     assert "source" not in keys, "internal fields are not config keys"
 
 
-def test_the_readme_documents_every_config_key():
+def readme_default(default: object) -> str:
+    if default is None:
+        return ""
+    if isinstance(default, bool):
+        return str(default).lower()
+    return "{}" if default == {} else str(default)
+
+
+def test_the_readme_documents_every_config_key_with_its_current_default():
     readme = (REPO / "README.md").read_text()
-    missing = [key for key, _, _ in config_module.documented_keys() if f"`{key}`" not in readme]
+    section = readme.partition("\n## Configuration\n")[2].partition("\n## ")[0]
+    rows = {
+        cells[1].strip("` "): cells[2].strip("` ")
+        for line in section.splitlines()
+        if line.startswith("| `") and len(cells := line.split("|")) > 3
+    }
+    missing = [key for key, _, _ in config_module.documented_keys() if key not in rows]
     assert not missing, f"README.md lacks these config keys: {missing}"
+    stale = {
+        key: (rows[key], readme_default(default))
+        for key, default, _ in config_module.documented_keys()
+        if rows[key] != readme_default(default)
+    }
+    assert not stale, f"README.md shows stale defaults (shown, actual): {stale}"
 
 
 def test_missing_explicit_config_file_is_a_clear_error(tmp_path):

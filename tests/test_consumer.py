@@ -11,14 +11,18 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from pymongo.errors import BulkWriteError, DocumentTooLarge
 
 from streamd.config import Config
-from streamd.consumer import run
+from streamd.consumer import BatchConsumer, StoreBusy, run
+from streamd.dead_letter import DeadLetterQueue
 from streamd.lifecycle import Shutdown
+from streamd.pipeline import Pipeline
 from streamd.producer import produce_once
-from streamd.store import MessageStore
+from streamd.store import MessageStore, WriteOutcome
 from tests.conftest import free_port
+from tests.fault_stack import relay_to
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +87,13 @@ def stored_count(settings: Config) -> int:
 
 
 def all_committed(settings: Config) -> bool:
-    return committed(settings) == end_offsets(settings)
+    """Every message consumed and committed; an empty partition needs no commit. False while the group
+    coordinator cannot answer yet (a broker just started), so waiting on it simply goes on."""
+    try:
+        done = committed(settings)
+        return all(done.get(partition, 0) == end for partition, end in end_offsets(settings).items())
+    except KafkaException:
+        return False
 
 
 def produce_raw(settings: Config, *values: bytes) -> None:
@@ -126,7 +136,7 @@ def test_produced_messages_are_stored_exactly_once_in_the_stored_shape(settings:
     [rejected] = sorted(set(everything) - set(coordinates))
     assert len(coordinates) == len(set(coordinates)) == len(everything) - 1
     assert f"{settings.kafka.topic}[{rejected[0]}]@{rejected[1]} rejected at parse (not_json)" in caplog.text
-    assert "stopped: consumed 42, stored 41, duplicates 0, rejected 1" in caplog.messages
+    assert "stopped: consumed 42, stored 41, duplicates 0, rejected 1, dead-lettered 1 (not_json 1)" in caplog.messages
 
 
 def test_a_replay_into_the_same_collection_stores_nothing_twice(settings: Config, caplog):
@@ -140,7 +150,7 @@ def test_a_replay_into_the_same_collection_stores_nothing_twice(settings: Config
         wait_until(lambda: all_committed(replay), "the second group to commit everything")
 
     assert stored_count(settings) == 30
-    assert "stopped: consumed 30, stored 0, duplicates 30, rejected 0" in caplog.messages
+    assert "stopped: consumed 30, stored 0, duplicates 30, rejected 0, dead-lettered 0" in caplog.messages
 
 
 def test_nothing_is_committed_while_the_store_is_unreachable_and_the_batch_is_replayed_later(settings: Config, caplog):
@@ -174,3 +184,196 @@ def test_a_stop_mid_stream_finishes_and_commits_the_batch_in_hand(settings: Conf
     assert count < 5000, "stopped mid-stream"
     assert sum(committed(settings).values()) == count, "everything stored is committed, nothing else"
     assert any(m.startswith("revoked ") for m in caplog.messages), "closed: it left the group"
+
+
+# --- dead letters -------------------------------------------------------------------------------------
+
+
+def read_all(brokers: str, topic: str) -> list[Message]:
+    """Every message of `topic`, read without a consumer group."""
+    reader = Consumer({"bootstrap.servers": brokers, "group.id": "unused", "enable.partition.eof": True})
+    try:
+        metadata = reader.list_topics(topic, timeout=10).topics[topic]
+        reader.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
+        ends = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
+        messages: list[Message] = []
+        deadline = time.monotonic() + 20
+        while sum(ends.values()) > len(messages) and time.monotonic() < deadline:
+            messages += [m for m in reader.consume(1000, timeout=0.5) if m.error() is None]
+        return messages
+    finally:
+        reader.close()
+
+
+def test_a_rejected_message_is_committed_only_once_the_dead_letter_topic_acknowledged_it(settings: Config, caplog):
+    produce_once(settings, count=10, rate=None, source=None)
+    produce_raw(settings, b"not json")
+    dlq = settings.kafka.dead_letter_topic
+    batches = BatchConsumer.open(settings, Shutdown())
+    with relay_to(int(settings.kafka.brokers.rpartition(":")[2])) as relay:
+        # The dead-letter producer reaches the cluster only through the relay, which opens later.
+        batches.dead_letters = DeadLetterQueue(
+            replace(settings, kafka=replace(settings.kafka, brokers=f"127.0.0.1:{relay.port}"))
+        )
+        with batches_running(batches):
+            wait_until(lambda: "has not acknowledged yet" in caplog.text, "the consumer to hold the batch")
+            time.sleep(1)
+            assert committed(settings) == {}, "nothing of a batch is committed before its dead letters are acked"
+            assert stored_count(settings) == 10, "the documents are stored meanwhile"
+            assert read_all(settings.kafka.brokers, dlq) == []
+
+            relay.open()
+            wait_until(lambda: all_committed(settings), "the batch committed once the dead letter is acknowledged")
+
+    [letter] = read_all(settings.kafka.brokers, dlq)
+    assert letter.value() == b"not json"
+    assert sum("has not acknowledged yet" in m for m in caplog.messages) == 1, "logged once per state change"
+    assert sum(m.startswith("dead-letter topic acknowledged after") for m in caplog.messages) == 1
+    assert batches.counters.dead_lettered == {"not_json": 1}
+
+
+class PickyStore(MessageStore):
+    """The real store, refusing documents the way MongoDB refuses one that fails validation (code 121) or
+    one over 16 MiB (pymongo's DocumentTooLarge, raised for the whole insert_many). FerretDB refuses
+    neither, so the refusal is simulated; everything else is written for real."""
+
+    def insert_batch(self, documents: list[dict]) -> WriteOutcome:
+        if any(document["content"] == "too large" for document in documents):
+            raise DocumentTooLarge("BSON document too large (17000042 bytes)")
+        refused = [index for index, document in enumerate(documents) if document["content"] == "refuse me"]
+        if not refused:
+            return super().insert_batch(documents)
+        outcome = super().insert_batch([d for index, d in enumerate(documents) if index not in refused])
+        errors = [{"index": index, "code": 121, "errmsg": "Document failed validation"} for index in refused]
+        raise BulkWriteError({"nInserted": outcome.inserted, "writeErrors": errors, "writeConcernErrors": []})
+
+
+def test_documents_the_store_refuses_are_dead_lettered_at_the_store_stage_and_the_rest_stored(settings: Config, caplog):
+    values = [b'{"id": "a", "text": "fine"}', b'{"id": "b", "text": "refuse me"}', b'{"id": "c", "text": "too large"}']
+    producer = Producer({"bootstrap.servers": settings.kafka.brokers})
+    for value in values:
+        producer.produce(settings.kafka.topic, value, key=b"k", headers=[("origin", b"test")])
+    assert producer.flush(10) == 0
+    batches = BatchConsumer.open(settings, Shutdown())
+    batches.store = PickyStore(settings.mongodb)
+
+    with batches_running(batches):
+        wait_until(lambda: all_committed(settings), "everything committed, the refused documents dead-lettered")
+
+    assert [d["_id"] for d in stored(settings)] == ["a"]
+    letters = read_all(settings.kafka.brokers, settings.kafka.dead_letter_topic)
+    assert sorted(letter.value() for letter in letters) == sorted(values[1:])
+    for letter in letters:
+        headers = dict(letter.headers())
+        assert headers["streamd.error.stage"] == b"store" and headers["streamd.error.reason"] == b"store_rejected"
+        assert headers["origin"] == b"test"
+    details = sorted(dict(letter.headers())["streamd.error.detail"] for letter in letters)
+    assert details == [
+        b"the document cannot be stored: BSON document too large (17000042 bytes)",
+        b"the store refused the document: Document failed validation (code 121)",
+    ]
+    assert batches.counters.dead_lettered == {"store_rejected": 2}
+
+
+def test_write_errors_of_single_documents_become_store_rejections_and_transient_ones_a_retry(settings: Config):
+    pipeline = Pipeline.from_config(settings)
+    batches = BatchConsumer(settings.consumer, pipeline, None, None, None, Shutdown())  # type: ignore[arg-type]
+    messages = [Message(topic="t", partition=0, offset=n, value=b'{"text": "%d"}' % n) for n in range(4)]
+    batch = pipeline.batch(messages)
+    details = {
+        "nInserted": 2,
+        "writeErrors": [
+            {"index": 1, "code": 11000, "errmsg": "E11000 duplicate key"},
+            {"index": 3, "code": 121, "errmsg": "Document failed validation"},
+        ],
+    }
+
+    outcome = batches.refuse_documents(batch, details)
+
+    assert (outcome.inserted, outcome.duplicates) == (2, 1)
+    [refused] = batch.rejections
+    assert (refused.stage, refused.reason, refused.offset) == ("store", "store_rejected", 3)
+    assert "Document failed validation (code 121)" in refused.detail
+    assert len(batch.documents) == 3
+
+    stepping_down = {"nInserted": 0, "writeErrors": [{"index": 0, "code": 10107, "errmsg": "not primary"}]}
+    with pytest.raises(StoreBusy, match="not primary"):
+        batches.refuse_documents(pipeline.batch(messages), stepping_down)
+
+
+# --- holding and rebalancing ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def batches_running(batches: BatchConsumer) -> Iterator[None]:
+    shutdown = batches.shutdown
+    child = threading.Thread(target=batches.run, name="held-consumer")
+    child.start()
+    try:
+        yield
+    finally:
+        shutdown.request()
+        child.join(timeout=15)
+        batches.close()
+        assert not child.is_alive()
+
+
+def store_away(settings: Config) -> Config:
+    """The store at a port nobody serves, and a batch timeout long enough to take in everything produced."""
+    return replace(
+        settings,
+        mongodb=replace(settings.mongodb, uri=f"mongodb://127.0.0.1:{free_port()}", timeout_ms=100),
+        consumer=replace(settings.consumer, batch_timeout_ms=1000),
+    )
+
+
+def test_a_held_batch_pauses_fetching_and_keeps_the_consumer_in_the_group(settings: Config, caplog):
+    produce_once(settings, count=30, rate=None, source=None)
+    batches = BatchConsumer.open(store_away(settings), Shutdown())
+    with batches_running(batches):
+        wait_until(lambda: "partitions paused" in caplog.text, "the consumer to hold its batch")
+        produce_once(settings, count=30, rate=None, source=None)
+        time.sleep(1.5)
+        assert batches.paused
+        assert batches.counters.consumed == 30 and batches.strays == [], "paused partitions hand out nothing more"
+        batches.store = MessageStore(settings.mongodb)  # the store answers again
+        wait_until(lambda: all_committed(settings), "everything stored and committed after the store came back")
+    assert stored_count(settings) == 60
+    assert sum("store unavailable (" in m for m in caplog.messages) == 1
+    assert sum(m.startswith("store is back after") for m in caplog.messages) == 1
+
+
+def test_a_partition_taken_away_from_a_held_batch_is_neither_lost_nor_written_twice(settings: Config, caplog):
+    produce_once(settings, count=300, rate=None, source=None)
+    held = BatchConsumer.open(store_away(settings), Shutdown())
+    with batches_running(held):
+        wait_until(lambda: "partitions paused" in caplog.text, "the first consumer to hold all 300 messages")
+        assert held.counters.consumed == 300
+        helper = BatchConsumer.open(settings, Shutdown())
+        with batches_running(helper):
+            wait_until(lambda: held.counters.dropped > 0, "a rebalance to take a partition from the held batch")
+            held.store = MessageStore(settings.mongodb)
+            wait_until(lambda: all_committed(settings), "both consumers to finish")
+
+    assert stored_count(settings) == 300
+    assert held.counters.stored + helper.counters.stored == 300
+    assert held.counters.duplicates + helper.counters.duplicates == 0, "no message was written by both"
+    assert any(m.startswith("dropped ") for m in caplog.messages)
+
+
+def test_finished_batches_whose_commit_is_still_pending_are_committed_when_the_partitions_go(settings: Config):
+    """A commit refused during a rebalance is kept; on revoke (here: leaving the group) it goes through."""
+    produce_once(settings, count=20, rate=None, source=None)
+    batches = BatchConsumer.open(
+        replace(settings, consumer=replace(settings.consumer, batch_timeout_ms=1000)), Shutdown()
+    )
+    try:
+        batch = batches.fetch()
+        while not batch:
+            batch = batches.fetch()
+        assert batches.deliver(batch)
+        batches.uncommitted.update(batch.next_offsets)  # finished, its commit not answered yet
+        assert committed(settings) == {}
+    finally:
+        batches.close()
+    assert {partition: offset for (_, partition), offset in batch.next_offsets.items()} == committed(settings)

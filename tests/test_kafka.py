@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamd import config as config_module
 from streamd.config import Config, ConfigError
-from streamd.kafka import KafkaUnavailable, client_settings, ensure_topic, make_client
+from streamd.kafka import REPEAT_WINDOW, KafkaUnavailable, client_settings, ensure_topic, make_client
 from tests.conftest import free_port
 
 
@@ -23,6 +24,30 @@ def test_client_settings_add_kafka_client_extras_but_the_role_has_the_last_word(
     assert properties["security.protocol"] == "SSL"
     assert properties["acks"] == "all"
     assert properties["client.id"] == "streamd-producer"
+
+
+def test_role_defaults_yield_to_kafka_client():
+    plain = config_module.from_mapping({}).kafka
+    tuned = config_module.from_mapping({"kafka": {"client": {"session.timeout.ms": 30000}}}).kafka
+    assert client_settings(plain, "consumer", defaults={"session.timeout.ms": 10000})["session.timeout.ms"] == 10000
+    assert client_settings(tuned, "consumer", defaults={"session.timeout.ms": 10000})["session.timeout.ms"] == 30000
+
+
+def test_librdkafka_lines_repeated_while_a_broker_is_down_are_logged_once_per_window(caplog, monkeypatch):
+    logger = client_settings(config_module.from_mapping({}).kafka, "repeat-test")["logger"]
+    refused = "FAIL [thrd:127.0.0.1:9092/bootstrap]: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
+    with caplog.at_level(logging.INFO, logger="kafka.repeat-test"):
+        for elapsed in (0, 1, 250):
+            logger.error("%s (after %dms in state CONNECT)", refused, elapsed)
+        logger.error("FAIL [thrd:GroupCoordinator]: GroupCoordinator: Disconnected")
+        clock = time.monotonic() + REPEAT_WINDOW + 1
+        monkeypatch.setattr(time, "monotonic", lambda: clock)
+        logger.error("%s (after 3ms in state CONNECT)", refused)
+    assert [r.getMessage().split(": ")[-1] for r in caplog.records] == [
+        "Connection refused (after 0ms in state CONNECT)",
+        "Disconnected",
+        "Connection refused (after 3ms in state CONNECT)",
+    ]
 
 
 def test_a_property_librdkafka_does_not_know_is_a_config_error_naming_kafka_client():

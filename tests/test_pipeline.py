@@ -17,6 +17,7 @@ from streamd.pipeline import (
     Invalid,
     PayloadSchema,
     Pipeline,
+    document_id,
     parse,
     parse_timestamp,
     to_document,
@@ -28,11 +29,17 @@ KAFKA_TIME_MS = int(datetime(2024, 6, 1, 11, 59, tzinfo=UTC).timestamp() * 1000)
 
 
 def kafka_message(
-    value: bytes | None, partition: int = 0, offset: int = 0, timestamp_ms: int | None = KAFKA_TIME_MS
+    value: bytes | None,
+    partition: int = 0,
+    offset: int = 0,
+    timestamp_ms: int | None = KAFKA_TIME_MS,
+    headers: list | None = None,
 ) -> Message:
     """A consumed message as librdkafka hands it over; timestamp_ms=None is a message without timestamp."""
-    stamp = {} if timestamp_ms is None else {"timestamp": (TIMESTAMP_CREATE_TIME, timestamp_ms)}
-    return Message(topic=TOPIC, partition=partition, offset=offset, key=b"k", value=value, **stamp)
+    extra: dict = {} if timestamp_ms is None else {"timestamp": (TIMESTAMP_CREATE_TIME, timestamp_ms)}
+    if headers is not None:
+        extra["headers"] = headers
+    return Message(topic=TOPIC, partition=partition, offset=offset, key=b"k", value=value, **extra)
 
 
 def json_message(payload: object, **where) -> Message:
@@ -68,8 +75,8 @@ def test_parse_returns_the_json_object():
 @pytest.mark.parametrize(
     ("value", "reason", "detail"),
     [
-        (b"", "empty", "no value"),
-        (None, "empty", "no value"),
+        (b"", "empty", "value is empty"),
+        (None, "tombstone", "tombstone"),
         (b'{"text": "\xff\xfe"}', "not_utf8", "not UTF-8 (byte 10)"),
         (b"hello", "not_json", "not JSON"),
         (b'{"text": "a"} trailing', "not_json", "not JSON"),
@@ -85,6 +92,19 @@ def test_parse_rejects_what_is_not_a_utf8_json_object(pipeline, value, reason, d
     assert detail in rejection.detail
     assert (rejection.topic, rejection.partition, rejection.offset) == (TOPIC, 2, 17)
     assert rejection.value == value, "the raw value is kept for the dead-letter topic"
+
+
+def test_a_rejection_keeps_everything_the_dead_letter_topic_needs(pipeline):
+    message = kafka_message(b"not json", partition=1, offset=8, headers=[("trace", b"abc"), ("empty", None)])
+    rejection = only_rejection(pipeline, message)
+    assert (rejection.topic, rejection.partition, rejection.offset) == (TOPIC, 1, 8)
+    assert (rejection.key, rejection.value) == (b"k", b"not json")
+    assert rejection.headers == [("trace", b"abc"), ("empty", None)]
+    assert rejection.timestamp_ms == KAFKA_TIME_MS
+
+
+def test_a_rejection_of_a_message_without_timestamp_has_none(pipeline):
+    assert only_rejection(pipeline, kafka_message(b"[]", timestamp_ms=None)).timestamp_ms is None
 
 
 def test_parse_rejects_values_over_max_message_bytes(pipeline):
@@ -231,6 +251,23 @@ def test_a_message_without_id_gets_its_kafka_coordinates_as_id(pipeline):
     assert document["source"] is None
 
 
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ({"id": "order-1", "text": "hi"}, "order-1"),
+        ({"text": "hi"}, f"{TOPIC}:3:12"),
+        ({"id": None}, f"{TOPIC}:3:12"),
+        ({"id": "has space"}, f"{TOPIC}:3:12"),
+        ({"id": {"$gt": ""}}, f"{TOPIC}:3:12"),
+        (["order-1"], f"{TOPIC}:3:12"),
+        (None, f"{TOPIC}:3:12"),
+    ],
+)
+def test_document_id_is_the_message_id_when_valid_else_the_kafka_coordinates(payload, expected):
+    """streamd verify looks every message up by this id, valid or not, so it never raises."""
+    assert document_id(payload, TOPIC, 3, 12) == expected
+
+
 def test_a_replayed_message_without_id_gets_the_same_id(pipeline):
     first = only_document(pipeline, json_message({"text": "hi"}, partition=1, offset=99))
     again = only_document(pipeline, json_message({"text": "hi"}, partition=1, offset=99))
@@ -283,6 +320,37 @@ def test_kafka_error_events_are_not_messages(pipeline):
     assert batch.next_offsets == {(TOPIC, 0): 5}
     assert [error.code() for error in batch.errors] == [KafkaError._PARTITION_EOF]
     assert batch.rejections == []
+
+
+def test_the_store_can_refuse_single_documents_which_become_store_rejections(pipeline):
+    messages = [json_message({"text": t}, partition=0, offset=n) for n, t in enumerate("abc")]
+    batch = pipeline.batch(messages, ingested_at=NOW)
+
+    [moved] = batch.refuse({1: "the store refused the document: too odd (code 121)"})
+
+    assert [document["content"] for document in batch.documents] == ["a", "c"]
+    assert [source.offset() for source in batch.sources] == [0, 2]
+    assert (moved.stage, moved.reason, moved.offset) == ("store", "store_rejected", 1)
+    assert moved.value == orjson.dumps({"text": "b"}) and "code 121" in moved.detail
+    assert batch.rejections == [moved]
+    assert batch.next_offsets == {(TOPIC, 0): 3}, "a refused document is still committed, once dead-lettered"
+
+
+def test_dropping_revoked_partitions_forgets_their_documents_rejections_and_offsets(pipeline):
+    messages = [
+        json_message({"text": "a"}, partition=0, offset=4),
+        json_message({"text": "b"}, partition=1, offset=9),
+        kafka_message(b"nope", partition=1, offset=10),
+        kafka_message(b"nope", partition=2, offset=0),
+    ]
+    batch = pipeline.batch(messages, ingested_at=NOW)
+
+    assert batch.drop({(TOPIC, 1)}) == 2
+
+    assert [document["content"] for document in batch.documents] == ["a"]
+    assert [source.partition() for source in batch.sources] == [0]
+    assert [(r.partition, r.offset) for r in batch.rejections] == [(2, 0)]
+    assert batch.next_offsets == {(TOPIC, 0): 5, (TOPIC, 2): 1}
 
 
 def test_an_empty_batch_commits_nothing(pipeline):

@@ -5,20 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pymongo
 import pytest
-import yaml
 
-from streamd import config as config_module
 from streamd.config import Config
 
 from .conftest import STACK_STATE_DIR, free_port
-from .supervisor_process import SupervisorProcess, descendants, process_gone, wait_until
+from .supervisor_process import SupervisorProcess, descendants, process_gone, start_streamd, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +32,9 @@ def get_json(url: str) -> tuple[int, dict]:
         return 0, {}
 
 
-def start_pipeline(tmp_path: Path, settings: Config, **overrides: dict) -> SupervisorProcess:
-    raw = config_module.to_mapping(settings)
-    for section, values in overrides.items():
-        raw[section] = {**raw[section], **values}
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    command = [sys.executable, "-m", "streamd", "start", "-c", str(path)]
-    return SupervisorProcess(path, command, tmp_path / "streamd.log").start()
-
-
 @pytest.fixture
 def pipeline(pipeline_config: Config, tmp_path: Path):
-    sup = start_pipeline(
+    sup = start_streamd(
         tmp_path,
         pipeline_config,
         producer={"rate": 20.0},
@@ -122,7 +109,7 @@ def test_sigkill_of_the_supervisor_leaves_no_process_behind(pipeline):
 def test_start_runs_a_local_stack_as_children_when_no_server_answers(pipeline_config, tmp_path):
     """The README's run command on a machine with no Kafka or MongoDB: streamd brings its own."""
     kafka_port, store_port = free_port(), free_port()
-    sup = start_pipeline(
+    sup = start_streamd(
         tmp_path,
         pipeline_config,
         kafka={"brokers": f"127.0.0.1:{kafka_port}"},

@@ -113,3 +113,18 @@ def test_failed_deliveries_are_counted_and_logged_once_per_error(caplog):
     failures = [r for r in caplog.records if r.name == "streamd.producer" and "delivery" in r.getMessage()]
     assert len(failures) == 1
     assert "timed out" in failures[0].getMessage()
+    assert failures[0].getMessage().startswith("delivery of k0 to "), "names the first message that failed"
+
+
+def test_a_stop_cuts_in_while_the_queue_is_full_and_no_broker_answers():
+    settings = config_module.from_mapping(
+        {"kafka": {"brokers": f"127.0.0.1:{free_port()}", "client": {"queue.buffering.max.messages": 1}}}
+    )
+    shutdown = Shutdown()
+    sender = Sender(settings, shutdown)
+    assert sender.send(b"k0", b"{}") is True
+    threading.Timer(0.5, shutdown.request).start()
+    started = time.monotonic()
+    assert sender.send(b"k1", b"{}") is False, "the queue never frees up: the stop request ends the wait"
+    assert 0.4 < time.monotonic() - started < 3
+    assert sender.report.sent == 1

@@ -9,15 +9,22 @@ from pymongo.errors import PyMongoError
 
 from streamd.api import errors
 from streamd.api.backends import Backends
+from streamd.api.dashboard import DashboardResource, StaticResource, load_assets
 from streamd.api.health import HealthResource, ReadyResource
+from streamd.api.lag import GroupLag
 from streamd.api.messages import MessageResource, MessagesResource
+from streamd.api.metrics import MetricsResource, RequestMetrics
+from streamd.api.stats import StatsResource
+from streamd.api.stream import LiveStreams, StreamResource
 from streamd.config import Config
 
 
-def create_app(config: Config, backends: Backends | None = None) -> falcon.App:
-    """The WSGI app of one process; pass `backends` to control (and close) its clients yourself."""
+def create_app(config: Config, backends: Backends | None = None, streams: LiveStreams | None = None) -> falcon.App:
+    """The WSGI app of one process; pass `backends` to control (and close) its clients yourself, and
+    `streams` to learn when the process stops serving (see server.post_worker_init)."""
     backends = backends or Backends(config)
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    streams = streams or LiveStreams(config.api)
+    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=[RequestMetrics()])
 
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json})
@@ -29,6 +36,13 @@ def create_app(config: Config, backends: Backends | None = None) -> falcon.App:
     app.add_route("/messages/{message_id}", MessageResource(backends))
     app.add_route("/health", HealthResource())
     app.add_route("/ready", ReadyResource(backends))
+    lag = GroupLag(config, lambda: backends.kafka)
+    app.add_route("/metrics", MetricsResource(config, lag))
+    app.add_route("/stats", StatsResource(backends, lag))
+    app.add_route("/stream", StreamResource(backends, streams))
+    assets = load_assets()
+    app.add_route("/", DashboardResource(assets))
+    app.add_route("/static/{name}", StaticResource(assets))
 
     app.set_error_serializer(errors.serialize_error)
     # Falcon picks the handler of the most specific class in the exception's MRO.

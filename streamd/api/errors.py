@@ -84,7 +84,7 @@ def route_not_found(req: falcon.Request, resp: falcon.Response, error: Exception
     raise falcon.HTTPRouteNotFound(
         title="Not found",
         description=f"no resource at {shown(req.path)}; "
-        "the API serves /messages, /messages/{id}, /health and /ready.",
+        "the API serves /, /messages, /messages/{id}, /stream, /stats, /metrics, /health and /ready.",
     )
 
 

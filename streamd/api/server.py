@@ -23,9 +23,10 @@ from gunicorn.config import Config as GunicornConfig
 from gunicorn.workers.base import Worker
 from setproctitle import setproctitle
 
-from streamd import logs
+from streamd import logs, metrics
 from streamd.api.app import create_app
 from streamd.api.backends import Backends
+from streamd.api.stream import LiveStreams
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
 
@@ -57,6 +58,7 @@ class ApiServer(BaseApplication):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.backends: Backends | None = None
+        self.streams: LiveStreams | None = None
         super().__init__(prog=PROC_NAME)
 
     def load_config(self) -> None:
@@ -83,13 +85,16 @@ class ApiServer(BaseApplication):
             "when_ready": self.when_ready,
             "pre_fork": self.pre_fork,
             "post_fork": self.post_fork,
+            "post_worker_init": self.post_worker_init,
             "worker_exit": self.worker_exit,
+            "child_exit": self.child_exit,
         }
 
     def load(self) -> falcon.App:
         # Runs in each worker after the fork (preload_app is off), so every worker has its own clients.
         self.backends = Backends(self.config)
-        return create_app(self.config, self.backends)
+        self.streams = LiveStreams(self.config.api)
+        return create_app(self.config, self.backends, self.streams)
 
     def run(self) -> None:
         ApiArbiter(self).run()
@@ -119,6 +124,15 @@ class ApiServer(BaseApplication):
         name = f"api worker {worker.slot}"
         setproctitle(f"streamd: {name}")
         logs.configure(self.config.logging, name)
+
+    def post_worker_init(self, worker: Worker) -> None:
+        # A graceful stop waits for open responses: live feeds end within a poll once the worker stops.
+        if self.streams is not None:
+            self.streams.serving = lambda: worker.alive
+
+    def child_exit(self, server: Arbiter, worker: Worker) -> None:
+        # Runs in the master, which reaps its workers: their open-stream gauge must not outlive them.
+        metrics.forget(worker.pid)
 
     def worker_exit(self, server: Arbiter, worker: Worker) -> None:
         if self.backends is not None:

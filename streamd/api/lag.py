@@ -1,0 +1,137 @@
+"""Consumer lag as Kafka sees it: per partition, the log end offset minus the group's committed offset.
+
+Read from the brokers when asked (a scrape, a /stats request), not reported by the consumers: the
+group's committed offsets are the truth the consumers commit to (an offset is committed only once its
+message is stored or dead-lettered), so this lag is exactly "messages in Kafka not yet in the store",
+and it keeps growing, as it should, while every consumer is down. It is what
+`kafka-consumer-groups.sh --describe` shows, and it needs no state shared between processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from streamd.config import Config
+
+# A probe, a scrape and a dashboard refresh must all answer within a few seconds, Kafka down or not.
+KAFKA_TIMEOUT = 2.0
+# Several viewers and a scraper share one reading per worker this long.
+FRESH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None  # None: the group never committed here, so it starts at the earliest offset
+    end: int
+    lag: int
+
+    def as_dict(self) -> dict:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "committed": self.committed,
+            "end": self.end,
+            "lag": self.lag,
+        }
+
+
+@dataclass(frozen=True)
+class KafkaReading:
+    """One look at the brokers: the group's lag per partition and how many dead letters the topic holds."""
+
+    partitions: list[PartitionLag]
+    dead_letters: int
+
+    @property
+    def total(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+
+class KafkaUnreadable(Exception):
+    """The brokers did not answer in time; the message says which question failed."""
+
+
+class GroupLag:
+    """Reads (and briefly keeps) the consumer group's lag and the dead-letter topic's size."""
+
+    def __init__(self, config: Config, admin: Callable[[], AdminClient]) -> None:
+        self.topic = config.kafka.topic
+        self.dead_letter_topic = config.kafka.dead_letter_topic
+        self.group = config.consumer.group
+        self.admin = admin
+        self._lock = threading.Lock()
+        self._reading: tuple[float, KafkaReading | KafkaUnreadable] | None = None
+
+    def read(self) -> KafkaReading:
+        """A reading at most FRESH_SECONDS old; raises KafkaUnreadable (also remembered that long)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._reading is None or now - self._reading[0] > FRESH_SECONDS:
+                try:
+                    outcome: KafkaReading | KafkaUnreadable = self._read_now()
+                except KafkaUnreadable as exc:
+                    outcome = exc
+                self._reading = (time.monotonic(), outcome)
+            outcome = self._reading[1]
+        if isinstance(outcome, KafkaUnreadable):
+            raise outcome
+        return outcome
+
+    def _read_now(self) -> KafkaReading:
+        admin = self.admin()
+        try:
+            metadata = admin.list_topics(timeout=KAFKA_TIMEOUT)
+        except KafkaException as exc:
+            raise KafkaUnreadable(f"Kafka did not answer ({exc.args[0].str()})") from None
+        finally:
+            admin.poll(0)  # hands librdkafka's queued log lines to the logger
+        partitions = _partitions(metadata, self.topic)
+        dead = _partitions(metadata, self.dead_letter_topic)
+        end = _offsets(admin, partitions + dead, OffsetSpec.latest())
+        start = _offsets(admin, partitions + dead, OffsetSpec.earliest())
+        committed = self._committed(admin, partitions)
+        lags = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            position = committed.get(key)
+            # Retention may have deleted what the group never read; those messages are gone, not lagging.
+            consumed_to = start[key] if position is None else max(position, start[key])
+            lags.append(PartitionLag(tp.topic, tp.partition, position, end[key], max(end[key] - consumed_to, 0)))
+        dead_letters = sum(end[(tp.topic, tp.partition)] - start[(tp.topic, tp.partition)] for tp in dead)
+        return KafkaReading(lags, dead_letters)
+
+    def _committed(self, admin: AdminClient, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        if not partitions:
+            return {}
+        request = [ConsumerGroupTopicPartitions(self.group, partitions)]
+        try:
+            answer = admin.list_consumer_group_offsets(request, request_timeout=KAFKA_TIMEOUT)[self.group].result()
+        except KafkaException as exc:
+            raise KafkaUnreadable(f"Kafka did not say where group {self.group} is ({exc.args[0].str()})") from None
+        # A negative offset (OFFSET_INVALID) means nothing was committed for that partition.
+        return {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions if tp.offset >= 0}
+
+
+def _partitions(metadata, topic: str) -> list[TopicPartition]:
+    described = metadata.topics.get(topic)
+    if described is None or described.error is not None:
+        return []  # not created yet: nothing to lag behind
+    return [TopicPartition(topic, number) for number in sorted(described.partitions)]
+
+
+def _offsets(admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
+    if not partitions:
+        return {}
+    futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=KAFKA_TIMEOUT)
+    try:
+        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+    except KafkaException as exc:
+        raise KafkaUnreadable(f"Kafka did not give the topics' offsets ({exc.args[0].str()})") from None

@@ -1,0 +1,108 @@
+"""GET /metrics, the middleware that counts every request, and the series read at scrape time.
+
+What the children count is summed from the multiprocess directory (streamd.metrics). Two things are
+better asked at the moment of the scrape than recorded by someone: the consumer group's lag (from
+Kafka, see lag.py) and each child's state and restarts (from the supervisor's control socket, which
+is the only place that knows them). A scrape while Kafka or the supervisor is away leaves their series
+out rather than failing, so the rest still arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import falcon
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from streamd import control
+from streamd.api.lag import GroupLag, KafkaUnreadable
+from streamd.api.params import reject_unknown
+from streamd.children import ChildState
+from streamd.config import Config
+from streamd.metrics import exposition, series
+
+log = logging.getLogger("streamd.api")
+
+
+class LagCollector(Collector):
+    def __init__(self, lag: GroupLag) -> None:
+        self.lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            reading = self.lag.read()
+        except KafkaUnreadable as exc:
+            log.warning("/metrics without consumer lag: %s", exc)
+            return
+        lag = GaugeMetricFamily(
+            "streamd_consumer_lag_messages",
+            "Messages in the partition not yet stored: log end offset minus the group's committed offset.",
+            labels=["topic", "partition"],
+        )
+        for partition in reading.partitions:
+            lag.add_metric([partition.topic, str(partition.partition)], partition.lag)
+        yield lag
+        yield GaugeMetricFamily(
+            "streamd_dead_letter_topic_messages",
+            "Messages held by the dead-letter topic (within its retention).",
+            value=reading.dead_letters,
+        )
+
+
+class SupervisorCollector(Collector):
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            status = control.request_status(self.config)
+        except control.NotRunning:
+            return  # an API run on its own has no children to report
+        except OSError as exc:
+            log.warning("/metrics without child states: the supervisor did not answer (%s)", exc)
+            return
+        restarts = CounterMetricFamily(
+            "streamd_child_restarts", "Times the supervisor restarted the child after it died.", labels=["child"]
+        )
+        states = GaugeMetricFamily(
+            "streamd_child_state",
+            "1 for the child's current supervisor state, 0 for the others.",
+            labels=["child", "state"],
+        )
+        for child in status["children"]:
+            restarts.add_metric([child["name"]], child["restarts"])
+            for state in ChildState:
+                states.add_metric([child["name"], state.value], 1.0 if child["state"] == state.value else 0.0)
+        yield restarts
+        yield states
+
+
+class MetricsResource:
+    def __init__(self, config: Config, lag: GroupLag) -> None:
+        self.registry = exposition.registry([LagCollector(lag), SupervisorCollector(config)])
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        reject_unknown(req.params, ())
+        resp.data = exposition.render(self.registry)
+        resp.content_type = exposition.CONTENT_TYPE
+
+
+class RequestMetrics:
+    """Falcon middleware: every answered request by route template (never the raw path), method and status."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        # The template keeps the label set small: /messages/{message_id}, not one series per id.
+        route = req.uri_template or "unmatched"
+        series.HTTP_REQUESTS.labels(route, req.method, str(resp.status_code)).inc()
+        started = getattr(req.context, "started", None)
+        if started is not None:
+            series.HTTP_SECONDS.labels(route, req.method).observe(time.perf_counter() - started)

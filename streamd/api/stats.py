@@ -1,0 +1,120 @@
+"""GET /stats: the pipeline in one JSON document, for the dashboard and for people.
+
+Every part comes from the place that knows it: message totals, rates and sources from the store,
+lag and dead letters from Kafka, child states from the supervisor, counts since start from the
+metrics of every process. A part that cannot be read is null and named in `errors`, so a store
+outage still shows which children are down.
+
+Counting scans the collection (and FerretDB scans it for every query), so one worker computes the
+document at most once per FRESH_SECONDS however many dashboards ask.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import falcon
+from pymongo.errors import PyMongoError
+
+from streamd import control
+from streamd.api.backends import Backends
+from streamd.api.lag import GroupLag, KafkaUnreadable
+from streamd.api.messages import iso, time_limit_ms
+from streamd.api.params import reject_unknown
+from streamd.metrics import exposition
+
+FRESH_SECONDS = 1.0
+RATE_WINDOWS = {"1m": 60, "5m": 300, "15m": 900}
+# Counters of every process since the supervisor started: (family, label to break down by).
+SINCE_START = {
+    "produced": ("streamd_producer_messages_sent", None),
+    "acknowledged": ("streamd_producer_messages_acknowledged", None),
+    "produce_failed": ("streamd_producer_messages_failed", None),
+    "consumed": ("streamd_consumer_messages_consumed", None),
+    "stored": ("streamd_consumer_messages_stored", None),
+    "duplicates": ("streamd_consumer_messages_duplicate", None),
+}
+
+
+class StatsResource:
+    def __init__(self, backends: Backends, lag: GroupLag) -> None:
+        self.backends = backends
+        self.lag = lag
+        self.counters = exposition.registry()
+        self._lock = threading.Lock()
+        self._latest: tuple[float, dict] | None = None
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        reject_unknown(req.params, ())
+        resp.media = self.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            if self._latest is None or time.monotonic() - self._latest[0] > FRESH_SECONDS:
+                self._latest = (time.monotonic(), self.compute())
+            return self._latest[1]
+
+    def compute(self, now: datetime | None = None) -> dict[str, Any]:
+        now = now or datetime.now(UTC)
+        errors: dict[str, str] = {}
+        stats: dict[str, Any] = {"at": iso(now)}
+        try:
+            stats |= self.from_store(now)
+        except PyMongoError as exc:
+            errors["store"] = f"could not be read ({type(exc).__name__})"
+            stats |= {"totals": None, "rates": None, "sources": None}
+        try:
+            reading = self.lag.read()
+            stats["lag"] = {"total": reading.total, "partitions": [p.as_dict() for p in reading.partitions]}
+            dead_letters: int | None = reading.dead_letters
+        except KafkaUnreadable as exc:
+            errors["kafka"] = str(exc)
+            stats["lag"], dead_letters = None, None
+        dead_lettered = exposition.totals(self.counters, "streamd_consumer_messages_dead_lettered", "reason")
+        stats["dead_letters"] = {
+            "topic": self.backends.config.kafka.dead_letter_topic,
+            "messages": dead_letters,
+            "since_start": {reason: int(count) for reason, count in sorted(dead_lettered.items())},
+        }
+        stats["since_start"] = {
+            name: int(sum(exposition.totals(self.counters, family, label).values()))
+            for name, (family, label) in SINCE_START.items()
+        }
+        stats |= self.from_supervisor(errors)
+        stats["errors"] = errors
+        return stats
+
+    def from_store(self, now: datetime) -> dict[str, Any]:
+        collection = self.backends.store.collection
+        limit = time_limit_ms(self.backends)
+        total = collection.count_documents({}, maxTimeMS=limit)
+        rates = {
+            name: round(
+                collection.count_documents({"ingested_at": {"$gte": now - timedelta(seconds=seconds)}}, maxTimeMS=limit)
+                / seconds,
+                3,
+            )
+            for name, seconds in RATE_WINDOWS.items()
+        }
+        groups = collection.aggregate([{"$group": {"_id": "$source", "count": {"$sum": 1}}}], maxTimeMS=limit)
+        sources = sorted(
+            ({"source": group["_id"], "count": group["count"]} for group in groups),
+            key=lambda entry: (-entry["count"], str(entry["source"])),
+        )
+        return {"totals": {"messages": total}, "rates": rates, "sources": sources}
+
+    def from_supervisor(self, errors: dict[str, str]) -> dict[str, Any]:
+        try:
+            status = control.request_status(self.backends.config)
+        except control.NotRunning:
+            return {"supervisor": None, "children": []}  # an API run on its own, as in tests
+        except OSError as exc:
+            errors["supervisor"] = f"did not answer ({exc})"
+            return {"supervisor": None, "children": []}
+        return {
+            "supervisor": {"pid": status["pid"], "uptime": status["uptime"], "stopping": status["stopping"]},
+            "children": status["children"],
+        }

@@ -1,0 +1,254 @@
+"""`streamd bench`: the pipeline's throughput, latency and API speed, next to what the store and Kafka allow.
+
+Every figure comes from one run on this machine against the configured Kafka and store (started
+locally when `stack.local` allows), in this order:
+
+    backlog              N generated messages produced to a scratch topic
+    ceilings             insert_many of the same documents; librdkafka reading the backlog; the naive loop
+    pipeline runs        `streamd start` with 1, 2, 4… consumers draining the backlog (pipeline_runs)
+    latency              offered loads through one running pipeline (latency)
+    API load             wrk against the Gunicorn API over a collection of known size (api_load)
+
+Everything is written under scratch names (scratch) and removed at the end, also after a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import pymongo.errors
+
+from streamd.bench import api_load, ceilings, latency, pipeline_runs
+from streamd.bench.report import Progress, render
+from streamd.bench.scratch import BenchError, Scratch
+from streamd.bench.supervised import SupervisedRun
+from streamd.config import Config
+from streamd.kafka import ensure_topic
+
+__all__ = ["BenchError", "BenchOptions", "render", "run"]
+
+HEALTH_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    messages: int = 100_000  # the backlog every throughput figure drains
+    naive_messages: int = 5_000  # the naive loop is ~15 times slower: a smaller sample suffices
+    processes: tuple[int, ...] = (1, 2, 4)
+    loads: tuple[float, ...] = (100.0, 1000.0)
+    load_seconds: float = 10.0
+    api_documents: int = 1_000
+    api_concurrency: tuple[int, ...] = (1, 4, 16)
+    api_seconds: float = 5.0
+    quick: bool = False
+
+    @classmethod
+    def quick_run(cls) -> BenchOptions:
+        """Under a minute: fewer messages, fewer points, the same figures."""
+        return cls(
+            messages=20_000,
+            naive_messages=1_000,
+            processes=(1, 2),
+            load_seconds=3.0,
+            api_concurrency=(4,),
+            api_seconds=2.0,
+            quick=True,
+        )
+
+
+def run(config: Config, options: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Measure everything; the figures as plain JSON-ready data. Raises BenchError when a phase fails."""
+    from streamd import stack
+
+    progress = progress or Progress()
+    started = time.monotonic()
+    stack_started = False
+    if config.stack.local is not False:
+        try:
+            stack_started = stack.ensure_running(config)
+        except stack.StackError as exc:
+            raise BenchError(str(exc)) from None
+    scratch = Scratch(config, max(options.processes))
+    progress(f"run {scratch.run_id}: scratch topics {scratch.prefix}-*, database {scratch.database}")
+    try:
+        figures = measure(scratch, options, progress)
+    except pymongo.errors.PyMongoError as exc:
+        raise BenchError(f"the store at {config.mongodb.uri} failed during the run ({exc}).") from None
+    finally:
+        problems = scratch.cleanup()
+        for problem in problems:
+            progress(f"clean-up: {problem}")
+        if stack_started:
+            stack.down(config)
+    progress("scratch topics, groups and database removed" if not problems else "clean-up incomplete (see above)")
+    figures["duration_s"] = round(time.monotonic() - started, 1)
+    return figures
+
+
+def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict[str, Any]:
+    base = scratch.base
+    batch_size = base.consumer.batch_size
+    backlog = scratch.topic("backlog")
+    ensure_topic(with_topic(base, backlog), backlog, partitions=scratch.partitions)
+
+    progress(f"generating and producing {options.messages:,} messages to {backlog}")
+    messages = ceilings.generate_values(options.messages, "bench")
+    ends = ceilings.prefill(base, backlog, messages)
+    documents = ceilings.documents_of(messages, backlog)
+
+    with scratch.store() as client:
+        database = client[scratch.database]
+        store_info = client.server_info()
+        store = ceilings.store_ceiling(database["store_ceiling"], documents, batch_size)
+        progress(f"store ceiling: {store:,.0f} msg/s (insert_many, {batch_size} per call)")
+        kafka = ceilings.kafka_consume_ceiling(base, backlog, scratch.group("ceiling"), options.messages)
+        progress(f"Kafka consume ceiling: {kafka:,.0f} msg/s")
+        naive_count = min(options.naive_messages, options.messages)
+        naive = ceilings.naive(base, backlog, scratch.group("naive"), database["naive"], naive_count)
+        progress(f"naive loop: {naive:,.0f} msg/s (insert_one per message, {naive_count:,} messages)")
+
+    by_processes: dict[str, dict] = {}
+    rss: dict[str, float] = {}
+    for processes in options.processes:
+        progress(f"pipeline with {processes} consumer process(es): draining {options.messages:,} messages")
+        result, sizes = pipeline_runs.drain(scratch, backlog, ends, processes, free_port())
+        by_processes[str(processes)] = result.figures()
+        keep_largest(rss, sizes)
+        progress(f"  {result.msgs_per_s:,.0f} msg/s after a {result.startup_s:.1f} s start-up")
+    best = max(run["msgs_per_s"] for run in by_processes.values())
+    ceiling = min(store, kafka)
+
+    latency_figures = measure_latency(scratch, options, progress, rss)
+    api_figures = measure_api(scratch, options, documents[: options.api_documents], progress, rss)
+
+    return {
+        "run_id": scratch.run_id,
+        "quick": options.quick,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "store": describe_store(store_info),
+            "kafka": base.kafka.brokers,
+        },
+        "messages": options.messages,
+        "partitions": scratch.partitions,
+        "batch_size": batch_size,
+        "store_ceiling_msgs_per_s": round(store, 1),
+        "kafka_consume_ceiling_msgs_per_s": round(kafka, 1),
+        "naive_msgs_per_s": round(naive, 1),
+        "pipeline_by_processes": by_processes,
+        "pipeline_msgs_per_s": round(best, 1),
+        "pipeline_vs_ceiling": round(best / ceiling, 3),
+        "latency_ms": latency_figures,
+        "api": api_figures,
+        "rss_mb": rss,
+    }
+
+
+def measure_latency(scratch: Scratch, options: BenchOptions, progress: Progress, rss: dict[str, float]) -> dict:
+    base = scratch.base
+    topic = scratch.topic("latency")
+    config = scratch.config(
+        "latency", topic=topic, collection="latency", processes=max(1, base.consumer.processes), api_port=free_port()
+    )
+    ensure_topic(config, topic, partitions=scratch.partitions)
+    partitions = range(scratch.partitions)
+    figures: dict[str, dict] = {}
+    progress(f"latency: starting a pipeline with {config.consumer.processes} consumer process(es)")
+    with SupervisedRun(config) as supervised:
+        latency.warm_up(supervised, config, partitions)
+        for load in options.loads:
+            progress(f"latency at {load:g} msg/s for {options.load_seconds:g} s")
+            result = latency.offered_load(supervised, config, partitions, load, options.load_seconds)
+            figures[f"{load:g}"] = result
+            stored, visible = result["stored"], result["visible"]
+            progress(f"  produce → stored p99 {stored['p99']} ms, produce → visible p99 {visible['p99']} ms")
+        keep_largest(rss, supervised.rss_mb())
+    return figures
+
+
+def measure_api(
+    scratch: Scratch, options: BenchOptions, documents: list[dict], progress: Progress, rss: dict[str, float]
+) -> dict:
+    from streamd.api.server import ApiServer
+
+    wrk = api_load.wrk_path()
+    if wrk is None:
+        progress(api_load.MISSING)
+        return {"error": api_load.MISSING}
+    config = scratch.config("api", topic=scratch.topic("api"), collection="api", processes=0, api_port=free_port())
+    with scratch.store() as client:
+        collection = client[scratch.database]["api"]
+        ceilings.prepare(collection)
+        collection.insert_many(documents, ordered=False)
+    endpoints = {
+        "GET /messages": ["/messages"],
+        "GET /messages/{id}": [f"/messages/{document['_id']}" for document in documents],
+    }
+    results: dict[str, list[dict]] = {}
+    progress(f"API load: {len(documents):,} stored messages, {config.api.workers} workers")
+    with SupervisedRun(config) as supervised:
+        supervised.wait_running()
+        wait_healthy(supervised, config.api.port)
+        for endpoint, paths in endpoints.items():
+            results[endpoint] = []
+            for concurrency in options.api_concurrency:
+                figures = api_load.load(
+                    wrk, config.api.port, paths, concurrency, options.api_seconds, config.state_path / "wrk"
+                )
+                results[endpoint].append(figures)
+                progress(
+                    f"  {endpoint} × {concurrency}: {figures['rps']:,.0f} req/s, "
+                    f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms"
+                )
+        keep_largest(rss, supervised.rss_mb())
+    settings = ApiServer(config).settings()
+    return {
+        "tool": api_load.wrk_version(wrk),
+        "workers": settings["workers"],
+        "worker_class": settings["worker_class"],
+        "threads": settings["threads"],
+        "documents": len(documents),
+        "endpoints": results,
+    }
+
+
+def wait_healthy(supervised: SupervisedRun, port: int) -> None:
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    while time.monotonic() < deadline:
+        supervised.check()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    raise BenchError(f"the scratch API on port {port} did not answer within {HEALTH_TIMEOUT:.0f} s.")
+
+
+def with_topic(config: Config, topic: str) -> Config:
+    return dataclasses.replace(config, kafka=dataclasses.replace(config.kafka, topic=topic))
+
+
+def keep_largest(into: dict[str, float], sizes: dict[str, float]) -> None:
+    """Each child's largest resident size seen at the end of any supervised run."""
+    for name, size in sizes.items():
+        into[name] = max(size, into.get(name, 0.0))
+
+
+def describe_store(info: dict) -> str:
+    if "ferretdbVersion" in info:
+        return f"FerretDB {info['ferretdbVersion']}"
+    return f"MongoDB {info.get('version', '?')}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

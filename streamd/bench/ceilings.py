@@ -1,0 +1,146 @@
+"""The limits the pipeline is measured against, and the tutorial's way for comparison.
+
+Each rate counts the messages after the first fetch, over the time after it: joining a group and
+connecting are start-up, not throughput, and the pipeline's own figure is timed the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import orjson
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Producer, TopicPartition
+from pymongo.collection import Collection
+
+from streamd.bench.scratch import BenchError
+from streamd.config import Config
+from streamd.kafka import make_client
+from streamd.pipeline import to_document
+from streamd.producer import new_message
+from streamd.store import INDEXES
+
+FETCH_TIMEOUT = 1.0
+# A backlog that does not drain in this long has stalled; the run says so instead of hanging.
+STALL_SECONDS = 30.0
+
+
+def generate_values(count: int, source: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) of `count` messages exactly as the producer child makes them."""
+    return [new_message(source) for _ in range(count)]
+
+
+def prefill(config: Config, topic: str, messages: list[tuple[bytes, bytes]]) -> dict[int, int]:
+    """Produce `messages` to `topic` with the producer child's settings; the end offset of each partition."""
+    producer = make_client(
+        Producer,
+        config.kafka,
+        "bench",
+        {"enable.idempotence": True, "acks": "all", "linger.ms": config.producer.linger_ms},
+    )
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(60) != 0:
+        raise BenchError(f"Kafka did not acknowledge the {len(messages)} messages of {topic} within 60 s.")
+    consumer = make_client(Consumer, config.kafka, "bench", {"group.id": f"{topic}-offsets"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    finally:
+        consumer.close()
+    if sum(ends.values()) != len(messages):
+        raise BenchError(f"{topic} holds {sum(ends.values())} messages after producing {len(messages)}.")
+    return ends
+
+
+def documents_of(messages: list[tuple[bytes, bytes]], topic: str) -> list[dict]:
+    """The documents the consumer would store for `messages` (their Kafka coordinates made up)."""
+    now = datetime.now(UTC)
+    stamp = (TIMESTAMP_CREATE_TIME, int(now.timestamp() * 1000))
+    return [
+        to_document(orjson.loads(value), topic, 0, offset, stamp, now) for offset, (_, value) in enumerate(messages)
+    ]
+
+
+def prepare(collection: Collection) -> None:
+    """The indexes the consumer creates: the store ceiling pays for the same index upkeep as the pipeline."""
+    for index in INDEXES:
+        collection.create_indexes([index])
+
+
+def store_ceiling(collection: Collection, documents: list[dict], batch_size: int) -> float:
+    """insert_many of prepared documents, `batch_size` at a time, straight into the store: messages/s."""
+    prepare(collection)
+    first = documents[:batch_size]
+    collection.insert_many(first, ordered=False)
+    start = time.perf_counter()
+    for index in range(batch_size, len(documents), batch_size):
+        collection.insert_many(documents[index : index + batch_size], ordered=False)
+    return (len(documents) - len(first)) / (time.perf_counter() - start)
+
+
+def kafka_consume_ceiling(config: Config, topic: str, group: str, expected: int) -> float:
+    """librdkafka consuming the backlog in batches of consumer.batch_size, touching nothing: messages/s."""
+    consumer = _subscribed(config, topic, group, {"enable.auto.commit": False})
+    try:
+        return _timed(expected, lambda: len(consumer.consume(config.consumer.batch_size, FETCH_TIMEOUT)), topic)
+    finally:
+        consumer.close()
+
+
+def naive(config: Config, topic: str, group: str, collection: Collection, count: int) -> float:
+    """The tutorial's loop: poll one message, json.loads it, insert_one it, auto-commit: messages/s."""
+    prepare(collection)
+    consumer = _subscribed(config, topic, group, {"enable.auto.commit": True})
+    ingested_at = datetime.now(UTC)
+
+    def one() -> int:
+        message = consumer.poll(FETCH_TIMEOUT)
+        if message is None or message.error() is not None:
+            return 0
+        payload = json.loads(message.value())
+        document = to_document(
+            payload, message.topic(), message.partition(), message.offset(), message.timestamp(), ingested_at
+        )
+        collection.insert_one(document)
+        return 1
+
+    try:
+        return _timed(count, one, topic)
+    finally:
+        consumer.close()
+
+
+def _timed(expected: int, step: Callable[[], int], topic: str) -> float:
+    """Run `step` (returning how many messages it handled) until `expected`; the rate after the first."""
+    waiting_since = time.perf_counter()
+    done = 0
+    while done == 0:
+        done = step()
+        if not done and time.perf_counter() - waiting_since > STALL_SECONDS:
+            raise BenchError(f"no message of {topic} arrived within {STALL_SECONDS:.0f} s.")
+    start, first = time.perf_counter(), done
+    last_progress = start
+    while done < expected:
+        handled = step()
+        now = time.perf_counter()
+        if handled:
+            done, last_progress = done + handled, now
+        elif now - last_progress > STALL_SECONDS:
+            raise BenchError(f"reading {topic} stalled at {done} of {expected} messages.")
+    return (done - first) / (time.perf_counter() - start)
+
+
+def _subscribed(config: Config, topic: str, group: str, extra: dict) -> Consumer:
+    consumer = make_client(
+        Consumer, config.kafka, "bench", {"group.id": group, "auto.offset.reset": "earliest", **extra}
+    )
+    consumer.subscribe([topic])
+    return consumer

@@ -1,0 +1,78 @@
+"""Throughput of the supervised pipeline: a pre-filled backlog drained by 1, 2, 4… consumer processes.
+
+The clock starts when the first batch is committed, not when the supervisor starts: process start-up,
+imports and the group join are reported apart as `startup_s`, because a long-running pipeline pays
+them once while the rate is what it sustains.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from streamd.bench.scratch import BenchError, Scratch
+from streamd.bench.supervised import CommitWatch, SupervisedRun
+from streamd.config import Config
+
+COMMIT_POLL = 0.02
+# The slowest rate at which a drain still counts as moving; below it the run is declared stalled.
+MIN_RATE = 200.0
+GRACE = 60.0
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    processes: int
+    msgs_per_s: float  # messages committed after the first commit, over the time since it
+    startup_s: float  # supervisor launch to the first commit
+    wall_s: float  # supervisor launch to the last commit
+    stored: int  # documents in the store afterwards: the commits' promise, checked
+
+    def figures(self) -> dict:
+        figures = asdict(self)
+        figures["msgs_per_s"] = round(self.msgs_per_s, 1)
+        figures["startup_s"], figures["wall_s"] = round(self.startup_s, 3), round(self.wall_s, 3)
+        return figures
+
+
+def drain(
+    scratch: Scratch, topic: str, ends: dict[int, int], processes: int, api_port: int
+) -> tuple[DrainResult, dict[str, float]]:
+    """Start a supervisor with `processes` consumers on the backlog of `topic`; time it until all is committed.
+
+    Returns the result and the resident memory of every child once the backlog is stored.
+    """
+    name = f"pipeline-{processes}"
+    config = scratch.config(
+        name, topic=topic, collection=name.replace("-", "_"), processes=processes, api_port=api_port
+    )
+    total = sum(ends.values())
+    deadline = GRACE + total / MIN_RATE
+    launched = time.perf_counter()
+    with SupervisedRun(config) as run, CommitWatch(config, ends) as commits:
+        first: tuple[float, int] | None = None
+        while (done := commits.poll()) < total:
+            now = time.perf_counter()
+            if first is None and done:
+                first = (now, done)
+            if now - launched > deadline:
+                raise BenchError(
+                    f"{processes} consumer(s) stored {done} of {total} messages in {deadline:.0f} s; "
+                    f"the supervisor's log ends:\n{run.log_tail()}"
+                )
+            run.check()
+            time.sleep(COMMIT_POLL)
+        finished = time.perf_counter()
+        if first is None:  # everything arrived in the first poll: too few messages to time
+            first = (launched, 0)
+        rss = run.rss_mb()
+    stored = count_stored(scratch, config)
+    if stored < total:
+        raise BenchError(f"{processes} consumer(s) committed {total} messages but the store holds {stored}.")
+    rate = (total - first[1]) / max(finished - first[0], 1e-9)
+    return DrainResult(processes, rate, first[0] - launched, finished - launched, stored), rss
+
+
+def count_stored(scratch: Scratch, config: Config) -> int:
+    with scratch.store() as client:
+        return client[config.mongodb.database][config.mongodb.collection].count_documents({})

@@ -1,0 +1,86 @@
+"""What a bench run shows: progress lines on stderr while it runs, then one table of every figure."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Progress:
+    """Timestamped progress lines, so a long phase is never a silent terminal."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stderr
+        self.started = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        self.out.write(f"[{time.monotonic() - self.started:6.1f} s] {text}\n")
+        self.out.flush()
+
+
+LATENCY_ROWS = (("stored", "stored"), ("visible", "visible"), ("stored_while_polled", "stored, API polled"))
+
+
+def rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} msg/s"
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f} ms"
+
+
+def render(figures: dict[str, Any]) -> str:
+    """The table `streamd bench` prints: one row per figure, grouped as the issue lists them."""
+    rows: list[tuple[str, str]] = []
+    machine = figures["machine"]
+    rows.append(("machine", f"{machine['cpus']} CPUs, store {machine['store']}, Kafka {machine['kafka']}"))
+    rows.append(("backlog", f"{figures['messages']:,} messages, {figures['partitions']} partitions"))
+    rows.append(("store ceiling (insert_many)", rate(figures["store_ceiling_msgs_per_s"])))
+    rows.append(("Kafka consume ceiling", rate(figures["kafka_consume_ceiling_msgs_per_s"])))
+    rows.append(("naive (insert_one per message)", rate(figures["naive_msgs_per_s"])))
+    for processes, run in figures["pipeline_by_processes"].items():
+        plural = "es" if processes != "1" else ""
+        rows.append(
+            (
+                f"pipeline, {processes} consumer process{plural}",
+                f"{rate(run['msgs_per_s'])}  (start-up {run['startup_s']:.1f} s)",
+            )
+        )
+    rows.append(("pipeline (best)", rate(figures["pipeline_msgs_per_s"])))
+    rows.append(("pipeline vs ceiling", f"{figures['pipeline_vs_ceiling']:.2f}"))
+    for load, result in figures["latency_ms"].items():
+        for path, label in LATENCY_ROWS:
+            p = result[path]
+            missing = f", {p['missing']} missing" if p["missing"] else ""
+            rows.append(
+                (
+                    f"latency at {load} msg/s, produce → {label}",
+                    f"p50 {ms(p['p50'])}  p95 {ms(p['p95'])}  p99 {ms(p['p99'])}{missing}",
+                )
+            )
+    api = figures["api"]
+    if "error" in api:
+        rows.append(("API", api["error"]))
+    else:
+        rows.append(
+            (
+                "API server",
+                f"{api['workers']} {api['worker_class']} workers × {api['threads']} threads, "
+                f"{api['documents']:,} stored messages, {api['tool']}",
+            )
+        )
+        for endpoint, runs in api["endpoints"].items():
+            for run in runs:
+                errors = f", {run['errors']} errors" if run["errors"] else ""
+                rows.append(
+                    (
+                        f"{endpoint}, {run['concurrency']} connection{'s' if run['concurrency'] != 1 else ''}",
+                        f"{run['rps']:,.0f} req/s  p50 {ms(run['p50_ms'])}  p99 {ms(run['p99_ms'])}{errors}",
+                    )
+                )
+    memory = ", ".join(f"{name} {size:.0f}" for name, size in figures["rss_mb"].items())
+    rows.append(("RSS (MB)", memory or "-"))
+    rows.append(("duration", f"{figures['duration_s']:.0f} s"))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

@@ -1,0 +1,184 @@
+"""The real pipeline under test: `streamd start` on a scratch config, watched from outside.
+
+Progress is read from the consumer group's committed offsets. The consumer commits only after the
+write, so a committed offset is a stored message, and reading offsets costs the broker next to
+nothing, where counting documents in the store would compete with the very writes being timed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from bisect import bisect_right
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streamd import config as config_module
+from streamd import control
+from streamd.bench.scratch import BenchError
+from streamd.config import Config
+from streamd.control import descendants
+from streamd.kafka import make_client
+
+# Runs `streamd start` so that it gets SIGTERM (a graceful stop) should the bench die without
+# cleaning up; PR_SET_PDEATHSIG survives the exec, and ctypes is used as the supervisor uses it.
+LAUNCHER = (
+    "import ctypes, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
+    "from streamd.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+LOG_TAIL_LINES = 20
+
+
+class SupervisedRun:
+    """One scratch supervisor in a subprocess, with its log in the run's directory."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.directory = config.state_path
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> SupervisedRun:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / "config.yaml"
+        path.write_text(yaml.safe_dump(config_module.to_mapping(self.config), sort_keys=False))
+        # The user's STREAMD_* overrides would apply to the scratch config too, and could point it
+        # back at their own topic or database.
+        env = {name: value for name, value in os.environ.items() if not name.startswith("STREAMD_")}
+        with open(self.directory / "streamd.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", LAUNCHER, "start", "-c", str(path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # the bench's Ctrl-C must not reach it: the bench stops it itself
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def check(self) -> None:
+        """Raise BenchError with the log tail if the supervisor has exited."""
+        assert self.process is not None
+        code = self.process.poll()
+        if code is not None:
+            raise BenchError(f"the scratch supervisor exited with status {code}; its log ends:\n{self.log_tail()}")
+
+    def children(self) -> dict[str, dict]:
+        try:
+            answer = control.request_status(self.config)
+        except (control.NotRunning, OSError, ValueError):
+            return {}
+        return {child["name"]: child for child in answer["children"]}
+
+    def wait_running(self, timeout: float = START_TIMEOUT) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            children = self.children()
+            if children and all(child["state"] == "RUNNING" for child in children.values()):
+                return children
+            time.sleep(0.1)
+        raise BenchError(
+            f"the scratch supervisor's children were not all RUNNING after {timeout:.0f} s:\n{self.log_tail()}"
+        )
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory of every child and of their own children (the API's workers), by name."""
+        sizes: dict[str, float] = {}
+        for name, child in self.children().items():
+            pid = child.get("pid")
+            if not pid:
+                continue
+            for process in [pid, *sorted(descendants(pid))]:
+                rss = resident_mb(process)
+                if rss is not None:
+                    sizes[name if process == pid else process_title(process) or f"{name} {process}"] = rss
+        return sizes
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self) -> str:
+        try:
+            lines = (self.directory / "streamd.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+class CommitWatch:
+    """The group's committed offsets over time: when each offset became a stored message."""
+
+    def __init__(self, config: Config, partitions: Iterable[int]) -> None:
+        self.topic = config.kafka.topic
+        self.partitions = sorted(partitions)
+        # Never subscribes, so it never joins the group it reads: offset fetches only.
+        self.consumer = make_client(Consumer, config.kafka, "bench", {"group.id": config.consumer.group})
+        # Per partition: the times a new committed offset was first seen, and those offsets.
+        self.seen_at: dict[int, list[float]] = {p: [] for p in self.partitions}
+        self.offsets: dict[int, list[int]] = {p: [] for p in self.partitions}
+        self.current = dict.fromkeys(self.partitions, 0)
+
+    def __enter__(self) -> CommitWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.consumer.close()
+
+    def poll(self) -> int:
+        """Read the committed offsets once; the number of messages committed so far (offsets start at 0)."""
+        try:
+            committed = self.consumer.committed([TopicPartition(self.topic, p) for p in self.partitions], timeout=5)
+        except KafkaException:
+            return sum(self.current.values())
+        now = time.time()
+        for tp in committed:
+            if tp.offset > self.current[tp.partition]:
+                self.current[tp.partition] = tp.offset
+                self.seen_at[tp.partition].append(now)
+                self.offsets[tp.partition].append(tp.offset)
+        return sum(self.current.values())
+
+    def stored_at(self, partition: int, offset: int) -> float | None:
+        """When a commit covering (partition, offset) was first seen, in time.time() seconds."""
+        offsets = self.offsets[partition]
+        index = bisect_right(offsets, offset)  # the first commit past this offset
+        return self.seen_at[partition][index] if index < len(offsets) else None
+
+
+def resident_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def process_title(pid: int) -> str | None:
+    """The name setproctitle gave the process, without the "streamd: " every title starts with."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return None
+    return title.removeprefix("streamd: ") or None

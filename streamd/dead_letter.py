@@ -1,0 +1,196 @@
+"""The dead-letter topic: every message the consumer will not store, kept with why, where from and when.
+
+A dead letter is the original message, with its key, value and headers unchanged, plus these headers
+(UTF-8 text), appended after the original ones:
+
+    streamd.error.reason        a fixed word: tombstone, empty, too_large, not_utf8, not_json, not_object,
+                                schema, store_rejected
+    streamd.error.stage         parse, validate or store
+    streamd.error.detail        one sentence for people
+    streamd.error.time          when it was dead-lettered, ISO 8601 UTC
+    streamd.original.topic      where the message was consumed from
+    streamd.original.partition
+    streamd.original.offset
+    streamd.original.timestamp  its Kafka timestamp in milliseconds (absent when it had none)
+    streamd.error.value_dropped only when the value itself was too large for the dead-letter topic: its size
+                                in bytes; the dead letter then carries an empty value and everything else
+
+Delivery is at least once: the consumer commits a rejected message's offset only after this topic has
+acknowledged it, so a crash in between dead-letters it a second time. Readers (and `streamd verify`)
+identify a dead letter by its original coordinates, which makes a repeat harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streamd.config import Config
+from streamd.kafka import ensure_topic, make_client
+from streamd.pipeline import Rejection
+
+log = logging.getLogger(__name__)
+
+REASON = "streamd.error.reason"
+STAGE = "streamd.error.stage"
+DETAIL = "streamd.error.detail"
+TIME = "streamd.error.time"
+VALUE_DROPPED = "streamd.error.value_dropped"
+ORIGINAL_TOPIC = "streamd.original.topic"
+ORIGINAL_PARTITION = "streamd.original.partition"
+ORIGINAL_OFFSET = "streamd.original.offset"
+ORIGINAL_TIMESTAMP = "streamd.original.timestamp"
+
+# librdkafka refuses, before sending, any message over its own message.max.bytes (1 MB by default),
+# which is below the broker's default limit: a too_large message could never be dead-lettered. The
+# broker's limit is the one that matters, so the client's is set to the most librdkafka allows.
+CLIENT_MESSAGE_MAX_BYTES = 1_000_000_000
+
+
+def headers_for(rejection: Rejection, now: datetime, value_dropped: int | None = None) -> list[tuple[str, bytes]]:
+    """The original headers followed by streamd's: why, at which stage, where from and when."""
+    added = [
+        (REASON, rejection.reason),
+        (STAGE, rejection.stage),
+        (DETAIL, rejection.detail),
+        (TIME, now.isoformat(timespec="milliseconds")),
+        (ORIGINAL_TOPIC, rejection.topic),
+        (ORIGINAL_PARTITION, str(rejection.partition)),
+        (ORIGINAL_OFFSET, str(rejection.offset)),
+    ]
+    if rejection.timestamp_ms is not None:
+        added.append((ORIGINAL_TIMESTAMP, str(rejection.timestamp_ms)))
+    if value_dropped is not None:
+        added.append((VALUE_DROPPED, str(value_dropped)))
+    return [*(rejection.headers or ()), *((name, text.encode()) for name, text in added)]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead letter as read back: where the original was, and why it is here."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    stage: str
+    detail: str
+
+    @classmethod
+    def read(cls, message: Message) -> DeadLetter | None:
+        """None for a message that carries no streamd coordinates (someone else wrote to the topic)."""
+        # The last occurrence wins: a dead letter fed back in and dead-lettered again keeps both sets.
+        found = {name: value for name, value in message.headers() or () if name.startswith("streamd.")}
+        try:
+            return cls(
+                found[ORIGINAL_TOPIC].decode(),
+                int(found[ORIGINAL_PARTITION]),
+                int(found[ORIGINAL_OFFSET]),
+                found.get(REASON, b"").decode(errors="replace"),
+                found.get(STAGE, b"").decode(errors="replace"),
+                found.get(DETAIL, b"").decode(errors="replace"),
+            )
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return None
+
+
+class DeadLetterQueue:
+    """An idempotent producer for kafka.dead_letter_topic that knows which dead letters are acknowledged.
+
+    submit() hands rejections to librdkafka; settle() waits for their delivery reports and submits
+    again whatever failed. Messages still queued keep being retried by librdkafka itself (until
+    message.timeout.ms), so waiting again never sends a dead letter twice.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.topic = config.kafka.dead_letter_topic
+        self.producer = make_client(
+            Producer,
+            config.kafka,
+            "dead-letter",
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.max.bytes": CLIENT_MESSAGE_MAX_BYTES,
+            },
+        )
+        self.unsettled = 0  # submitted, no delivery report yet
+        self.failed: list[tuple[Rejection, KafkaError]] = []
+        self.acknowledged: list[Rejection] = []
+        self._failing: int | None = None  # error code of the latest failure, until an acknowledgement
+
+    @classmethod
+    def open(cls, config: Config) -> DeadLetterQueue:
+        """Create the topic when missing (raises KafkaUnavailable when the brokers do not answer)."""
+        ensure_topic(config, config.kafka.dead_letter_topic)
+        return cls(config)
+
+    def submit(self, rejections: Iterable[Rejection]) -> None:
+        for rejection in rejections:
+            self._produce(rejection)
+
+    def settle(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for every delivery report; True once everything submitted is acknowledged."""
+        if self.unsettled:
+            self.producer.flush(timeout)
+        retry, self.failed = self.failed, []
+        for rejection, error in retry:
+            self._produce(rejection, drop_value=error.code() == KafkaError.MSG_SIZE_TOO_LARGE)
+        return self.unsettled == 0 and not retry
+
+    def take_acknowledged(self) -> list[Rejection]:
+        taken, self.acknowledged = self.acknowledged, []
+        return taken
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Give queued dead letters `timeout` seconds; how many were still undelivered.
+
+        An undelivered dead letter's offset was never committed, so the message is consumed again.
+        """
+        return self.producer.flush(timeout) if self.unsettled else 0
+
+    def _produce(self, rejection: Rejection, drop_value: bool = False) -> None:
+        value = rejection.value
+        dropped = None
+        if drop_value and value:
+            value, dropped = b"", len(value)
+        headers = headers_for(rejection, datetime.now(UTC), dropped)
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            self._delivered(rejection, error)
+
+        while True:
+            try:
+                self.producer.produce(self.topic, value, rejection.key, headers=headers, on_delivery=delivered)
+                break
+            except BufferError:
+                self.producer.poll(0.1)  # librdkafka's queue is full: delivery reports make room
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE and not drop_value:
+                    self._produce(rejection, drop_value=True)
+                    return
+                raise
+        self.unsettled += 1
+
+    def _delivered(self, rejection: Rejection, error: KafkaError | None) -> None:
+        self.unsettled -= 1
+        if error is None:
+            self.acknowledged.append(rejection)
+            self._failing = None
+            return
+        if error.fatal():
+            raise KafkaException(error)  # this producer instance is finished; the consumer restarts
+        self.failed.append((rejection, error))
+        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            log.warning("%s is too large for %s; dead-lettering it without its value", rejection, self.topic)
+        elif error.code() != self._failing:
+            self._failing = error.code()
+            log.warning(
+                "dead-letter delivery to %s failed: %s; retrying (repeats are not logged)", self.topic, error.str()
+            )

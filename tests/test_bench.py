@@ -1,0 +1,125 @@
+"""`streamd bench`: every figure measured in one run, on scratch names only, and nothing left behind.
+
+No threshold is asserted anywhere: the figures belong to the machine, the tests only check that they
+are all there, of the right kind, and that the run cleaned up after itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pymongo
+import pytest
+import yaml
+from confluent_kafka.admin import AdminClient
+
+from streamd import config as config_module
+from streamd.bench import BenchOptions, render
+from streamd.bench.latency import percentiles
+from streamd.bench.scratch import BenchError, Scratch
+from streamd.cli import build_parser
+from streamd.config import Config
+
+
+def test_percentiles_are_nearest_rank_and_count_what_never_arrived():
+    figures = percentiles([float(v) for v in range(1, 101)], expected=104)
+    assert figures == {"p50": 50.0, "p95": 95.0, "p99": 99.0, "missing": 4}
+    assert percentiles([], expected=3) == {"p50": None, "p95": None, "p99": None, "missing": 3}
+
+
+def test_a_scratch_config_keeps_the_addresses_and_none_of_the_users_names(tmp_path):
+    user = config_module.from_mapping(
+        {
+            "kafka": {"brokers": "127.0.0.1:19092", "topic": "orders"},
+            "mongodb": {"uri": "mongodb://127.0.0.1:27018", "database": "shop"},
+            "consumer": {"group": "billing", "batch_size": 200},
+            "api": {"host": "0.0.0.0"},
+            "stack": {"local": "auto"},
+        }
+    )
+    scratch = Scratch(user, partitions=2)
+    try:
+        made = scratch.config("pipeline-1", topic=scratch.topic("backlog"), collection="c", processes=1, api_port=5555)
+    finally:
+        shutil.rmtree(scratch.directory)
+    assert made.kafka.brokers == "127.0.0.1:19092" and made.mongodb.uri == user.mongodb.uri
+    assert made.consumer.batch_size == 200, "the pipeline's own settings are what is measured"
+    assert made.kafka.topic.startswith(scratch.prefix) and made.kafka.dead_letter_topic.startswith(scratch.prefix)
+    assert made.consumer.group.startswith(scratch.prefix) and made.consumer.group in scratch.groups
+    assert made.mongodb.database == scratch.database != "shop"
+    assert made.kafka.partitions >= 4, "a 4-consumer run needs a partition for each consumer"
+    assert not made.producer.enabled and made.stack.local is False
+    assert made.api.host == "127.0.0.1", "bench traffic stays on loopback"
+
+
+def test_a_config_named_like_a_scratch_run_is_refused_rather_than_deleted(monkeypatch):
+    monkeypatch.setattr("uuid.uuid4", lambda: type("U", (), {"hex": "deadbeef" * 4})())
+    user = config_module.from_mapping({"kafka": {"topic": "streamd-bench-deadbeef-backlog"}})
+    with pytest.raises(BenchError, match="rename them"):
+        Scratch(user, partitions=1)
+
+
+def test_bench_options_parse_from_the_command_line():
+    args = build_parser().parse_args(["bench", "--quick", "--processes", "1,3", "--loads", "50", "--json", "x.json"])
+    assert (args.quick, args.processes, args.loads, args.json) == (True, (1, 3), (50,), "x.json")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--processes", "two"])
+    assert BenchOptions.quick_run().messages < BenchOptions().messages
+
+
+@pytest.mark.integration
+def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_config: Config, tmp_path: Path):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config_module.to_mapping(pipeline_config)))
+    out = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "streamd", "bench", "--quick", "-c", str(config_path), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+
+    for key in ("store_ceiling_msgs_per_s", "kafka_consume_ceiling_msgs_per_s", "naive_msgs_per_s"):
+        assert isinstance(figures[key], float) and figures[key] > 0, key
+    by_processes = figures["pipeline_by_processes"]
+    assert list(by_processes) == [str(n) for n in BenchOptions.quick_run().processes]
+    for run in by_processes.values():
+        assert run["msgs_per_s"] > 0 and run["startup_s"] >= 0 and run["stored"] == figures["messages"]
+    assert figures["pipeline_msgs_per_s"] == max(run["msgs_per_s"] for run in by_processes.values())
+    assert isinstance(figures["pipeline_vs_ceiling"], float) and figures["pipeline_vs_ceiling"] > 0
+    assert set(figures["latency_ms"]) == {"100", "1000"}
+    for load in figures["latency_ms"].values():
+        for path in ("stored", "visible", "stored_while_polled"):
+            assert {"p50", "p95", "p99", "missing"} <= set(load[path])
+        assert isinstance(load["stored"]["p99"], float) and load["stored"]["missing"] == 0
+    api = figures["api"]
+    if shutil.which("wrk"):
+        assert api["workers"] == pipeline_config.api.workers and api["worker_class"]
+        assert set(api["endpoints"]) == {"GET /messages", "GET /messages/{id}"}
+        for runs in api["endpoints"].values():
+            for run in runs:
+                assert run["rps"] > 0 and run["p50_ms"] <= run["p99_ms"]
+    else:
+        assert "apt-get install wrk" in api["error"]
+    assert any(name.startswith("consumer") for name in figures["rss_mb"]) and "api" in figures["rss_mb"]
+    assert all(isinstance(size, float) and size > 0 for size in figures["rss_mb"].values())
+    assert "pipeline vs ceiling" in result.stdout, "the table is printed too"
+    assert render(figures) in result.stdout
+
+    prefix = f"streamd-bench-{figures['run_id']}"
+    admin = AdminClient({"bootstrap.servers": pipeline_config.kafka.brokers})
+    topics = admin.list_topics(timeout=10).topics
+    assert not [topic for topic in topics if topic.startswith(prefix)], "scratch topics are deleted"
+    assert pipeline_config.kafka.topic not in topics, "the user's topic is never written to"
+    groups = admin.list_consumer_groups(request_timeout=10).result().valid
+    assert not [group.group_id for group in groups if group.group_id.startswith(prefix)], "scratch groups are deleted"
+    with pymongo.MongoClient(pipeline_config.mongodb.uri, serverSelectionTimeoutMS=3000) as client:
+        databases = client.list_database_names()
+    assert f"streamd_bench_{figures['run_id']}" not in databases, "the scratch database is dropped"
+    assert pipeline_config.mongodb.database not in databases, "the user's database is never written to"

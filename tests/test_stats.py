@@ -1,0 +1,160 @@
+"""GET /stats against the real store and Kafka: it must agree with what they say themselves."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import falcon.testing
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streamd import config as config_module
+from streamd.api import create_app
+from streamd.api.backends import Backends
+from streamd.api.lag import GroupLag
+from streamd.config import Config
+from streamd.kafka import ensure_topic
+from streamd.producer import produce_once
+from streamd.store import MessageStore
+
+from .conftest import free_port
+from .supervisor_process import start_streamd, wait_until
+from .test_pipeline_flow import api_url, get_json
+
+pytestmark = pytest.mark.integration
+
+
+def stored(message_id: str, ingested_ago: timedelta, source: str | None) -> dict:
+    moment = datetime.now(UTC) - ingested_ago
+    return {
+        "_id": message_id,
+        "content": f"content of {message_id}",
+        "timestamp": moment,
+        "source": source,
+        "ingested_at": moment,
+        "kafka": {"topic": "data-stream", "partition": 0, "offset": 0},
+    }
+
+
+@pytest.fixture
+def store(pipeline_config: Config) -> Iterator[MessageStore]:
+    messages = MessageStore(pipeline_config.mongodb)
+    yield messages
+    messages.client.drop_database(pipeline_config.mongodb.database)
+    messages.close()
+
+
+@contextlib.contextmanager
+def api(config: Config) -> Iterator[falcon.testing.TestClient]:
+    backends = Backends(config)
+    try:
+        yield falcon.testing.TestClient(create_app(config, backends))
+    finally:
+        backends.close()
+
+
+def test_totals_sources_and_rates_agree_with_the_store(pipeline_config, store):
+    ages = {"1m": 20, "5m": 150, "15m": 600, "older": 3600}  # seconds, well inside each window
+    documents = (
+        [stored(f"a-{n}", timedelta(seconds=ages["1m"]), "sensor-a") for n in range(4)]
+        + [stored(f"b-{n}", timedelta(seconds=ages["5m"]), "sensor-b") for n in range(3)]
+        + [stored(f"c-{n}", timedelta(seconds=ages["15m"]), None) for n in range(2)]
+        + [stored("d-0", timedelta(seconds=ages["older"]), "sensor-a")]
+    )
+    store.insert_batch(documents)
+
+    with api(pipeline_config) as client:
+        response = client.simulate_get("/stats")
+
+    assert response.status_code == 200
+    stats = response.json
+    assert stats["totals"] == {"messages": store.collection.count_documents({})} == {"messages": 10}
+    by_source = {
+        group["_id"]: group["n"]
+        for group in store.collection.aggregate([{"$group": {"_id": "$source", "n": {"$sum": 1}}}])
+    }
+    assert {entry["source"]: entry["count"] for entry in stats["sources"]} == by_source
+    assert [entry["source"] for entry in stats["sources"]] == ["sensor-a", "sensor-b", None], "most first"
+    assert stats["rates"] == {"1m": round(4 / 60, 3), "5m": round(7 / 300, 3), "15m": round(9 / 900, 3)}
+    assert stats["children"] == [] and stats["supervisor"] is None, "no supervisor runs for this API"
+    assert stats["lag"] == {"total": 0, "partitions": []}, "the topic does not exist yet"
+    assert stats["dead_letters"]["messages"] == 0
+    assert stats["errors"] == {}
+
+
+def test_an_unreachable_store_or_kafka_is_named_and_the_rest_still_answers(pipeline_config):
+    config = config_module.from_mapping(
+        {
+            "state_dir": pipeline_config.state_dir,
+            "kafka": {"brokers": f"127.0.0.1:{free_port()}"},
+            "mongodb": {"uri": f"mongodb://127.0.0.1:{free_port()}", "timeout_ms": 200},
+        }
+    )
+    with api(config) as client:
+        response = client.simulate_get("/stats")
+        assert client.simulate_get("/stats", params={"window": "1h"}).status_code == 400
+
+    assert response.status_code == 200
+    stats = response.json
+    assert set(stats["errors"]) == {"store", "kafka"}
+    assert stats["totals"] is None and stats["lag"] is None and stats["dead_letters"]["messages"] is None
+    assert stats["children"] == []
+
+
+def test_lag_is_each_partition_end_offset_minus_the_group_commit(pipeline_config):
+    topic, dead = pipeline_config.kafka.topic, pipeline_config.kafka.dead_letter_topic
+    ensure_topic(pipeline_config, topic, partitions=2)
+    ensure_topic(pipeline_config, dead, partitions=1)
+    producer = Producer({"bootstrap.servers": pipeline_config.kafka.brokers})
+    for partition, count in ((0, 10), (1, 6)):
+        for _ in range(count):
+            producer.produce(topic, b"{}", partition=partition)
+    for _ in range(3):
+        producer.produce(dead, b"{}")
+    assert producer.flush(10) == 0
+    group = {"bootstrap.servers": pipeline_config.kafka.brokers, "group.id": pipeline_config.consumer.group}
+    with contextlib.closing(Consumer(group)) as committer:
+        committer.commit(offsets=[TopicPartition(topic, 0, 4)], asynchronous=False)
+
+    backends = Backends(pipeline_config)
+    try:
+        reading = GroupLag(pipeline_config, lambda: backends.kafka).read()
+    finally:
+        backends.close()
+
+    assert [(p.partition, p.committed, p.end, p.lag) for p in reading.partitions] == [(0, 4, 10, 6), (1, None, 6, 6)]
+    assert reading.total == 12
+    assert reading.dead_letters == 3
+
+
+def test_under_the_supervisor_stats_agree_with_the_store_and_list_every_child(pipeline_config, tmp_path: Path):
+    sup = start_streamd(tmp_path, pipeline_config, producer={"enabled": False}, consumer={"processes": 2})
+    children = ("consumer-1", "consumer-2", "api")
+    try:
+        sup.wait_running(*children, timeout=60)
+        alpha, beta = f"alpha-{uuid.uuid4().hex[:6]}", f"beta-{uuid.uuid4().hex[:6]}"
+        assert produce_once(pipeline_config, 30, source=alpha).acked == 30
+        assert produce_once(pipeline_config, 20, source=beta).acked == 20
+
+        def settled() -> dict | None:
+            status, stats = get_json(api_url(sup, "/stats"))
+            done = status == 200 and stats["totals"] == {"messages": 50} and stats["lag"]["total"] == 0
+            return stats if done else None
+
+        stats = wait_until(settled, timeout=60, what=f"50 messages stored and committed; log:\n{sup.log_tail()}")
+        with contextlib.closing(MessageStore(pipeline_config.mongodb)) as store:
+            assert stats["totals"]["messages"] == store.collection.count_documents({})
+            store.client.drop_database(pipeline_config.mongodb.database)
+        assert {entry["source"]: entry["count"] for entry in stats["sources"]} == {alpha: 30, beta: 20}
+        assert [p["partition"] for p in stats["lag"]["partitions"]] == [0, 1, 2]
+        assert stats["since_start"]["stored"] == 50 and stats["since_start"]["consumed"] == 50
+        assert stats["supervisor"]["pid"] == sup.process.pid
+        states = {child["name"]: child["state"] for child in stats["children"]}
+        assert states == {name: "RUNNING" for name in children}
+        assert stats["errors"] == {}
+    finally:
+        sup.kill()

@@ -1,0 +1,140 @@
+"""GET /stream: Server-Sent Events of new messages, bounded in time and in number per worker."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import falcon.testing
+import orjson
+import pytest
+
+from streamd.api import create_app
+from streamd.api.backends import Backends
+from streamd.api.params import Cursor
+from streamd.api.stream import LiveStreams
+from streamd.config import Config
+from streamd.store import MessageStore
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+
+
+def stored(message_id: str, seconds: int, source: str = "sensor-a") -> dict:
+    moment = T0 + timedelta(seconds=seconds)
+    return {
+        "_id": message_id,
+        "content": f"content of {message_id}",
+        "timestamp": moment,
+        "source": source,
+        "ingested_at": moment,
+        "kafka": {"topic": "data-stream", "partition": 0, "offset": seconds},
+    }
+
+
+@pytest.fixture
+def settings(pipeline_config: Config) -> Config:
+    api = dataclasses.replace(pipeline_config.api, stream_seconds=2.5, streams_per_worker=1, threads=4)
+    return dataclasses.replace(pipeline_config, api=api)
+
+
+@pytest.fixture
+def store(settings: Config) -> Iterator[MessageStore]:
+    messages = MessageStore(settings.mongodb)
+    messages.ensure_indexes()
+    yield messages
+    messages.client.drop_database(settings.mongodb.database)
+    messages.close()
+
+
+@contextlib.contextmanager
+def api(settings: Config, streams: LiveStreams) -> Iterator[falcon.testing.TestClient]:
+    backends = Backends(settings)
+    try:
+        yield falcon.testing.TestClient(create_app(settings, backends, streams))
+    finally:
+        backends.close()
+
+
+def events(body: str) -> list[dict]:
+    """The events of an SSE body: {"id", "data"} for messages, {"retry"} for the retry field."""
+    parsed = []
+    for block in body.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
+        if "data" in fields:
+            parsed.append({"id": fields["id"], "data": orjson.loads(fields["data"])})
+        elif fields:
+            parsed.append(fields)
+    return parsed
+
+
+def test_a_feed_sends_the_newest_then_what_arrives_and_ends_on_time(settings, store):
+    store.insert_batch([stored("m-1", 1), stored("m-2", 2), stored("m-other", 3, source="sensor-b")])
+    late = threading.Timer(1.2, lambda: store.insert_batch([stored("m-3", 4), stored("m-late", 0)]))
+    streams = LiveStreams(settings.api)
+    with api(settings, streams) as client:
+        late.start()
+        started = time.monotonic()
+        response = client.simulate_get("/stream", params={"source": "sensor-a"})
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream"
+    assert 2.0 <= elapsed < 4.5, "a feed lasts api.stream_seconds, then the browser reconnects"
+    sent = events(response.text)
+    assert sent[0] == {"retry": "1000"}
+    messages = [event["data"]["id"] for event in sent[1:]]
+    assert messages == ["m-1", "m-2", "m-late", "m-3"], "oldest first, then arrivals, late ones included"
+    newest = Cursor(T0 + timedelta(seconds=4), "m-3").encode()
+    assert sent[-1]["id"] == newest and sent[-2]["id"] == Cursor(T0 + timedelta(seconds=2), "m-2").encode()
+    assert streams.open == 0, "the slot is given back when the response ends"
+
+
+def test_a_reconnect_with_last_event_id_resumes_after_it(settings, store):
+    store.insert_batch([stored("m-1", 1), stored("m-2", 2), stored("m-3", 3)])
+    resume = Cursor(T0 + timedelta(seconds=2), "m-2").encode()
+    settings = dataclasses.replace(settings, api=dataclasses.replace(settings.api, stream_seconds=1))
+    with api(settings, LiveStreams(settings.api)) as client:
+        response = client.simulate_get("/stream", headers={"Last-Event-ID": resume})
+
+    assert [event["data"]["id"] for event in events(response.text) if "data" in event] == ["m-3"]
+
+
+def test_a_worker_with_every_feed_taken_answers_503_and_keeps_a_thread_free(settings, store):
+    streams = LiveStreams(settings.api)
+    assert streams.acquire()
+    with api(settings, streams) as client:
+        response = client.simulate_get("/stream")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "10"
+    assert "api.streams_per_worker" in response.json["description"]
+    streams.release()
+
+    one_thread = dataclasses.replace(settings.api, threads=1, streams_per_worker=8)
+    assert LiveStreams(one_thread).limit == 0, "a worker's last thread never goes to a feed"
+
+
+def test_a_stopping_worker_ends_its_feeds_within_a_poll(settings, store):
+    settings = dataclasses.replace(settings, api=dataclasses.replace(settings.api, stream_seconds=60))
+    streams = LiveStreams(settings.api)
+    stopping = threading.Event()
+    streams.serving = lambda: not stopping.is_set()
+    threading.Timer(0.5, stopping.set).start()
+    with api(settings, streams) as client:
+        started = time.monotonic()
+        response = client.simulate_get("/stream")
+    assert response.status_code == 200
+    assert time.monotonic() - started < 3
+
+
+def test_a_bad_request_is_refused_before_anything_streams(settings, store):
+    with api(settings, LiveStreams(settings.api)) as client:
+        bad_id = client.simulate_get("/stream", headers={"Last-Event-ID": "not-a-cursor"})
+        unknown = client.simulate_get("/stream", params={"since": "2024-01-01"})
+    assert bad_id.status_code == 400 and bad_id.json["parameters"] == ["Last-Event-ID"]
+    assert unknown.status_code == 400 and unknown.json["parameters"] == ["since"]

@@ -1,0 +1,237 @@
+"""`streamd verify`: every message of the topic is found stored once or dead-lettered, and a loss is caught."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+from confluent_kafka import Producer
+
+from streamd import cli, verify
+from streamd import config as config_module
+from streamd.config import Config
+from streamd.dead_letter import headers_for
+from streamd.pipeline import Rejection
+from streamd.store import MessageStore
+from streamd.verify import DeadLetterIndex, Reconciliation
+from tests.conftest import free_port
+from tests.test_consumer import all_committed, consumer_running, wait_until
+
+# --- without servers ------------------------------------------------------------------------------------
+
+
+def test_the_dead_letter_index_finds_offsets_per_partition_and_counts_repeats():
+    index = DeadLetterIndex()
+    for partition, offset in [(0, 7), (0, 3), (1, 7), (0, 7)]:
+        index.add(partition, offset)
+    index.seal()
+    assert (0, 7) in index and (0, 3) in index and (1, 7) in index
+    assert (1, 3) not in index and (2, 7) not in index and (0, 8) not in index
+    assert index.repeats == 1
+
+
+@pytest.mark.parametrize(
+    ("counts", "ok"),
+    [
+        ({"stored": 5, "dead_lettered": 2, "repeated": 1}, True),
+        ({"stored": 5, "missing": 1}, False),
+        ({"stored": 5, "duplicated": 1}, False),
+        ({"stored": 5, "pending": 1}, False),
+    ],
+)
+def test_only_a_topic_fully_stored_or_dead_lettered_once_passes(counts, ok):
+    assert Reconciliation("t", **counts).ok is ok
+
+
+# --- on the real broker and store -----------------------------------------------------------------------
+
+
+def send(settings: Config, *messages: tuple[bytes | None, bytes | None]) -> None:
+    producer = Producer({"bootstrap.servers": settings.kafka.brokers, "enable.idempotence": True})
+    for key, value in messages:
+        producer.produce(settings.kafka.topic, value, key)
+    assert producer.flush(10) == 0
+
+
+def good(n: int) -> tuple[bytes, bytes]:
+    message_id = f"v-{n:04d}"
+    return message_id.encode(), orjson.dumps({"id": message_id, "text": f"message {n}"})
+
+
+def document_count(settings: Config) -> int:
+    with contextlib.closing(MessageStore(settings.mongodb)) as store:
+        return store.collection.count_documents({})
+
+
+@pytest.fixture
+def consumed(pipeline_config: Config, caplog) -> Iterator[Config]:
+    """40 valid messages, 3 of them without id, and 2 poison ones, all consumed: stored or dead-lettered."""
+    caplog.set_level(logging.INFO, logger="streamd")
+    settings = replace(pipeline_config, consumer=replace(pipeline_config.consumer, batch_timeout_ms=50))
+    send(settings, *(good(n) for n in range(37)), *((None, b'{"text": "anonymous"}'),) * 3)
+    send(settings, (b"p-1", b"\xff not utf-8"), (b"p-2", b'{"id": "p-2"}'))
+    with consumer_running(settings):
+        wait_until(lambda: all_committed(settings), "everything consumed")
+    yield settings
+    with contextlib.closing(MessageStore(settings.mongodb)) as store:
+        store.client.drop_database(settings.mongodb.database)
+
+
+def run_cli(settings: Config, tmp_path: Path, *options: str) -> int:
+    path = tmp_path / "verify.yaml"
+    path.write_text(yaml.safe_dump(config_module.to_mapping(settings)))
+    return cli.main(["verify", "-c", str(path), *options])
+
+
+@pytest.mark.integration
+def test_a_fully_consumed_topic_verifies_with_exit_zero(consumed: Config, tmp_path: Path, capsys):
+    assert run_cli(consumed, tmp_path) == 0
+    out = capsys.readouterr().out.splitlines()
+    counts = {line[:17].strip(): int(line[17:27]) for line in out[:7]}
+    assert counts == {
+        "checked": 42,
+        "stored": 40,
+        "repeated ids": 0,
+        "dead-lettered": 2,
+        "not consumed yet": 0,
+        "missing": 0,
+        "duplicated": 0,
+    }
+
+
+@pytest.mark.integration
+def test_a_document_deleted_by_hand_is_reported_missing_with_exit_one(consumed: Config, tmp_path: Path, capsys):
+    with contextlib.closing(MessageStore(consumed.mongodb)) as store:
+        gone = store.collection.find_one({"_id": "v-0013"})
+        store.collection.delete_one({"_id": "v-0013"})
+
+    assert run_cli(consumed, tmp_path) == 1
+
+    out = capsys.readouterr().out
+    report = verify.verify(consumed)
+    assert (report.checked, report.stored, report.missing, report.dead_lettered) == (42, 39, 1, 2)
+    where = gone["kafka"]
+    assert f"missing: {where['topic']}[{where['partition']}]@{where['offset']} id v-0013" in out
+
+
+@pytest.mark.integration
+def test_messages_after_the_groups_commit_are_not_consumed_yet_and_until_leaves_them_out(consumed: Config):
+    time.sleep(0.05)
+    cut = datetime.now(UTC)
+    time.sleep(0.05)
+    send(consumed, good(100), good(101))
+
+    report = verify.verify(consumed)
+    assert (report.checked, report.pending, report.missing) == (44, 2, 0)
+    assert not report.ok, "unconsumed messages are not in the store"
+
+    assert verify.verify(consumed, until=cut).ok
+    since = verify.verify(consumed, since=cut)
+    assert (since.checked, since.pending) == (2, 2)
+
+
+@pytest.mark.integration
+def test_the_same_id_sent_twice_and_stored_once_is_fine_but_reported(consumed: Config):
+    send(consumed, good(5))
+    with consumer_running(consumed):
+        wait_until(lambda: all_committed(consumed), "the repeat consumed")
+    report = verify.verify(consumed)
+    assert (report.checked, report.stored, report.repeated, report.missing) == (43, 40, 1, 0)
+    assert report.ok
+
+
+@pytest.mark.integration
+def test_a_message_both_stored_and_dead_lettered_is_a_duplicate(consumed: Config):
+    with contextlib.closing(MessageStore(consumed.mongodb)) as store:
+        where = store.collection.find_one({"_id": "v-0007"})["kafka"]
+    stored_one = Rejection(
+        "validate", "schema", "by hand", where["topic"], where["partition"], where["offset"], None, b""
+    )
+    producer = Producer({"bootstrap.servers": consumed.kafka.brokers})
+    for _ in range(2):
+        producer.produce(consumed.kafka.dead_letter_topic, b"", headers=headers_for(stored_one, datetime.now(UTC)))
+    assert producer.flush(10) == 0
+
+    report = verify.verify(consumed)
+    assert (report.stored, report.duplicated, report.repeated_dead_letters) == (40, 1, 1)
+    assert report.problems == [
+        f"duplicated: {where['topic']}[{where['partition']}]@{where['offset']} id v-0007 is stored and dead-lettered"
+    ]
+    assert not report.ok
+
+
+@pytest.mark.integration
+def test_long_topics_are_checked_in_bounded_windows_with_progress_on_stderr(consumed: Config, monkeypatch, capsys):
+    monkeypatch.setattr(verify, "WINDOW", 7)
+    monkeypatch.setattr(verify, "PROGRESS_EVERY", 0)
+    held: list[int] = []
+    real_classify = verify._classify
+    monkeypatch.setattr(
+        verify, "_classify", lambda window, *rest: held.append(len(window)) or real_classify(window, *rest)
+    )
+
+    report = verify.verify(consumed, progress=sys.stderr)
+
+    assert report.ok and report.checked == 42
+    assert sum(held) == 42 and max(held) <= 7, "no more than WINDOW messages are held at a time"
+    progress = capsys.readouterr().err
+    assert f"verify: read 42/42 messages of {consumed.kafka.topic}" in progress
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("lookup", ["_look_up", "_scan"])
+def test_index_lookups_and_a_collection_scan_find_the_same(consumed: Config, monkeypatch, lookup):
+    """MongoDB is asked by `$in` on _id, FerretDB (no _id index) by one scan; both must count alike."""
+    with contextlib.closing(MessageStore(consumed.mongodb)) as store:
+        store.collection.delete_one({"_id": "v-0002"})
+    monkeypatch.setattr(verify, "LOOKUP_BATCH", 5)
+    monkeypatch.setattr(verify, "_lookup_for", lambda message_store: getattr(verify, lookup))
+    report = verify.verify(consumed)
+    assert (report.checked, report.stored, report.dead_lettered, report.missing) == (42, 39, 2, 1)
+
+
+@pytest.mark.integration
+def test_an_unknown_topic_or_an_unreachable_store_is_one_sentence_and_exit_one(
+    pipeline_config: Config, tmp_path: Path, capsys
+):
+    assert run_cli(pipeline_config, tmp_path) == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"topic {pipeline_config.kafka.topic!r} does not exist at "
+            f"{pipeline_config.kafka.brokers}; check kafka.topic."
+        )
+    )
+
+    send(pipeline_config, good(1))
+    away = replace(
+        pipeline_config,
+        mongodb=replace(pipeline_config.mongodb, uri=f"mongodb://app:s3cret@127.0.0.1:{free_port()}", timeout_ms=200),
+    )
+    assert run_cli(away, tmp_path) == 1
+    error = capsys.readouterr().err
+    assert "the store named by mongodb.uri did not answer within 200 ms (ServerSelectionTimeoutError); " in error
+    assert "s3cret" not in error
+
+
+def test_bad_since_is_a_usage_error_naming_the_option(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["verify", "--since", "yesterday"])
+    assert exit_.value.code == 2
+    assert "argument --since: 'yesterday' is not an ISO 8601 date and time" in capsys.readouterr().err
+
+
+def test_since_takes_iso_dates_with_or_without_offset():
+    assert cli.iso_time("2024-06-01T12:00:00Z") == datetime(2024, 6, 1, 12, tzinfo=UTC)
+    assert cli.iso_time("2024-06-01T14:00:00+02:00") == datetime(2024, 6, 1, 12, tzinfo=UTC)
+    assert cli.iso_time("2024-06-01T12:00") - cli.iso_time("2024-06-01T11:00") == timedelta(hours=1)
