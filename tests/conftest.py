@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
+import falcon.testing
 import pytest
 
 from streamd import config as config_module
+from streamd.api import create_app
+from streamd.api.backends import Backends
 from streamd.config import Config
+from streamd.store import MessageStore
 
 REPO = Path(__file__).resolve().parent.parent
 # The test session shares the developer's cache, so provisioning happens once per machine, not per run.
@@ -60,3 +67,35 @@ def pipeline_config(local_stack: Config, tmp_path: Path) -> Config:
         },
         label="test config",
     )
+
+
+@pytest.fixture
+def store(pipeline_config: Config) -> Iterator[MessageStore]:
+    """This test's message collection, indexed as the consumer would, dropped afterwards."""
+    messages = MessageStore(pipeline_config.mongodb)
+    messages.ensure_indexes()
+    yield messages
+    messages.client.drop_database(pipeline_config.mongodb.database)
+    messages.close()
+
+
+@contextmanager
+def api_client(config: Config, streams=None) -> Iterator[falcon.testing.TestClient]:
+    """The API app in-process, its Kafka and store clients closed afterwards."""
+    backends = Backends(config)
+    try:
+        yield falcon.testing.TestClient(create_app(config, backends, streams))
+    finally:
+        backends.close()
+
+
+def stored_document(message_id: str, moment: datetime, source: str | None, offset: int = 0) -> dict:
+    """A message as the consumer stores it."""
+    return {
+        "_id": message_id,
+        "content": f"content of {message_id}",
+        "timestamp": moment,
+        "source": source,
+        "ingested_at": moment,
+        "kafka": {"topic": "data-stream", "partition": 0, "offset": offset},
+    }

@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,12 @@ import falcon.testing
 import pytest
 
 from streamd import config as config_module
-from streamd.api import create_app
-from streamd.api.backends import Backends
 from streamd.api.messages import NEWEST_FIRST, list_filter
 from streamd.api.params import Cursor, MessageQuery
 from streamd.config import Config
 from streamd.store import INDEXES, MessageStore
 
-from .conftest import REPO, free_port
+from .conftest import REPO, api_client, free_port
 from .supervisor_process import descendants, process_gone, wait_until
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -62,24 +59,6 @@ def with_dead(config: Config, dependency: str) -> Config:
     else:
         mapping["mongodb"] |= {"uri": f"mongodb://127.0.0.1:{free_port()}", "timeout_ms": 200}
     return config_module.from_mapping(mapping)
-
-
-@pytest.fixture
-def store(pipeline_config: Config) -> Iterator[MessageStore]:
-    messages = MessageStore(pipeline_config.mongodb)
-    messages.ensure_indexes()
-    yield messages
-    messages.client.drop_database(pipeline_config.mongodb.database)
-    messages.close()
-
-
-@contextmanager
-def api_client(config: Config) -> Iterator[falcon.testing.TestClient]:
-    backends = Backends(config)
-    try:
-        yield falcon.testing.TestClient(create_app(config, backends))
-    finally:
-        backends.close()
 
 
 @pytest.fixture

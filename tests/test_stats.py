@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import falcon.testing
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamd import config as config_module
-from streamd.api import create_app
 from streamd.api.backends import Backends
 from streamd.api.lag import GroupLag
-from streamd.config import Config
 from streamd.kafka import ensure_topic
 from streamd.producer import produce_once
 from streamd.store import MessageStore
 
-from .conftest import free_port
+from .conftest import api_client, free_port, stored_document
 from .supervisor_process import start_streamd, wait_until
 from .test_pipeline_flow import api_url, get_json
 
@@ -29,32 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 def stored(message_id: str, ingested_ago: timedelta, source: str | None) -> dict:
-    moment = datetime.now(UTC) - ingested_ago
-    return {
-        "_id": message_id,
-        "content": f"content of {message_id}",
-        "timestamp": moment,
-        "source": source,
-        "ingested_at": moment,
-        "kafka": {"topic": "data-stream", "partition": 0, "offset": 0},
-    }
-
-
-@pytest.fixture
-def store(pipeline_config: Config) -> Iterator[MessageStore]:
-    messages = MessageStore(pipeline_config.mongodb)
-    yield messages
-    messages.client.drop_database(pipeline_config.mongodb.database)
-    messages.close()
-
-
-@contextlib.contextmanager
-def api(config: Config) -> Iterator[falcon.testing.TestClient]:
-    backends = Backends(config)
-    try:
-        yield falcon.testing.TestClient(create_app(config, backends))
-    finally:
-        backends.close()
+    return stored_document(message_id, datetime.now(UTC) - ingested_ago, source)
 
 
 def test_totals_sources_and_rates_agree_with_the_store(pipeline_config, store):
@@ -67,7 +38,7 @@ def test_totals_sources_and_rates_agree_with_the_store(pipeline_config, store):
     )
     store.insert_batch(documents)
 
-    with api(pipeline_config) as client:
+    with api_client(pipeline_config) as client:
         response = client.simulate_get("/stats")
 
     assert response.status_code == 200
@@ -94,7 +65,7 @@ def test_an_unreachable_store_or_kafka_is_named_and_the_rest_still_answers(pipel
             "mongodb": {"uri": f"mongodb://127.0.0.1:{free_port()}", "timeout_ms": 200},
         }
     )
-    with api(config) as client:
+    with api_client(config) as client:
         response = client.simulate_get("/stats")
         assert client.simulate_get("/stats", params={"window": "1h"}).status_code == 400
 

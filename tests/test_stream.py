@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import falcon.testing
 import orjson
 import pytest
 
-from streamd.api import create_app
-from streamd.api.backends import Backends
 from streamd.api.params import Cursor
 from streamd.api.stream import LiveStreams
 from streamd.config import Config
-from streamd.store import MessageStore
+
+from .conftest import api_client, stored_document
 
 pytestmark = pytest.mark.integration
 
@@ -26,39 +22,13 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 
 
 def stored(message_id: str, seconds: int, source: str = "sensor-a") -> dict:
-    moment = T0 + timedelta(seconds=seconds)
-    return {
-        "_id": message_id,
-        "content": f"content of {message_id}",
-        "timestamp": moment,
-        "source": source,
-        "ingested_at": moment,
-        "kafka": {"topic": "data-stream", "partition": 0, "offset": seconds},
-    }
+    return stored_document(message_id, T0 + timedelta(seconds=seconds), source, offset=seconds)
 
 
 @pytest.fixture
 def settings(pipeline_config: Config) -> Config:
     api = dataclasses.replace(pipeline_config.api, stream_seconds=2.5, streams_per_worker=1, threads=4)
     return dataclasses.replace(pipeline_config, api=api)
-
-
-@pytest.fixture
-def store(settings: Config) -> Iterator[MessageStore]:
-    messages = MessageStore(settings.mongodb)
-    messages.ensure_indexes()
-    yield messages
-    messages.client.drop_database(settings.mongodb.database)
-    messages.close()
-
-
-@contextlib.contextmanager
-def api(settings: Config, streams: LiveStreams) -> Iterator[falcon.testing.TestClient]:
-    backends = Backends(settings)
-    try:
-        yield falcon.testing.TestClient(create_app(settings, backends, streams))
-    finally:
-        backends.close()
 
 
 def events(body: str) -> list[dict]:
@@ -77,7 +47,7 @@ def test_a_feed_sends_the_newest_then_what_arrives_and_ends_on_time(settings, st
     store.insert_batch([stored("m-1", 1), stored("m-2", 2), stored("m-other", 3, source="sensor-b")])
     late = threading.Timer(1.2, lambda: store.insert_batch([stored("m-3", 4), stored("m-late", 0)]))
     streams = LiveStreams(settings.api)
-    with api(settings, streams) as client:
+    with api_client(settings, streams) as client:
         late.start()
         started = time.monotonic()
         response = client.simulate_get("/stream", params={"source": "sensor-a"})
@@ -99,7 +69,7 @@ def test_a_reconnect_with_last_event_id_resumes_after_it(settings, store):
     store.insert_batch([stored("m-1", 1), stored("m-2", 2), stored("m-3", 3)])
     resume = Cursor(T0 + timedelta(seconds=2), "m-2").encode()
     settings = dataclasses.replace(settings, api=dataclasses.replace(settings.api, stream_seconds=1))
-    with api(settings, LiveStreams(settings.api)) as client:
+    with api_client(settings, LiveStreams(settings.api)) as client:
         response = client.simulate_get("/stream", headers={"Last-Event-ID": resume})
 
     assert [event["data"]["id"] for event in events(response.text) if "data" in event] == ["m-3"]
@@ -108,7 +78,7 @@ def test_a_reconnect_with_last_event_id_resumes_after_it(settings, store):
 def test_a_worker_with_every_feed_taken_answers_503_and_keeps_a_thread_free(settings, store):
     streams = LiveStreams(settings.api)
     assert streams.acquire()
-    with api(settings, streams) as client:
+    with api_client(settings, streams) as client:
         response = client.simulate_get("/stream")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "10"
@@ -125,7 +95,7 @@ def test_a_stopping_worker_ends_its_feeds_within_a_poll(settings, store):
     stopping = threading.Event()
     streams.serving = lambda: not stopping.is_set()
     threading.Timer(0.5, stopping.set).start()
-    with api(settings, streams) as client:
+    with api_client(settings, streams) as client:
         started = time.monotonic()
         response = client.simulate_get("/stream")
     assert response.status_code == 200
@@ -133,7 +103,7 @@ def test_a_stopping_worker_ends_its_feeds_within_a_poll(settings, store):
 
 
 def test_a_bad_request_is_refused_before_anything_streams(settings, store):
-    with api(settings, LiveStreams(settings.api)) as client:
+    with api_client(settings, LiveStreams(settings.api)) as client:
         bad_id = client.simulate_get("/stream", headers={"Last-Event-ID": "not-a-cursor"})
         unknown = client.simulate_get("/stream", params={"since": "2024-01-01"})
     assert bad_id.status_code == 400 and bad_id.json["parameters"] == ["Last-Event-ID"]
