@@ -31,10 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"streamd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except CommandError as exc:
-        print(f"streamd: {exc}", file=sys.stderr)
-        return 1
-    except KafkaUnavailable as exc:
+    except (CommandError, KafkaUnavailable) as exc:
         print(f"streamd: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
