@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from streamd.config import Config
+from streamd.control import process_alive
 
 
 def stack_dir(config: Config) -> Path:
@@ -56,11 +57,7 @@ def owned_pid(config: Config, name: str) -> int | None:
 
 def is_alive(pid: int) -> bool:
     """Running, and not a zombie: a server we started in this very process lingers as one until reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[0] != "Z":
+    if process_alive(pid):
         return True
     try:
         os.waitpid(pid, os.WNOHANG)
