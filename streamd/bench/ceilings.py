@@ -6,20 +6,21 @@ connecting are start-up, not throughput, and the pipeline's own figure is timed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
-from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Producer, TopicPartition
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, TopicPartition
 from pymongo.collection import Collection
 
 from streamd.bench.scratch import BenchError
 from streamd.config import Config
 from streamd.kafka import make_client
 from streamd.pipeline import to_document
-from streamd.producer import new_message
+from streamd.producer import Sender, new_message
 from streamd.store import INDEXES
 
 FETCH_TIMEOUT = 1.0
@@ -34,20 +35,10 @@ def generate_values(count: int, source: str) -> list[tuple[bytes, bytes]]:
 
 def prefill(config: Config, topic: str, messages: list[tuple[bytes, bytes]]) -> dict[int, int]:
     """Produce `messages` to `topic` with the producer child's settings; the end offset of each partition."""
-    producer = make_client(
-        Producer,
-        config.kafka,
-        "bench",
-        {"enable.idempotence": True, "acks": "all", "linger.ms": config.producer.linger_ms},
-    )
+    sender = Sender(dataclasses.replace(config, kafka=dataclasses.replace(config.kafka, topic=topic)))
     for key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(60) != 0:
+        sender.send(key, value)
+    if sender.flush(60) != 0:
         raise BenchError(f"Kafka did not acknowledge the {len(messages)} messages of {topic} within 60 s.")
     consumer = make_client(Consumer, config.kafka, "bench", {"group.id": f"{topic}-offsets"})
     try:

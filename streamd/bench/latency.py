@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import orjson
 import pymongo
-from confluent_kafka import ConsumerGroupState, KafkaError, Message, Producer
+from confluent_kafka import ConsumerGroupState, KafkaError, Message
 from confluent_kafka.admin import AdminClient
 
 from streamd.bench.scratch import BenchError
@@ -31,7 +31,7 @@ from streamd.bench.supervised import CommitWatch, SupervisedRun
 from streamd.config import Config
 from streamd.kafka import make_client
 from streamd.lifecycle import Shutdown
-from streamd.producer import delivery_settings, generate
+from streamd.producer import Sender, generate
 
 COMMIT_POLL = 0.005
 VISIBLE_POLL = 0.02  # pause between two GET /messages, so the poller does not monopolise a worker
@@ -43,39 +43,19 @@ WARMUP_MESSAGES = 20
 WARMUP_TIMEOUT = 60.0
 
 
-class TrackingSender:
-    """Sends like streamd.producer.Sender (same librdkafka settings) and records every acknowledged message."""
+class TrackingSender(Sender):
+    """The producer child's own Sender, also recording every acknowledged message for the latency figures."""
 
     def __init__(self, config: Config) -> None:
-        self.topic = config.kafka.topic
         self.delivered: list[tuple[int, int, str, int]] = []  # partition, offset, id, create time (ms)
-        self.failed = 0
-        self.producer = make_client(
-            Producer,
-            config.kafka,
-            "bench",
-            {**delivery_settings(config), "on_delivery": self._delivered},
-        )
-
-    def send(self, key: bytes, value: bytes) -> bool:
-        while True:
-            try:
-                self.producer.produce(self.topic, value, key)
-                return True
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def poll(self, timeout: float) -> None:
-        self.producer.poll(timeout)
-
-    def flush(self, timeout: float) -> int:
-        return self.producer.flush(timeout)
+        super().__init__(config)
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            self.failed += 1
-            return
-        self.delivered.append((message.partition(), message.offset(), message.key().decode(), message.timestamp()[1]))
+        super()._delivered(error, message)
+        if error is None:
+            self.delivered.append(
+                (message.partition(), message.offset(), message.key().decode(), message.timestamp()[1])
+            )
 
 
 class VisibilityWatch(threading.Thread):
@@ -233,7 +213,7 @@ def _pass(
     produced = len(sender.delivered)
     return {
         "produced": produced,
-        "failed": sender.failed,
+        "failed": sender.report.failed,
         "stored": percentiles(stored, produced),
         "visible": {**percentiles(visible_ms, produced), "polls": visible.requests},
     }
