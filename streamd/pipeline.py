@@ -3,17 +3,26 @@
 A message that fails a stage becomes a Rejection instead of an exception escaping the batch, so the
 batch carries it to the dead-letter step (streamd.dead_letter) and its offset is committed with the
 rest once the dead-letter topic has it: a message nobody can store must not block its partition.
+Whatever else a message makes a stage raise is our bug, not the message's fault; it still becomes a
+Rejection (reason `internal`), logged with its traceback, so that one message can never stop a consumer.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
+from confluent_kafka import (
+    TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_LOG_APPEND_TIME,
+    TIMESTAMP_NOT_AVAILABLE,
+    KafkaError,
+    Message,
+)
 from jsonschema import Draft202012Validator, FormatChecker, SchemaError
 from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.validators import validator_for
@@ -21,7 +30,10 @@ from jsonschema.validators import validator_for
 from streamd.config import Config, ConfigError
 from streamd.ids import ID_PATTERN, is_valid_id, offset_id
 
+log = logging.getLogger(__name__)
+
 DETAIL_LIMIT = 200
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 BUILTIN_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -54,7 +66,23 @@ def parse_timestamp(text: str) -> datetime:
     if len(text) <= len("2024-01-31"):
         raise ValueError("a date without a time of day")  # fromisoformat would quietly read it as midnight
     moment = datetime.fromisoformat(text)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+01:00 is a valid date whose UTC equivalent falls before year 1.
+        raise ValueError("outside years 1 to 9999 once converted to UTC") from None
+
+
+def kafka_time(kind: int, milliseconds: int) -> datetime:
+    """A Kafka timestamp as an aware UTC datetime; raises ValueError when no datetime can hold it."""
+    try:
+        # Exact, unlike fromtimestamp(ms / 1000), whose float loses milliseconds far from 1970.
+        return EPOCH + timedelta(milliseconds=milliseconds)
+    except OverflowError:
+        name = {TIMESTAMP_CREATE_TIME: "CreateTime", TIMESTAMP_LOG_APPEND_TIME: "LogAppendTime"}.get(kind, "timestamp")
+        raise ValueError(f"its Kafka {name} ({milliseconds} ms) is outside years 1 to 9999") from None
 
 
 FORMATS = FormatChecker()
@@ -84,9 +112,11 @@ class Invalid(Exception):
 class Rejection:
     """A message that will not be stored, with everything a dead-letter topic needs to keep it."""
 
-    stage: str  # parse | validate | store
+    stage: str  # parse | validate | store | internal | consume
     # A fixed word, fit for a metric label: tombstone, empty, too_large, not_utf8, not_json, not_object,
-    # schema, or store_rejected (the store refused this one document for good).
+    # schema, bad_timestamp (no timestamp of its own and a Kafka one no date can hold), store_rejected
+    # (the store refused this one document for good), internal (a stage raised: our bug) or crash
+    # (consumers died handling it; see streamd.quarantine).
     reason: str
     detail: str  # one sentence for people
     topic: str
@@ -262,12 +292,16 @@ def to_document(
     timestamp: datetime | None = None,
 ) -> dict:
     """Stage 3: the stored shape (see streamd.store). Only called on a payload that passed validate();
-    `timestamp` is the payload's own as validate() returned it, parsed here only when not given."""
+    `timestamp` is the payload's own as validate() returned it, parsed here only when not given.
+    Raises Invalid (bad_timestamp) when the message has no timestamp and its Kafka one fits no date."""
     if timestamp is None:
         if payload.get("timestamp") is not None:
             timestamp = parse_timestamp(payload["timestamp"])
         elif kafka_timestamp[0] != TIMESTAMP_NOT_AVAILABLE:
-            timestamp = datetime.fromtimestamp(kafka_timestamp[1] / 1000, UTC)
+            try:
+                timestamp = kafka_time(*kafka_timestamp)
+            except ValueError as exc:
+                raise Invalid("validate", "bad_timestamp", f"the message has no timestamp and {exc}") from None
         else:
             timestamp = ingested_at
     return {
@@ -296,6 +330,7 @@ class Pipeline:
         batch = MessageBatch()
         documents, sources, rejections = batch.documents, batch.sources, batch.rejections
         next_offsets = batch.next_offsets
+        failures: list[Exception] = []
         for message in messages:
             error = message.error()
             if error is not None:
@@ -305,15 +340,25 @@ class Pipeline:
             try:
                 payload = parse(value, self.max_message_bytes)
                 timestamp = self.schema.validate(payload)
+                document = to_document(payload, topic, partition, offset, message.timestamp(), ingested_at, timestamp)
             except Invalid as exc:
                 rejections.append(Rejection.of(message, exc.stage, exc.reason, exc.detail))
+            except Exception as exc:  # noqa: BLE001 - one message must never stop the consumer, whatever it is
+                failures.append(exc)
+                detail = _shortened(f"{type(exc).__name__}: {exc}")
+                rejections.append(Rejection.of(message, "internal", "internal", detail))
             else:
-                documents.append(
-                    to_document(payload, topic, partition, offset, message.timestamp(), ingested_at, timestamp)
-                )
+                documents.append(document)
                 sources.append(message)
             # Kafka hands out a partition's messages in offset order, so the last one seen is the highest.
             next_offsets[topic, partition] = offset + 1
+        if failures:
+            # A bug of ours, not of the message: worth a traceback, but one per batch, not one per message.
+            log.error(
+                "%d messages of this batch made a stage raise; they are dead-lettered with reason internal",
+                len(failures),
+                exc_info=failures[0],
+            )
         return batch
 
 

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import bson
 import orjson
 import pytest
-from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message
+from confluent_kafka import (
+    TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_LOG_APPEND_TIME,
+    TIMESTAMP_NOT_AVAILABLE,
+    KafkaError,
+    Message,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from streamd import config as config_module
 from streamd.config import ConfigError
 from streamd.pipeline import (
     BUILTIN_SCHEMA,
+    EPOCH,
     FORMATS,
     Invalid,
     PayloadSchema,
     Pipeline,
     document_id,
+    kafka_time,
     parse,
     parse_timestamp,
     to_document,
@@ -25,6 +37,18 @@ from streamd.pipeline import (
 
 TOPIC = "orders"
 NOW = datetime(2024, 6, 1, 12, 0, 30, tzinfo=UTC)
+# Every reason a stage can give (the README's dead-letter table lists them with the later ones).
+REASONS = {
+    "tombstone",
+    "empty",
+    "too_large",
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "schema",
+    "bad_timestamp",
+    "internal",
+}
 KAFKA_TIME_MS = int(datetime(2024, 6, 1, 11, 59, tzinfo=UTC).timestamp() * 1000)
 
 
@@ -356,3 +380,185 @@ def test_dropping_revoked_partitions_forgets_their_documents_rejections_and_offs
 def test_an_empty_batch_commits_nothing(pipeline):
     batch = pipeline.batch([], ingested_at=NOW)
     assert not batch and batch.next_offsets == {}
+
+
+# --- nothing a message holds may escape the batch -----------------------------------------------------
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_timestamp_that_leaves_the_calendar_once_in_utc_is_a_schema_rejection(pipeline, stamp):
+    """Both crashed every consumer for good (OverflowError out of parse_timestamp)."""
+    batch = pipeline.batch(
+        [json_message({"text": "x", "timestamp": stamp}, offset=0), json_message({"text": "next"}, offset=1)],
+        ingested_at=NOW,
+    )
+    [rejection] = batch.rejections
+    assert (rejection.stage, rejection.reason, rejection.offset) == ("validate", "schema", 0)
+    assert rejection.detail.startswith("timestamp: ")
+    assert [document["content"] for document in batch.documents] == ["next"]
+    with pytest.raises(ValueError, match="outside years 1 to 9999"):
+        parse_timestamp(stamp)
+
+
+@pytest.mark.parametrize(
+    "milliseconds",
+    [
+        int((datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC) - EPOCH).total_seconds() * 1000) + 1,
+        2**63 - 1,
+        int((datetime(1, 1, 1, tzinfo=UTC) - EPOCH).total_seconds() * 1000) - 1,
+        -(2**63),
+    ],
+)
+def test_a_message_without_timestamp_whose_kafka_timestamp_fits_no_date_is_rejected(pipeline, milliseconds):
+    """The year-10000 CreateTime crashed every consumer for good (ValueError out of to_document)."""
+    batch = pipeline.batch(
+        [json_message({"text": "x"}, offset=0, timestamp_ms=milliseconds), json_message({"text": "next"}, offset=1)],
+        ingested_at=NOW,
+    )
+    [rejection] = batch.rejections
+    assert (rejection.stage, rejection.reason, rejection.offset) == ("validate", "bad_timestamp", 0)
+    assert f"CreateTime ({milliseconds} ms)" in rejection.detail and "outside years 1 to 9999" in rejection.detail
+    assert [document["content"] for document in batch.documents] == ["next"]
+    assert batch.next_offsets == {(TOPIC, 0): 2}
+
+
+def test_the_kafka_timestamps_at_the_edges_of_the_calendar_are_stored_exactly():
+    first = int((datetime(1, 1, 1, tzinfo=UTC) - EPOCH).total_seconds() * 1000)
+    assert kafka_time(TIMESTAMP_CREATE_TIME, first) == datetime(1, 1, 1, tzinfo=UTC)
+    last = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
+    assert kafka_time(TIMESTAMP_CREATE_TIME, int((last - EPOCH).total_seconds() * 1000)) == last
+
+
+class Broken(PayloadSchema):
+    def validate(self, payload: dict) -> datetime | None:
+        if payload["text"] == "boom":
+            raise KeyError("surprise")
+        return super().validate(payload)
+
+
+def test_any_other_exception_of_a_stage_becomes_an_internal_rejection_and_the_batch_goes_on(caplog):
+    pipeline = Pipeline(Broken(), max_message_bytes=1000)
+    messages = [json_message({"text": text}, offset=n) for n, text in enumerate(["a", "boom", "b", "boom"])]
+
+    batch = pipeline.batch(messages, ingested_at=NOW)
+
+    assert [document["content"] for document in batch.documents] == ["a", "b"]
+    assert [(r.stage, r.reason, r.offset) for r in batch.rejections] == [
+        ("internal", "internal", 1),
+        ("internal", "internal", 3),
+    ]
+    assert batch.rejections[0].detail == "KeyError: 'surprise'"
+    assert batch.next_offsets == {(TOPIC, 0): 4}
+    tracebacks = [record for record in caplog.records if record.exc_info]
+    assert len(tracebacks) == 1, "one traceback per batch, not one per message"
+
+
+# --- fuzz: parse -> validate -> to_document over anything ---------------------------------------------
+
+
+class FakeMessage:
+    """What Pipeline.batch reads of a confluent_kafka Message, with any timestamp type and value."""
+
+    def __init__(self, value: bytes | None, offset: int, timestamp: tuple[int, int]) -> None:
+        self._value, self._offset, self._timestamp = value, offset, timestamp
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return self._offset % 3
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return None
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._timestamp
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+iso_timestamps = st.datetimes(timezones=st.none() | st.timezones()).map(
+    lambda moment: moment.isoformat()
+) | st.sampled_from(["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2024-06-01", "2024-06-01T25:00:00Z"])
+payloads = st.fixed_dictionaries(
+    {},
+    optional={
+        "text": st.text() | json_values,
+        "id": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}", fullmatch=True) | json_values,
+        "source": st.text() | json_values,
+        "timestamp": iso_timestamps | json_values,
+    },
+).flatmap(
+    lambda known: st.dictionaries(st.text(max_size=8), json_values, max_size=3).map(lambda extra: {**extra, **known})
+)
+
+
+def encoded(value: object) -> bytes:
+    # The standard library writes integers of any size (orjson refuses over 64 bits).
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+values = (
+    payloads.map(encoded)
+    | json_values.map(encoded)
+    | st.binary(max_size=64)
+    | st.none()
+    | st.just(b"")
+    | st.builds(lambda payload: encoded(payload) + b"\xff", payloads)
+)
+kafka_timestamps = st.tuples(
+    st.sampled_from([TIMESTAMP_NOT_AVAILABLE, TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME]) | st.integers(-5, 5),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(values, kafka_timestamps), max_size=6))
+def test_the_message_path_never_raises_and_accounts_for_every_message(cases):
+    pipeline = Pipeline(PayloadSchema(), max_message_bytes=200)
+    messages = [FakeMessage(value, offset, stamp) for offset, (value, stamp) in enumerate(cases)]
+
+    batch = pipeline.batch(messages, ingested_at=NOW)
+
+    outcomes = [source.offset() for source in batch.sources] + [r.offset for r in batch.rejections]
+    assert sorted(outcomes) == list(range(len(messages))), "each message is one document or one rejection"
+    assert len(batch.documents) == len(batch.sources)
+    assert {r.reason for r in batch.rejections} <= REASONS - {"internal"}, "nothing here is a bug of ours"
+    for document in batch.documents:
+        bson.encode(document)
+        moment = document["timestamp"]
+        assert isinstance(moment, datetime) and moment.utcoffset() in (None, timedelta(0))
+    for message in messages:
+        key = (TOPIC, message.partition())
+        assert batch.next_offsets[key] > message.offset()
+
+
+@settings(max_examples=300, deadline=None)
+@given(payloads)
+def test_the_fast_path_agrees_with_the_json_schema_on_any_payload(payload):
+    schema = Draft202012Validator(BUILTIN_SCHEMA, format_checker=FORMATS)
+    try:
+        PayloadSchema().validate(payload)
+        accepted = True
+    except Invalid:
+        accepted = False
+    assert accepted == schema.is_valid(payload)
