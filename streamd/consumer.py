@@ -14,6 +14,10 @@ Every consumer process joins the same group with cooperative-sticky assignment. 
 revoked, the offsets of finished batches are committed first (so the new owner starts after them), and
 whatever of an unfinished batch belongs to them is dropped: the new owner consumes it from the last
 commit, so no message is lost and none is written by two consumers.
+
+A message that kills the consumer process itself (not an exception of a stage: those become dead
+letters in streamd.pipeline) is handled by streamd.quarantine: each batch is recorded as in flight,
+and after repeated deaths on one message alone, that message is dead-lettered with reason `crash`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from streamd.kafka import KafkaUnavailable, ensure_topic, make_client
 from streamd.lifecycle import Shutdown
 from streamd.metrics import series
 from streamd.pipeline import MessageBatch, Pipeline, Rejection
+from streamd.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,7 @@ class BatchConsumer:
         message_store: store.MessageStore,
         dead_letters: DeadLetterQueue,
         shutdown: Shutdown,
+        quarantine: Quarantine,
     ) -> None:
         self.batch_size = settings.batch_size
         self.batch_timeout = settings.batch_timeout_ms / 1000
@@ -98,6 +104,7 @@ class BatchConsumer:
         self.store = message_store
         self.dead_letters = dead_letters
         self.shutdown = shutdown
+        self.quarantine = quarantine
         self.counters = ConsumerCounters()
         self.indexes_ready = False
         self.assigned: set[Partition] = set()
@@ -118,6 +125,8 @@ class BatchConsumer:
     def open(cls, config: Config, shutdown: Shutdown) -> BatchConsumer:
         """Create the topics when missing, join the group and connect the store."""
         pipeline = Pipeline.from_config(config)  # first, so a bad consumer.schema fails before anything opens
+        # Before joining the group: what a dead consumer had in flight is suspect before anyone fetches it.
+        quarantine = Quarantine.open(config.state_path)
         ensure_topic(config, config.kafka.topic)
         dead_letters = DeadLetterQueue.open(config)
         message_store = store.MessageStore(config.mongodb)
@@ -148,7 +157,7 @@ class BatchConsumer:
                 "session.timeout.ms": 10_000,
             },
         )
-        batches = cls(config.consumer, pipeline, consumer, message_store, dead_letters, shutdown)
+        batches = cls(config.consumer, pipeline, consumer, message_store, dead_letters, shutdown, quarantine)
         consumer.subscribe(
             [config.kafka.topic], on_assign=batches.on_assign, on_revoke=batches.on_revoke, on_lost=batches.on_lost
         )
@@ -158,24 +167,33 @@ class BatchConsumer:
         """Fetch, store, dead-letter, commit: the order that makes a committed offset mean the message is safe."""
         self.prepare_store()
         while not self.shutdown.requested:
-            batch = self.fetch()
-            if not batch:
-                if self.uncommitted and self.retry_commit and time.monotonic() >= self.next_commit_retry:
-                    self.commit_finished()
-                continue
-            if not self.deliver(batch):
-                return  # stopping with the batch unfinished: not committed, so it is consumed again
-            self.uncommitted.update(batch.next_offsets)
-            self.commit_finished()
+            delivered = False
+            # One portion, the whole batch, unless a consumer died on some of these messages: then each of
+            # those is a portion of its own (streamd.quarantine). Portions keep the offset order, so what
+            # is delivered before a stop can be committed.
+            for portion in self.quarantine.portions(self.receive()):
+                batch = self.process(portion)
+                if not batch:
+                    continue
+                if not self.deliver(batch):
+                    return  # stopping with the batch unfinished: not committed, so it is consumed again
+                self.quarantine.done()
+                self.uncommitted.update(batch.next_offsets)
+                delivered = True
+            retry_due = self.uncommitted and self.retry_commit and time.monotonic() >= self.next_commit_retry
+            if delivered or retry_due:
+                self.commit_finished()
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
         """Leave the group now (so its partitions move at once) and disconnect the store.
 
-        Closing revokes every partition, and on_revoke commits what is finished.
+        Closing revokes every partition, and on_revoke commits what is finished. `clean` is False when
+        leaving on an exception: the messages in flight then stay recorded, as after any other death.
         """
         self.consumer.close()
         self.dead_letters.close()
         self.store.close()
+        self.quarantine.close(clean)
 
     def prepare_store(self) -> None:
         try:
@@ -192,13 +210,27 @@ class BatchConsumer:
     # --- fetch -----------------------------------------------------------------------------------
 
     def fetch(self) -> MessageBatch:
+        return self.process(self.receive())
+
+    def receive(self) -> list[Message]:
         messages = self.consumer.consume(self.batch_size, self.batch_timeout)
         if self.strays:
             messages, self.strays = self.strays + messages, []
-        # consume() serves rebalances: a message fetched before its partition was revoked within the
-        # same call belongs to the partition's new owner now.
+        return messages
+
+    def process(self, messages: list[Message]) -> MessageBatch:
+        """The pipeline's stages over these messages, recorded as in flight first (streamd.quarantine)."""
+        # consume() serves rebalances, and so does delivering an earlier portion: a message of a partition
+        # revoked meanwhile belongs to the partition's new owner now.
         messages = [m for m in messages if m.error() is not None or (m.topic(), m.partition()) in self.assigned]
-        batch = self.pipeline.batch(messages)
+        condemned = self.quarantine.condemned(messages[0]) if len(messages) == 1 else None
+        if condemned is not None:
+            batch = MessageBatch(rejections=[condemned])
+            batch.next_offsets[condemned.topic, condemned.partition] = condemned.offset + 1
+            log.error("%s", condemned)
+        else:
+            self.quarantine.begin(messages)
+            batch = self.pipeline.batch(messages)
         for error in batch.errors:
             self.kafka_error(error)
         if batch and self.kafka_failing is not None:
@@ -421,8 +453,10 @@ class BatchConsumer:
             key = (partition.topic, partition.partition)
             if partition.error is not None:
                 self.commit_failed(partition.error)
-            elif self.uncommitted.get(key) == partition.offset:
-                del self.uncommitted[key]  # a later batch's offset, if any, stays until its own answer
+            else:
+                if self.uncommitted.get(key) == partition.offset:
+                    del self.uncommitted[key]  # a later batch's offset, if any, stays until its own answer
+                self.quarantine.committed(partition.topic, partition.partition, partition.offset)
         if not self.uncommitted and self.commit_failing is not None:
             log.info("commits go through again")
             self.commit_failing = None
@@ -486,10 +520,12 @@ def run(config: Config, shutdown: Shutdown) -> int:
         log.error("%s", exc)
         return 1
     log.info("consuming %s as group %s", config.kafka.topic, config.consumer.group)
+    clean = False
     try:
         batches.run()
+        clean = True
     finally:
-        batches.close()
+        batches.close(clean)
         log.info("stopped: %s", batches.counters)
     return 0
 

@@ -4,8 +4,8 @@ A dead letter is the original message, with its key, value and headers unchanged
 (UTF-8 text), appended after the original ones:
 
     streamd.error.reason        a fixed word: tombstone, empty, too_large, not_utf8, not_json, not_object,
-                                schema, store_rejected
-    streamd.error.stage         parse, validate or store
+                                schema, bad_timestamp, store_rejected, internal, crash
+    streamd.error.stage         parse, validate, store, internal or consume
     streamd.error.detail        one sentence for people
     streamd.error.time          when it was dead-lettered, ISO 8601 UTC
     streamd.original.topic      where the message was consumed from

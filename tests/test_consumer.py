@@ -20,6 +20,7 @@ from streamd.dead_letter import DeadLetterQueue
 from streamd.lifecycle import Shutdown
 from streamd.pipeline import Pipeline
 from streamd.producer import produce_once
+from streamd.quarantine import Quarantine
 from streamd.store import MessageStore, WriteOutcome
 from tests.conftest import free_port
 from tests.fault_stack import relay_to
@@ -277,7 +278,9 @@ def test_documents_the_store_refuses_are_dead_lettered_at_the_store_stage_and_th
 
 def test_write_errors_of_single_documents_become_store_rejections_and_transient_ones_a_retry(settings: Config):
     pipeline = Pipeline.from_config(settings)
-    batches = BatchConsumer(settings.consumer, pipeline, None, None, None, Shutdown())  # type: ignore[arg-type]
+    batches = BatchConsumer(
+        settings.consumer, pipeline, None, None, None, Shutdown(), Quarantine(settings.state_path / "consumers")
+    )  # type: ignore[arg-type]
     messages = [Message(topic="t", partition=0, offset=n, value=b'{"text": "%d"}' % n) for n in range(4)]
     batch = pipeline.batch(messages)
     details = {

@@ -1,0 +1,239 @@
+"""Crash quarantine: a message the consumer process dies on is dead-lettered as `crash`, not a crash loop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+
+from streamd import config as config_module
+from streamd import verify
+from streamd.config import Config
+from streamd.dead_letter import DeadLetter
+from streamd.producer import produce_once
+from streamd.quarantine import QUARANTINE_DEATHS, Quarantine
+from streamd.verify import Reconciliation
+from tests.supervisor_process import SupervisorProcess, wait_until
+from tests.test_consumer import all_committed
+
+DEADLY = Path(__file__).with_name("deadly_supervisor.py")
+
+TOPIC = "orders"
+
+
+def messages(partition: int, *offsets: int) -> list[Message]:
+    return [Message(topic=TOPIC, partition=partition, offset=o, value=b'{"text": "x"}') for o in offsets]
+
+
+def offsets(portions: list[list[Message]]) -> list[list[tuple[int, int]]]:
+    return [[(m.partition(), m.offset()) for m in portion] for portion in portions]
+
+
+def die_with_in_flight(state: Path, batch: list[Message]) -> None:
+    """A consumer process that records `batch` as in flight and dies (os._exit) before finishing it."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            Quarantine.open(state).begin(batch)
+        finally:
+            os._exit(1)
+    os.waitpid(pid, 0)
+
+
+def test_a_consumer_that_dies_mid_batch_makes_that_batch_handled_one_message_at_a_time(tmp_path: Path):
+    die_with_in_flight(tmp_path, messages(0, 10, 11, 12) + messages(1, 5))
+    restarted = Quarantine.open(tmp_path)
+    fetched = messages(0, 8, 9, 10, 11, 12, 13) + messages(1, 4, 5, 6) + messages(2, 0)
+
+    portions = restarted.portions(fetched)
+
+    assert offsets(portions) == [
+        [(0, 8), (0, 9)],
+        [(0, 10)],
+        [(0, 11)],
+        [(0, 12)],
+        [(0, 13), (1, 4)],
+        [(1, 5)],
+        [(1, 6), (2, 0)],
+    ]
+    assert all(restarted.condemned(m) is None for m in fetched), "one death in a batch quarantines nothing"
+
+
+def test_only_repeated_deaths_on_one_message_alone_quarantine_it(tmp_path: Path):
+    [deadly] = messages(0, 7)
+    for _ in range(QUARANTINE_DEATHS):
+        assert Quarantine.open(tmp_path).condemned(deadly) is None
+        die_with_in_flight(tmp_path, [deadly])
+
+    survivor = Quarantine.open(tmp_path)
+    rejection = survivor.condemned(deadly)
+
+    assert rejection is not None
+    assert (rejection.reason, rejection.stage, rejection.offset) == ("crash", "consume", 7)
+    assert f"died {QUARANTINE_DEATHS} times" in rejection.detail
+    assert survivor.condemned(messages(0, 8)[0]) is None
+
+
+def test_a_living_consumers_record_is_left_alone_and_a_clean_stop_leaves_nothing(tmp_path: Path):
+    alive = Quarantine.open(tmp_path)
+    alive.begin(messages(0, 1, 2))
+    other = Quarantine.open(tmp_path)
+    assert offsets(other.portions(messages(0, 1, 2))) == [[(0, 1), (0, 2)]]
+    alive.done()
+    alive.close()
+    other.close()
+    assert [p.name for p in (tmp_path / "consumers").iterdir()] == ["suspects.lock"]
+
+
+def test_suspects_are_forgotten_once_committed_by_any_consumer(tmp_path: Path):
+    die_with_in_flight(tmp_path, messages(0, 3))
+    die_with_in_flight(tmp_path, messages(0, 3))
+    first, second = Quarantine.open(tmp_path), Quarantine.open(tmp_path)
+    assert second.condemned(messages(0, 3)[0]) is not None
+
+    first.committed(TOPIC, 0, 3)  # offset 3 itself is not committed yet
+    second.refresh()
+    assert second.condemned(messages(0, 3)[0]) is not None
+    first.committed(TOPIC, 0, 4)
+    second.refresh()
+    assert second.condemned(messages(0, 3)[0]) is None
+    assert len(second.portions(messages(0, 3, 4))) == 1
+    assert not (tmp_path / "consumers" / "suspects.json").exists()
+
+
+def test_recording_a_batch_costs_little(tmp_path: Path):
+    """The consumer does ~20k messages/s in batches of 500: a batch takes ~25 ms, the record must stay tiny."""
+    quarantine = Quarantine.open(tmp_path)
+    batch = messages(0, *range(500)) + messages(1, *range(500))
+    rounds = 200
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for portion in quarantine.portions(batch):
+            quarantine.begin(portion)
+            quarantine.done()
+    per_batch = (time.perf_counter() - started) / rounds
+    # Generous for a loaded machine; measured about 0.3 ms per 1,000 messages.
+    assert per_batch < 0.01, f"{per_batch * 1000:.2f} ms per batch of {len(batch)}"
+
+
+# --- for real: a supervised pipeline with a message that kills its consumer ---------------------------
+
+
+def supervised(tmp_path: Path, settings: Config, mode: str) -> SupervisorProcess:
+    """Two consumers under the real supervisor (tests/deadly_supervisor.py), dying on b"deadly" as `mode` says."""
+    raw = config_module.to_mapping(settings)
+    raw["consumer"] = {**raw["consumer"], "processes": 2, "batch_timeout_ms": 200}
+    # The broker's smallest session timeout: a dead consumer's partitions move after 6 s, not 10.
+    raw["kafka"] = {**raw["kafka"], "client": {"session.timeout.ms": 6000}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    environment = {"DEADLY_MODE": mode, "DEADLY_MARK": str(tmp_path / "hanging-consumer.pid")}
+    command = [sys.executable, str(DEADLY), str(path)]
+    return SupervisorProcess(path, command, tmp_path / "supervisor.log", env=environment).start()
+
+
+def produce_around_one_deadly(settings: Config) -> None:
+    assert produce_once(settings, count=150, rate=None, source="test").acked == 150
+    producer = Producer({"bootstrap.servers": settings.kafka.brokers})
+    producer.produce(settings.kafka.topic, b'{"text": "deadly", "id": "the-deadly-one"}')
+    assert producer.flush(10) == 0
+    assert produce_once(settings, count=150, rate=None, source="test").acked == 150
+
+
+def dead_letters(settings: Config) -> list[DeadLetter]:
+    reader = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.brokers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        topic = settings.kafka.dead_letter_topic
+        partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        found, ended = [], set()
+        deadline = time.monotonic() + 30
+        while len(ended) < len(partitions) and time.monotonic() < deadline:
+            message = reader.poll(0.5)
+            if message is None:
+                continue
+            if message.error() is not None:
+                ended.add(message.partition())
+                continue
+            found.append(DeadLetter.read(message))
+        assert len(ended) == len(partitions), "the dead-letter topic could not be read to its end"
+        return found
+    finally:
+        reader.close()
+
+
+def states(sup: SupervisorProcess) -> set[str]:
+    return {child["state"] for child in sup.children().values()}
+
+
+def finished(sup: SupervisorProcess, settings: Config) -> bool:
+    """Every offset committed, or a consumer FATAL (the test then fails at once instead of timing out)."""
+    return "FATAL" in states(sup) or all_committed(settings)
+
+
+def reconciled(settings: Config) -> Reconciliation:
+    report = verify.verify(settings)
+    assert (report.missing, report.duplicated, report.pending) == (0, 0, 0), "\n".join(report.lines())
+    return report
+
+
+@pytest.mark.integration
+def test_a_message_that_kills_every_consumer_is_quarantined_and_the_pipeline_goes_on(tmp_path, pipeline_config, store):
+    produce_around_one_deadly(pipeline_config)
+    sup = supervised(tmp_path, pipeline_config, "exit")
+    try:
+        sup.wait_running("consumer-1", "consumer-2", timeout=30)
+        wait_until(lambda: finished(sup, pipeline_config), timeout=180, what="every offset committed, or a FATAL")
+        assert "FATAL" not in states(sup), sup.log_tail()
+        assert all_committed(pipeline_config)
+    finally:
+        sup.signal(signal.SIGTERM)
+        try:
+            sup.wait_exit(30)
+        finally:
+            sup.kill()
+
+    [quarantined] = dead_letters(pipeline_config)
+    assert (quarantined.reason, quarantined.stage) == ("crash", "consume")
+    assert "died 2 times" in quarantined.detail
+    assert store.collection.count_documents({}) == 300
+    assert store.collection.count_documents({"_id": "the-deadly-one"}) == 0
+    report = reconciled(pipeline_config)
+    assert (report.stored, report.dead_lettered) == (300, 1)
+
+
+@pytest.mark.integration
+def test_one_kill_in_the_middle_of_a_batch_quarantines_nothing(tmp_path, pipeline_config, store):
+    produce_around_one_deadly(pipeline_config)
+    sup = supervised(tmp_path, pipeline_config, "hang-once")
+    mark = tmp_path / "hanging-consumer.pid"
+    try:
+        wait_until(mark.exists, timeout=60, what="a consumer to hang in the middle of a batch")
+        os.kill(int(mark.read_text()), signal.SIGKILL)
+        wait_until(lambda: finished(sup, pipeline_config), timeout=180, what="every offset committed, or a FATAL")
+        assert "FATAL" not in states(sup), sup.log_tail()
+    finally:
+        sup.signal(signal.SIGTERM)
+        try:
+            sup.wait_exit(30)
+        finally:
+            sup.kill()
+
+    assert dead_letters(pipeline_config) == []
+    assert store.collection.count_documents({}) == 301
+    report = reconciled(pipeline_config)
+    assert (report.stored, report.dead_lettered) == (301, 0)
