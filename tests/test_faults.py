@@ -214,6 +214,9 @@ def test_a_poison_corpus_from_a_foreign_producer_is_dead_lettered_exactly_with_t
         b'{"id": "p-2", "text": 42}': "schema",
         b'{"id": "p-3", "text": "hi", "timestamp": "yesterday"}': "schema",
         b'{"id": "not valid!", "text": "hi"}': "schema",
+        # Valid dates that leave the calendar once converted to UTC (they crashed every consumer for good).
+        b'{"id": "p-5", "text": "hi", "timestamp": "0001-01-01T00:00:00+01:00"}': "schema",
+        b'{"id": "p-6", "text": "hi", "timestamp": "9999-12-31T23:59:59-01:00"}': "schema",
         orjson.dumps({"id": "p-4", "text": "x" * 5000}): "too_large",
         b"": "empty",
         None: "tombstone",
@@ -221,6 +224,12 @@ def test_a_poison_corpus_from_a_foreign_producer_is_dead_lettered_exactly_with_t
     foreign = Producer({"bootstrap.servers": settings.kafka.brokers})  # raw bytes, not streamd's producer
     for n, value in enumerate([*valid.values(), *poison]):
         foreign.produce(settings.kafka.topic, value, key=b"key-%d" % n, headers=[("sender", b"foreign")])
+    # No timestamp of its own, and a CreateTime in year 10000, which no date can hold (it too crashed them).
+    far_future = b'{"id": "p-7", "text": "dated by Kafka"}'
+    foreign.produce(
+        settings.kafka.topic, far_future, key=b"key-far", headers=[("sender", b"foreign")], timestamp=253402300800000
+    )
+    poison[far_future] = "bad_timestamp"
     assert foreign.flush(10) == 0
 
     with consumer_running(settings):
