@@ -196,28 +196,22 @@ class Quarantine:
                 for span in spans:
                     if span not in ranges:
                         ranges.append(span)
-                    topic, partition, first, last = span
-                    if first == last:
-                        deaths[topic, partition, first] = deaths.get((topic, partition, first), 0) + 1
-                        log.warning(
-                            "a consumer died with only %s[%d]@%d in flight (%d time%s)%s",
-                            topic,
-                            partition,
-                            first,
-                            deaths[topic, partition, first],
-                            "" if deaths[topic, partition, first] == 1 else "s",
-                            "; it will be dead-lettered as crash"
-                            if deaths[topic, partition, first] >= QUARANTINE_DEATHS
-                            else "",
-                        )
-                    else:
-                        log.warning(
-                            "a consumer died with %s[%d]@%d..%d in flight; those are handled one at a time next",
-                            topic,
-                            partition,
-                            first,
-                            last,
-                        )
+                # A death counts against a message only when it was the one message in flight.
+                if len(spans) == 1 and spans[0][2] == spans[0][3]:
+                    where = spans[0][:3]
+                    deaths[where] = deaths.get(where, 0) + 1
+                    verdict = "dead-lettered as crash" if deaths[where] >= QUARANTINE_DEATHS else "handled alone again"
+                    log.warning(
+                        "a consumer died with only %s[%d]@%d in flight (%d such deaths); it will be %s",
+                        *where,
+                        deaths[where],
+                        verdict,
+                    )
+                elif spans:
+                    log.warning(
+                        "a consumer died with %s in flight; those messages are handled one at a time next",
+                        ", ".join(f"{t}[{p}]@{a}..{b}" for t, p, a, b in spans),
+                    )
             if adopted:
                 self._write(ranges, deaths)
             else:

@@ -81,6 +81,15 @@ def test_only_repeated_deaths_on_one_message_alone_quarantine_it(tmp_path: Path)
     assert survivor.condemned(messages(0, 8)[0]) is None
 
 
+def test_a_death_with_several_messages_in_flight_counts_against_none_of_them(tmp_path: Path):
+    batch = messages(0, 4) + messages(1, 9)  # one message of each partition: not one message alone
+    for _ in range(QUARANTINE_DEATHS + 1):
+        die_with_in_flight(tmp_path, batch)
+    survivor = Quarantine.open(tmp_path)
+    assert all(survivor.condemned(m) is None for m in batch)
+    assert offsets(survivor.portions(batch)) == [[(0, 4)], [(1, 9)]]
+
+
 def test_a_living_consumers_record_is_left_alone_and_a_clean_stop_leaves_nothing(tmp_path: Path):
     alive = Quarantine.open(tmp_path)
     alive.begin(messages(0, 1, 2))
