@@ -125,8 +125,6 @@ class BatchConsumer:
     def open(cls, config: Config, shutdown: Shutdown) -> BatchConsumer:
         """Create the topics when missing, join the group and connect the store."""
         pipeline = Pipeline.from_config(config)  # first, so a bad consumer.schema fails before anything opens
-        # Before joining the group: what a dead consumer had in flight is suspect before anyone fetches it.
-        quarantine = Quarantine.open(config.state_path)
         ensure_topic(config, config.kafka.topic)
         dead_letters = DeadLetterQueue.open(config)
         message_store = store.MessageStore(config.mongodb)
@@ -157,6 +155,9 @@ class BatchConsumer:
                 "session.timeout.ms": 10_000,
             },
         )
+        # Before joining the group, so that what a dead consumer had in flight is suspect before it is fetched
+        # again; last, so that nothing failing after it leaves this consumer's record behind.
+        quarantine = Quarantine.open(config.state_path)
         batches = cls(config.consumer, pipeline, consumer, message_store, dead_letters, shutdown, quarantine)
         consumer.subscribe(
             [config.kafka.topic], on_assign=batches.on_assign, on_revoke=batches.on_revoke, on_lost=batches.on_lost

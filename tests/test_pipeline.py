@@ -499,11 +499,16 @@ json_values = st.recursive(
 iso_timestamps = st.datetimes(timezones=st.none() | st.timezones()).map(
     lambda moment: moment.isoformat()
 ) | st.sampled_from(["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2024-06-01", "2024-06-01T25:00:00Z"])
+ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}", fullmatch=True)
+# Mostly valid messages, so that the document path is exercised as much as the rejections.
+good_payloads = st.fixed_dictionaries(
+    {"text": st.text()}, optional={"id": ids, "source": st.text(), "timestamp": iso_timestamps}
+)
 payloads = st.fixed_dictionaries(
     {},
     optional={
         "text": st.text() | json_values,
-        "id": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}", fullmatch=True) | json_values,
+        "id": ids | json_values,
         "source": st.text() | json_values,
         "timestamp": iso_timestamps | json_values,
     },
@@ -518,7 +523,8 @@ def encoded(value: object) -> bytes:
 
 
 values = (
-    payloads.map(encoded)
+    good_payloads.map(encoded)
+    | payloads.map(encoded)
     | json_values.map(encoded)
     | st.binary(max_size=64)
     | st.none()
@@ -527,14 +533,16 @@ values = (
 )
 kafka_timestamps = st.tuples(
     st.sampled_from([TIMESTAMP_NOT_AVAILABLE, TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME]) | st.integers(-5, 5),
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    # Within the calendar (years 1 to 9999) as often as anywhere in Kafka's int64.
+    st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999)
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1),
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(values, kafka_timestamps), max_size=6))
 def test_the_message_path_never_raises_and_accounts_for_every_message(cases):
-    pipeline = Pipeline(PayloadSchema(), max_message_bytes=200)
+    pipeline = Pipeline(PayloadSchema(), max_message_bytes=400)
     messages = [FakeMessage(value, offset, stamp) for offset, (value, stamp) in enumerate(cases)]
 
     batch = pipeline.batch(messages, ingested_at=NOW)
