@@ -292,11 +292,16 @@ def _messages(
         return
     reader.assign([TopicPartition(topic, partition, start)])
     try:
-        position, last_progress = start, time.monotonic()
+        # Only time spent inside consume() counts towards a stall: between two batches this generator is
+        # suspended while the caller asks the store, and a slow store is not Kafka stopping.
+        position, waited = start, 0.0
         while position < end:
             batch, at_end = [], False
+            asked = time.monotonic()
             # Asking for no more than what is left lets consume() return as soon as the range is read.
-            for message in reader.consume(min(READ_BATCH, end - position), timeout=1.0):
+            messages = reader.consume(min(READ_BATCH, end - position), timeout=1.0)
+            waited += time.monotonic() - asked
+            for message in messages:
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
@@ -311,11 +316,11 @@ def _messages(
                 batch.append(message)
                 position = message.offset() + 1
             if batch:
-                last_progress = time.monotonic()
+                waited = 0.0
                 yield batch
             if at_end:
                 return
-            if time.monotonic() - last_progress > STALL_TIMEOUT:
+            if waited > STALL_TIMEOUT:
                 raise VerifyError(
                     f"Kafka stopped delivering {topic}[{partition}] at offset {position} "
                     f"(expected up to {end}) for {STALL_TIMEOUT:g}s; is the broker up?"

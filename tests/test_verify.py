@@ -235,3 +235,24 @@ def test_since_takes_iso_dates_with_or_without_offset():
     assert cli.iso_time("2024-06-01T12:00:00Z") == datetime(2024, 6, 1, 12, tzinfo=UTC)
     assert cli.iso_time("2024-06-01T14:00:00+02:00") == datetime(2024, 6, 1, 12, tzinfo=UTC)
     assert cli.iso_time("2024-06-01T12:00") - cli.iso_time("2024-06-01T11:00") == timedelta(hours=1)
+
+
+@pytest.mark.integration
+def test_a_slow_store_is_not_taken_for_kafka_stalling(consumed: Config, monkeypatch):
+    """The stall timer times Kafka only: a store lookup longer than STALL_TIMEOUT between two reads is fine."""
+    monkeypatch.setattr(verify, "STALL_TIMEOUT", 2.0)
+    monkeypatch.setattr(verify, "WINDOW", 7)  # several windows, so reading resumes after a slow lookup
+    real_lookup_for = verify._lookup_for
+
+    def slow_lookup_for(message_store):
+        lookup = real_lookup_for(message_store)
+
+        def slow(*args):
+            time.sleep(verify.STALL_TIMEOUT + 1.5)
+            return lookup(*args)
+
+        return slow
+
+    monkeypatch.setattr(verify, "_lookup_for", slow_lookup_for)
+    report = verify.verify(consumed)
+    assert report.ok and report.checked == 42
