@@ -64,6 +64,7 @@ class ConsumerCounters:
     consumed: int = series.Tally(series.CONSUMED)
     stored: int = series.Tally(series.STORED)
     duplicates: int = series.Tally(series.DUPLICATES)
+    id_conflicts: int = series.Tally(series.ID_CONFLICTS)  # duplicates that are another message, not a replay
     # by Rejection.reason, when the pipeline rejects
     rejected: Counter[str] = field(default_factory=series.LabelTally.of(series.REJECTED))
     # by reason, once the dead-letter topic acked
@@ -73,7 +74,9 @@ class ConsumerCounters:
     def __str__(self) -> str:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.dead_lettered.items()))
         return (
-            f"consumed {self.consumed}, stored {self.stored}, duplicates {self.duplicates}, "
+            f"consumed {self.consumed}, stored {self.stored}, duplicates {self.duplicates}"
+            + (f" ({self.id_conflicts} id conflicts)" if self.id_conflicts else "")
+            + ", "
             f"rejected {self.rejected.total()}, dead-lettered {self.dead_lettered.total()}"
             + (f" ({reasons})" if reasons else "")
         )
@@ -274,7 +277,23 @@ class BatchConsumer:
         self.counters.stored += outcome.inserted
         self.counters.duplicates += outcome.duplicates
         series.stored_batch(len(batch), batch.documents, outcome.duplicates)
+        if outcome.duplicated:
+            self.report_conflicts(outcome.duplicated)
         return True
+
+    def report_conflicts(self, duplicated: tuple[dict, ...]) -> None:
+        """A duplicate is a replay or the same message sent twice, or else two messages claiming one id: say so."""
+        try:
+            conflicts = self.store.conflicts(duplicated)
+        except (*store.UNAVAILABLE, OperationFailure) as exc:
+            # The batch is stored; a diagnosis is not worth holding it for.
+            log.warning(
+                "could not check %d duplicate ids for conflicts (%s: %s)", len(duplicated), type(exc).__name__, exc
+            )
+            return
+        self.counters.id_conflicts += len(conflicts)
+        for conflict in conflicts:
+            log.warning("id conflict: %s; the newcomer is not stored", conflict)
 
     def write(self, batch: MessageBatch) -> store.WriteOutcome:
         """insert_batch, turning documents the store refuses for good into store-stage rejections."""
@@ -291,17 +310,18 @@ class BatchConsumer:
         errors = details.get("writeErrors", [])
         if details.get("writeConcernErrors") or any(error["code"] in RETRYABLE_WRITE_CODES for error in errors):
             raise StoreBusy(errors[0]["errmsg"] if errors else "write concern not satisfied")
-        duplicates = sum(error["code"] == store.DUPLICATE_KEY for error in errors)
+        duplicated = tuple(batch.documents[error["index"]] for error in errors if error["code"] == store.DUPLICATE_KEY)
         refused = {
             error["index"]: f"the store refused the document: {error.get('errmsg', '')} (code {error['code']})"
             for error in errors
             if error["code"] != store.DUPLICATE_KEY
         }
         self.log_refused(batch.refuse(refused))
-        return store.WriteOutcome(details.get("nInserted", 0), duplicates)
+        return store.WriteOutcome(details.get("nInserted", 0), len(duplicated), duplicated)
 
     def write_one_by_one(self, batch: MessageBatch) -> store.WriteOutcome:
-        inserted = duplicates = 0
+        inserted = 0
+        duplicated: list[dict] = []
         refused: dict[int, str] = {}
         for index, document in enumerate(batch.documents):
             try:
@@ -315,9 +335,9 @@ class BatchConsumer:
                 refused[index] = f"the document cannot be stored: {exc}"
             else:
                 inserted += outcome.inserted
-                duplicates += outcome.duplicates
+                duplicated += outcome.duplicated
         self.log_refused(batch.refuse(refused))
-        return store.WriteOutcome(inserted, duplicates)
+        return store.WriteOutcome(inserted, len(duplicated), tuple(duplicated))
 
     def log_refused(self, rejections: list[Rejection]) -> None:
         self.counters.rejected.update(rejection.reason for rejection in rejections)

@@ -126,7 +126,7 @@ def test_produced_messages_are_stored_exactly_once_in_the_stored_shape(settings:
 
     [anonymous] = [d for d in documents if d["content"] == "no id, no timestamp"]
     where = anonymous["kafka"]
-    assert anonymous["_id"] == f"{settings.kafka.topic}:{where['partition']}:{where['offset']}"
+    assert anonymous["_id"] == f"~{settings.kafka.topic}:{where['partition']}:{where['offset']}"
     assert anonymous["source"] is None
     assert abs(anonymous["timestamp"] - anonymous["ingested_at"]) < timedelta(seconds=30), "the Kafka timestamp"
 
@@ -137,6 +137,31 @@ def test_produced_messages_are_stored_exactly_once_in_the_stored_shape(settings:
     assert len(coordinates) == len(set(coordinates)) == len(everything) - 1
     assert f"{settings.kafka.topic}[{rejected[0]}]@{rejected[1]} rejected at parse (not_json)" in caplog.text
     assert "stopped: consumed 42, stored 41, duplicates 0, rejected 1, dead-lettered 1 (not_json 1)" in caplog.messages
+
+
+def test_a_message_cannot_claim_the_id_of_a_message_without_one(settings: Config, caplog):
+    """The id an id-less message is stored under is reserved: a foreign message can neither pre-claim it
+    (the old form is an ordinary id now) nor take the reserved form (it fails the schema)."""
+    topic = settings.kafka.topic
+    producer = Producer({"bootstrap.servers": settings.kafka.brokers})
+    for value in (
+        f'{{"id": "{topic}:0:1", "text": "the old fallback form, now an ordinary id"}}',
+        '{"text": "no id of its own"}',
+        f'{{"id": "~{topic}:0:1", "text": "claims the reserved form"}}',
+    ):
+        producer.produce(topic, value.encode(), partition=0)
+    assert producer.flush(10) == 0
+
+    with consumer_running(settings):
+        wait_until(lambda: all_committed(settings), "every offset committed")
+
+    by_id = {d["_id"]: d["content"] for d in stored(settings)}
+    assert by_id == {
+        f"{topic}:0:1": "the old fallback form, now an ordinary id",
+        f"~{topic}:0:1": "no id of its own",
+    }
+    [letter] = read_all(settings.kafka.brokers, settings.kafka.dead_letter_topic)
+    assert letter.value() == f'{{"id": "~{topic}:0:1", "text": "claims the reserved form"}}'.encode()
 
 
 def test_a_replay_into_the_same_collection_stores_nothing_twice(settings: Config, caplog):
