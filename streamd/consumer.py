@@ -29,7 +29,7 @@ from bson.errors import InvalidDocument
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pymongo.errors import BulkWriteError, OperationFailure
 
-from streamd import store
+from streamd import offsets, store
 from streamd.config import Config, ConfigError, ConsumerConfig
 from streamd.dead_letter import DeadLetterQueue
 from streamd.kafka import KafkaUnavailable, ensure_topic, make_client
@@ -138,7 +138,9 @@ class BatchConsumer:
                 "group.id": config.consumer.group,
                 "enable.auto.commit": False,
                 "on_commit": on_commit,
-                "auto.offset.reset": "earliest",
+                # librdkafka hands over an event instead of moving a partition by itself; streamd.offsets
+                # decides where it restarts, and says so when the topic was recreated.
+                "auto.offset.reset": "error",
                 # Incremental rebalancing: a consumer joining or leaving moves only the partitions that
                 # must move, instead of stopping the whole group.
                 "partition.assignment.strategy": "cooperative-sticky",
@@ -201,7 +203,11 @@ class BatchConsumer:
         # consume() serves rebalances: a message fetched before its partition was revoked within the
         # same call belongs to the partition's new owner now.
         messages = [m for m in messages if m.error() is not None or (m.topic(), m.partition()) in self.assigned]
-        batch = self.pipeline.batch(messages)
+        restarted = {self.restart(m) for m in messages if offsets.is_reset(m)}
+        batch = self.pipeline.batch([m for m in messages if not offsets.is_reset(m)])
+        for key in restarted:
+            # Fetched before the restart, from the log that is gone: their offsets mean nothing in the new one.
+            batch.next_offsets.pop(key, None)
         for error in batch.errors:
             self.kafka_error(error)
         if batch and self.kafka_failing is not None:
@@ -395,6 +401,9 @@ class BatchConsumer:
     def stray(self, message: Message) -> None:
         """A message delivered while holding (its partition was not paused yet): keep it for the next batch."""
         error = message.error()
+        if offsets.is_reset(message):
+            self.restart(message)
+            return
         if error is not None:
             self.kafka_error(error)
             return
@@ -405,6 +414,27 @@ class BatchConsumer:
         if self.paused:
             self.consumer.resume(self.consumer.assignment())
             self.paused = False
+
+    def restart(self, event: Message) -> Partition:
+        """Move a partition librdkafka has no offset for to its earliest offset (see streamd.offsets)."""
+        restart = offsets.restart_point(self.consumer, event)
+        key = (restart.topic, restart.partition)
+        # librdkafka stopped fetching the partition: only a new assignment starts it again (seek is refused).
+        self.consumer.incremental_unassign([TopicPartition(*key)])
+        self.consumer.incremental_assign([restart.assignment])
+        if self.paused:
+            self.consumer.pause([restart.assignment])
+        if not restart.out_of_range:
+            return key  # a partition the group never committed: its earliest offset is the normal start
+        log.error("%s", restart)
+        series.OFFSET_RESETS.labels(*key).inc()
+        if self.in_flight is not None:
+            self.in_flight.next_offsets.pop(key, None)
+        if restart.start is not None:
+            # Committed now, so the group's offset (and /ready, lag) stop pointing beyond the log at once.
+            self.uncommitted[key] = restart.start
+            self.commit_finished()
+        return key
 
     # --- commit ----------------------------------------------------------------------------------
 

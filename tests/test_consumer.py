@@ -10,8 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import REGISTRY
 from pymongo.errors import BulkWriteError, DocumentTooLarge
 
 from streamd.config import Config
@@ -21,7 +24,7 @@ from streamd.lifecycle import Shutdown
 from streamd.pipeline import Pipeline
 from streamd.producer import produce_once
 from streamd.store import MessageStore, WriteOutcome
-from tests.conftest import free_port
+from tests.conftest import api_client, free_port
 from tests.fault_stack import relay_to
 
 pytestmark = pytest.mark.integration
@@ -402,3 +405,88 @@ def test_finished_batches_whose_commit_is_still_pending_are_committed_when_the_p
     finally:
         batches.close()
     assert {partition: offset for (_, partition), offset in batch.next_offsets.items()} == committed(settings)
+
+
+# --- a topic deleted and recreated under the same name -------------------------------------------------
+
+
+def one_partition(settings: Config) -> Config:
+    return replace(settings, kafka=replace(settings.kafka, partitions=1))
+
+
+def recreate_topic(settings: Config) -> None:
+    """Delete the topic, wait until it is gone, and create it again, empty, with one partition."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka.brokers})
+    topic = settings.kafka.topic
+    admin.delete_topics([topic])[topic].result()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
+            return
+        except KafkaException as exc:  # still being deleted
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic} could not be recreated: {exc}") from None
+            time.sleep(0.2)
+
+
+def produce_ids(settings: Config, prefix: str, count: int) -> None:
+    produce_raw(settings, *(orjson.dumps({"id": f"{prefix}-{n}", "text": "x"}) for n in range(count)))
+
+
+def stored_ids(settings: Config) -> set[str]:
+    return {d["_id"] for d in stored(settings)}
+
+
+def offset_resets(topic: str) -> float:
+    return REGISTRY.get_sample_value("streamd_consumer_offset_resets_total", {"topic": topic, "partition": "0"}) or 0
+
+
+def test_a_topic_recreated_under_a_running_consumer_has_every_new_message_stored(settings: Config):
+    settings = one_partition(settings)
+    with consumer_running(settings):
+        produce_ids(settings, "old", 20)
+        wait_until(lambda: all_committed(settings), "the old topic consumed")
+        recreate_topic(settings)
+        produce_ids(settings, "new", 5)
+        wait_until(lambda: {f"new-{n}" for n in range(5)} <= stored_ids(settings), "the new topic stored", 60)
+        wait_until(lambda: committed(settings) == {0: 5}, "the new topic committed")
+
+
+def test_a_committed_offset_beyond_a_recreated_topics_end_is_reported_then_restarted_from_the_start(
+    settings: Config, caplog
+):
+    settings = one_partition(settings)
+    topic = settings.kafka.topic
+    with consumer_running(settings):
+        produce_ids(settings, "old", 20)
+        wait_until(lambda: all_committed(settings), "the old topic consumed")
+    recreate_topic(settings)
+    produce_ids(settings, "new", 5)
+    # What a consumer holding a batch across the recreation does: commits the old topic's offset to the new one.
+    with contextlib.closing(
+        Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": settings.consumer.group})
+    ) as late:
+        late.commit(offsets=[TopicPartition(topic, 0, 20)], asynchronous=False)
+
+    with api_client(settings) as client:
+        [partition] = client.simulate_get("/stats").json["lag"]["partitions"]
+        assert partition["beyond_end"] and partition["lag"] == 5, "all of the new log is still to be consumed"
+        ready = client.simulate_get("/ready")
+        assert ready.status_code == 503 and "beyond the log end" in ready.json["checks"]["offsets"]
+        assert (
+            f'streamd_consumer_offsets_beyond_end{{partition="0",topic="{topic}"}} 1.0'
+            in client.simulate_get("/metrics").text
+        )
+
+    resets = offset_resets(topic)
+    with consumer_running(settings):
+        wait_until(lambda: {f"new-{n}" for n in range(5)} <= stored_ids(settings), "the new topic stored", 60)
+        wait_until(lambda: committed(settings) == {0: 5}, "the new topic committed")
+    assert offset_resets(topic) - resets == 1
+    assert [r for r in caplog.records if r.levelname == "ERROR" and f"{topic}[0]" in r.getMessage()]
+
+    with api_client(settings) as client:
+        assert client.simulate_get("/ready").status_code == 200
+        [partition] = client.simulate_get("/stats").json["lag"]["partitions"]
+        assert not partition["beyond_end"] and partition["lag"] == 0
