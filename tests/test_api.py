@@ -384,7 +384,7 @@ def test_ready_when_kafka_and_store_answer(client):
     response = client.simulate_get("/ready")
 
     assert response.status_code == 200
-    assert response.json == {"status": "ok", "checks": {"kafka": "ok", "store": "ok"}}
+    assert response.json == {"status": "ok", "checks": {"kafka": "ok", "store": "ok", "offsets": "ok"}}
 
 
 @pytest.mark.integration
