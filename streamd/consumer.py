@@ -417,8 +417,10 @@ class BatchConsumer:
 
     def restart(self, event: Message) -> Partition:
         """Move a partition librdkafka has no offset for to its earliest offset (see streamd.offsets)."""
+        key = (event.topic(), event.partition())
+        if key not in self.assigned:
+            return key  # revoked within the same consume(): its new owner decides
         restart = offsets.restart_point(self.consumer, event)
-        key = (restart.topic, restart.partition)
         # librdkafka stopped fetching the partition: only a new assignment starts it again (seek is refused).
         self.consumer.incremental_unassign([TopicPartition(*key)])
         self.consumer.incremental_assign([restart.assignment])
