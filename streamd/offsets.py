@@ -61,8 +61,10 @@ class Restart:
                 f"offset {self.position} is beyond the log end {self.end}: the topic was deleted and recreated "
                 "(or the broker lost its tail)"
             )
-        else:
+        elif self.position is not None and self.position < self.start:
             why = f"offset {self.position} is before the log start {self.start}: retention deleted unconsumed messages"
+        else:
+            why = f"offset {self.position} could not be fetched (the log holds {self.start} to {self.end})"
         return f"{where}: {why}; restarting from the earliest offset {self.start} and committing it"
 
 

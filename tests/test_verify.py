@@ -56,6 +56,7 @@ def test_a_dead_letter_stands_only_for_the_message_with_its_timestamp_at_a_reuse
         ({"stored": 5, "missing": 1}, False),
         ({"stored": 5, "duplicated": 1}, False),
         ({"stored": 5, "pending": 1}, False),
+        ({"stored": 5, "conflicts": 1}, False),
     ],
 )
 def test_only_a_topic_fully_stored_or_dead_lettered_once_passes(counts, ok):
