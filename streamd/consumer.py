@@ -33,7 +33,7 @@ from bson.errors import InvalidDocument
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pymongo.errors import BulkWriteError, OperationFailure
 
-from streamd import store
+from streamd import offsets, store
 from streamd.config import Config, ConfigError, ConsumerConfig
 from streamd.dead_letter import DeadLetterQueue
 from streamd.kafka import KafkaUnavailable, ensure_topic, make_client
@@ -69,6 +69,7 @@ class ConsumerCounters:
     consumed: int = series.Tally(series.CONSUMED)
     stored: int = series.Tally(series.STORED)
     duplicates: int = series.Tally(series.DUPLICATES)
+    id_conflicts: int = series.Tally(series.ID_CONFLICTS)  # duplicates that are another message, not a replay
     # by Rejection.reason, when the pipeline rejects
     rejected: Counter[str] = field(default_factory=series.LabelTally.of(series.REJECTED))
     # by reason, once the dead-letter topic acked
@@ -78,7 +79,9 @@ class ConsumerCounters:
     def __str__(self) -> str:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.dead_lettered.items()))
         return (
-            f"consumed {self.consumed}, stored {self.stored}, duplicates {self.duplicates}, "
+            f"consumed {self.consumed}, stored {self.stored}, duplicates {self.duplicates}"
+            + (f" ({self.id_conflicts} id conflicts)" if self.id_conflicts else "")
+            + ", "
             f"rejected {self.rejected.total()}, dead-lettered {self.dead_lettered.total()}"
             + (f" ({reasons})" if reasons else "")
         )
@@ -142,7 +145,9 @@ class BatchConsumer:
                 "group.id": config.consumer.group,
                 "enable.auto.commit": False,
                 "on_commit": on_commit,
-                "auto.offset.reset": "earliest",
+                # librdkafka hands over an event instead of moving a partition by itself; streamd.offsets
+                # decides where it restarts, and says so when the topic was recreated.
+                "auto.offset.reset": "error",
                 # Incremental rebalancing: a consumer joining or leaving moves only the partitions that
                 # must move, instead of stopping the whole group.
                 "partition.assignment.strategy": "cooperative-sticky",
@@ -224,6 +229,8 @@ class BatchConsumer:
         # consume() serves rebalances, and so does delivering an earlier portion: a message of a partition
         # revoked meanwhile belongs to the partition's new owner now.
         messages = [m for m in messages if m.error() is not None or (m.topic(), m.partition()) in self.assigned]
+        restarted = {self.restart(m) for m in messages if offsets.is_reset(m)}
+        messages = [m for m in messages if not offsets.is_reset(m)]
         condemned = self.quarantine.condemned(messages[0]) if len(messages) == 1 else None
         if condemned is not None:
             batch = MessageBatch(rejections=[condemned])
@@ -232,6 +239,9 @@ class BatchConsumer:
         else:
             self.quarantine.begin(messages)
             batch = self.pipeline.batch(messages)
+        for key in restarted:
+            # Fetched before the restart, from the log that is gone: their offsets mean nothing in the new one.
+            batch.next_offsets.pop(key, None)
         for error in batch.errors:
             self.kafka_error(error)
         if batch and self.kafka_failing is not None:
@@ -307,7 +317,23 @@ class BatchConsumer:
         self.counters.stored += outcome.inserted
         self.counters.duplicates += outcome.duplicates
         series.stored_batch(len(batch), batch.documents, outcome.duplicates)
+        if outcome.duplicated:
+            self.report_conflicts(outcome.duplicated)
         return True
+
+    def report_conflicts(self, duplicated: tuple[dict, ...]) -> None:
+        """A duplicate is a replay or the same message sent twice, or else two messages claiming one id: say so."""
+        try:
+            conflicts = self.store.conflicts(duplicated)
+        except (*store.UNAVAILABLE, OperationFailure) as exc:
+            # The batch is stored; a diagnosis is not worth holding it for.
+            log.warning(
+                "could not check %d duplicate ids for conflicts (%s: %s)", len(duplicated), type(exc).__name__, exc
+            )
+            return
+        self.counters.id_conflicts += len(conflicts)
+        for conflict in conflicts:
+            log.warning("id conflict: %s; the newcomer is not stored", conflict)
 
     def write(self, batch: MessageBatch) -> store.WriteOutcome:
         """insert_batch, turning documents the store refuses for good into store-stage rejections."""
@@ -324,17 +350,18 @@ class BatchConsumer:
         errors = details.get("writeErrors", [])
         if details.get("writeConcernErrors") or any(error["code"] in RETRYABLE_WRITE_CODES for error in errors):
             raise StoreBusy(errors[0]["errmsg"] if errors else "write concern not satisfied")
-        duplicates = sum(error["code"] == store.DUPLICATE_KEY for error in errors)
+        duplicated = tuple(batch.documents[error["index"]] for error in errors if error["code"] == store.DUPLICATE_KEY)
         refused = {
             error["index"]: f"the store refused the document: {error.get('errmsg', '')} (code {error['code']})"
             for error in errors
             if error["code"] != store.DUPLICATE_KEY
         }
         self.log_refused(batch.refuse(refused))
-        return store.WriteOutcome(details.get("nInserted", 0), duplicates)
+        return store.WriteOutcome(details.get("nInserted", 0), len(duplicated), duplicated)
 
     def write_one_by_one(self, batch: MessageBatch) -> store.WriteOutcome:
-        inserted = duplicates = 0
+        inserted = 0
+        duplicated: list[dict] = []
         refused: dict[int, str] = {}
         for index, document in enumerate(batch.documents):
             try:
@@ -348,9 +375,9 @@ class BatchConsumer:
                 refused[index] = f"the document cannot be stored: {exc}"
             else:
                 inserted += outcome.inserted
-                duplicates += outcome.duplicates
+                duplicated += outcome.duplicated
         self.log_refused(batch.refuse(refused))
-        return store.WriteOutcome(inserted, duplicates)
+        return store.WriteOutcome(inserted, len(duplicated), tuple(duplicated))
 
     def log_refused(self, rejections: list[Rejection]) -> None:
         self.counters.rejected.update(rejection.reason for rejection in rejections)
@@ -408,6 +435,9 @@ class BatchConsumer:
     def stray(self, message: Message) -> None:
         """A message delivered while holding (its partition was not paused yet): keep it for the next batch."""
         error = message.error()
+        if offsets.is_reset(message):
+            self.restart(message)
+            return
         if error is not None:
             self.kafka_error(error)
             return
@@ -418,6 +448,29 @@ class BatchConsumer:
         if self.paused:
             self.consumer.resume(self.consumer.assignment())
             self.paused = False
+
+    def restart(self, event: Message) -> Partition:
+        """Move a partition librdkafka has no offset for to its earliest offset (see streamd.offsets)."""
+        key = (event.topic(), event.partition())
+        if key not in self.assigned:
+            return key  # revoked within the same consume(): its new owner decides
+        restart = offsets.restart_point(self.consumer, event)
+        # librdkafka stopped fetching the partition: only a new assignment starts it again (seek is refused).
+        self.consumer.incremental_unassign([TopicPartition(*key)])
+        self.consumer.incremental_assign([restart.assignment])
+        if self.paused:
+            self.consumer.pause([restart.assignment])
+        if not restart.out_of_range:
+            return key  # a partition the group never committed: its earliest offset is the normal start
+        log.error("%s", restart)
+        series.OFFSET_RESETS.labels(*key).inc()
+        if self.in_flight is not None:
+            self.in_flight.next_offsets.pop(key, None)
+        if restart.start is not None:
+            # Committed now, so the group's offset (and /ready, lag) stop pointing beyond the log at once.
+            self.uncommitted[key] = restart.start
+            self.commit_finished()
+        return key
 
     # --- commit ----------------------------------------------------------------------------------
 

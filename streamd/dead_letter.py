@@ -79,6 +79,7 @@ class DeadLetter:
     reason: str
     stage: str
     detail: str
+    timestamp_ms: int | None = None  # the original's Kafka timestamp: tells it from a later message at its offset
 
     @classmethod
     def read(cls, message: Message) -> DeadLetter | None:
@@ -93,6 +94,7 @@ class DeadLetter:
                 found.get(REASON, b"").decode(errors="replace"),
                 found.get(STAGE, b"").decode(errors="replace"),
                 found.get(DETAIL, b"").decode(errors="replace"),
+                int(found[ORIGINAL_TIMESTAMP]) if ORIGINAL_TIMESTAMP in found else None,
             )
         except (KeyError, ValueError, TypeError, AttributeError):
             return None

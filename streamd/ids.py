@@ -11,9 +11,23 @@ import uuid6
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
 
+# A message without an id is stored under its Kafka coordinates behind a character no user id can
+# start with, so no message can claim another's fallback id: "~data-stream:0:42". Reserving a prefix
+# rather than forbidding user ids of the shape <topic>:<n>:<n> keeps every id that was valid before
+# valid. "~" is unreserved in URLs, so GET /messages/~data-stream:0:42 needs no escaping.
+FALLBACK_PREFIX = "~"
+# Kafka topic names are [A-Za-z0-9._-], at most 249 characters.
+_FALLBACK_RE = re.compile(r"~[A-Za-z0-9._-]{1,249}:[0-9]{1,10}:[0-9]{1,19}")
+
 
 def is_valid_id(candidate: object) -> bool:
+    """An id a message may carry (fallback ids are not: they are reserved)."""
     return isinstance(candidate, str) and _ID_RE.fullmatch(candidate) is not None
+
+
+def is_stored_id(candidate: object) -> bool:
+    """An id a stored message can have: a message's own id, or a fallback id."""
+    return is_valid_id(candidate) or (isinstance(candidate, str) and _FALLBACK_RE.fullmatch(candidate) is not None)
 
 
 def new_id() -> str:
@@ -23,4 +37,9 @@ def new_id() -> str:
 
 def offset_id(topic: str, partition: int, offset: int) -> str:
     """The id of a message that carries none: its Kafka coordinates never change, so replays map to it."""
+    return f"{FALLBACK_PREFIX}{topic}:{partition}:{offset}"
+
+
+def legacy_offset_id(topic: str, partition: int, offset: int) -> str:
+    """The fallback id streamd gave before it reserved one (any user id could take it); verify still finds it."""
     return f"{topic}:{partition}:{offset}"

@@ -48,7 +48,7 @@ BUILTIN_SCHEMA: dict[str, Any] = {
             # Python's `$` also matches before a trailing newline, so the pattern alone would let
             # "abc\n" through; the format applies streamd.ids' exact rule.
             "format": "message-id",
-            "description": "Unique id; a message without one gets <topic>:<partition>:<offset>.",
+            "description": "Unique id; a message without one gets ~<topic>:<partition>:<offset>.",
         },
         "source": {"type": "string", "description": "Who sent the message."},
         "timestamp": {

@@ -11,7 +11,8 @@ second document: that is what makes a Kafka replay harmless.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -39,6 +40,41 @@ INDEXES = [
 class WriteOutcome:
     inserted: int
     duplicates: int
+    # The documents refused as duplicate keys, for telling a replay from an id conflict (see conflicts()).
+    duplicated: tuple[dict, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """One id, two different messages: the stored one and a newcomer from other Kafka coordinates."""
+
+    id: str
+    stored: dict  # {"topic", "partition", "offset"} of the stored document, or {} when something else wrote it
+    refused: dict  # the same, of the message refused as a duplicate
+
+    def __str__(self) -> str:
+        return f"id {self.id} of {_where(self.refused)} is already stored from {_where(self.stored)} with other content"
+
+
+def _where(kafka: dict) -> str:
+    if not kafka:
+        return "outside streamd"
+    return f"{kafka.get('topic')}[{kafka.get('partition')}]@{kafka.get('offset')}"
+
+
+def _kafka(stored: dict) -> dict:
+    kafka = stored.get("kafka")
+    return kafka if isinstance(kafka, dict) else {}
+
+
+def same_message(stored: dict, document: dict) -> bool:
+    """A replay (the very Kafka coordinates) or the same message sent twice (same content and source).
+
+    The timestamp is left out: a message sent again without a timestamp of its own gets a new Kafka one.
+    """
+    return stored.get("kafka") == document["kafka"] or (
+        stored.get("content") == document["content"] and stored.get("source") == document["source"]
+    )
 
 
 def connect(settings: MongoConfig) -> pymongo.MongoClient:
@@ -81,8 +117,24 @@ class MessageStore:
             errors = details["writeErrors"]
             if details.get("writeConcernErrors") or any(error["code"] != DUPLICATE_KEY for error in errors):
                 raise
-            return WriteOutcome(details["nInserted"], len(errors))
+            return WriteOutcome(details["nInserted"], len(errors), tuple(documents[e["index"]] for e in errors))
         return WriteOutcome(len(result.inserted_ids), 0)
+
+    def conflicts(self, duplicated: Iterable[dict]) -> list[Conflict]:
+        """Among documents refused as duplicates, those whose id holds a different message.
+
+        Only batches with duplicates pay for this one query. On FerretDB `$in` on `_id` scans the
+        collection (it has no usable _id index), which is why the hot path never asks.
+        """
+        wanted = {document["_id"]: document for document in duplicated}
+        if not wanted:
+            return []
+        found = self.collection.find({"_id": {"$in": list(wanted)}}, {"content": 1, "source": 1, "kafka": 1})
+        return [
+            Conflict(stored["_id"], _kafka(stored), wanted[stored["_id"]]["kafka"])
+            for stored in found
+            if not same_message(stored, wanted[stored["_id"]])
+        ]
 
     def ping(self) -> None:
         self.client.admin.command("ping")

@@ -5,8 +5,13 @@ is looked up by the id the consumer stores it under (streamd.pipeline.document_i
 exactly one of these counts:
 
     stored           a document with its id records these very Kafka coordinates
-    repeated         its id is stored, from another offset: the same id was sent twice (fine)
-    dead-lettered    not stored, and the dead-letter topic holds a dead letter from these coordinates
+    repeated         its id is stored from another offset with the same content and source: the same
+                     message was sent twice (fine)
+    id conflicts     its id is stored from another offset with other content: two messages claimed one
+                     id and this one was not stored (a problem)
+    dead-lettered    not stored, and the dead-letter topic holds a dead letter of this very message: same
+                     coordinates and same Kafka timestamp (a topic deleted and recreated reuses offsets,
+                     and an old dead letter must not vouch for a new message)
     not consumed yet none of the above, at or after the group's committed offset
     missing          none of the above, before the group's committed offset: lost
 
@@ -20,8 +25,9 @@ group. The order of the snapshots matters: the group's committed offsets are rea
 dead-letter topic, then the store, so a message before a committed offset had to be in one of them
 by the time it is looked for.
 
-Memory stays bounded whatever the topic's size: no message body is kept. Dead letters are indexed as
-one 8-byte offset each (per original partition, in a sorted array). The topic is read in windows of
+Memory stays bounded whatever the topic's size: no message body is kept (only an 8-byte digest of its
+text and source). Dead letters are indexed as an 8-byte offset and an 8-byte timestamp each (per
+original partition, in sorted arrays). The topic is read in windows of
 at most WINDOW messages, kept as (partition, offset, id); each window is checked against the store and
 forgotten before the next is read. Only the first EXAMPLES problems are remembered for the report.
 
@@ -33,6 +39,7 @@ by far the cheapest (a topic larger than WINDOW costs one scan per window: memor
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 import uuid
@@ -44,11 +51,12 @@ from datetime import datetime
 from typing import TextIO
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streamd import store
 from streamd.config import Config
 from streamd.dead_letter import DeadLetter
+from streamd.ids import FALLBACK_PREFIX, legacy_offset_id
 from streamd.kafka import KafkaUnavailable, make_client
 from streamd.pipeline import document_id
 
@@ -73,6 +81,7 @@ class Reconciliation:
     checked: int = 0
     stored: int = 0
     repeated: int = 0
+    conflicts: int = 0
     dead_lettered: int = 0
     pending: int = 0
     missing: int = 0
@@ -83,7 +92,7 @@ class Reconciliation:
     @property
     def ok(self) -> bool:
         """Every message checked is stored or dead-lettered, and none of them twice."""
-        return self.missing == 0 and self.duplicated == 0 and self.pending == 0
+        return self.missing == 0 and self.duplicated == 0 and self.pending == 0 and self.conflicts == 0
 
     def note(self, problem: str) -> None:
         if len(self.problems) < EXAMPLES:
@@ -93,7 +102,8 @@ class Reconciliation:
         rows = [
             ("checked", self.checked, f"messages of {self.topic}"),
             ("stored", self.stored, ""),
-            ("repeated ids", self.repeated, "the same id at another offset, stored once (fine)"),
+            ("repeated ids", self.repeated, "the same message at another offset, stored once (fine)"),
+            ("id conflicts", self.conflicts, "another message stored under its id" if self.conflicts else ""),
             ("dead-lettered", self.dead_lettered, ""),
             ("not consumed yet", self.pending, "after the group's committed offset" if self.pending else ""),
             ("missing", self.missing, ""),
@@ -111,30 +121,46 @@ class Reconciliation:
         return out
 
 
+NO_TIMESTAMP = -(2**63)  # a dead letter or message without a Kafka timestamp
+
+
 class DeadLetterIndex:
-    """The original offsets of the dead letters of one topic, 8 bytes each, per partition."""
+    """The original offsets and Kafka timestamps of the dead letters of one topic, 16 bytes each, per partition.
+
+    A dead letter stands for a message with the same partition, offset and Kafka timestamp. The timestamp
+    is what tells a message of a recreated topic from the old one at the same offset; when either side has
+    none (a pre-0.10 message format), the coordinates decide alone.
+    """
 
     def __init__(self) -> None:
         self._offsets: dict[int, array] = {}
+        self._stamps: dict[int, array] = {}
         self.repeats = 0
 
-    def add(self, partition: int, offset: int) -> None:
+    def add(self, partition: int, offset: int, timestamp_ms: int | None = None) -> None:
         self._offsets.setdefault(partition, array("q")).append(offset)
+        self._stamps.setdefault(partition, array("q")).append(NO_TIMESTAMP if timestamp_ms is None else timestamp_ms)
 
     def seal(self) -> None:
         """Sort and drop repeats; call once everything is added."""
         for partition, offsets in self._offsets.items():
-            unique = array("q", sorted(set(offsets)))
+            unique = sorted(set(zip(offsets, self._stamps[partition], strict=True)))
             self.repeats += len(offsets) - len(unique)
-            self._offsets[partition] = unique
+            self._offsets[partition] = array("q", (offset for offset, _ in unique))
+            self._stamps[partition] = array("q", (stamp for _, stamp in unique))
 
-    def __contains__(self, where: tuple[int, int]) -> bool:
-        partition, offset = where
+    def has(self, partition: int, offset: int, timestamp_ms: int | None = None) -> bool:
+        """A dead letter of the message at this partition and offset with this Kafka timestamp."""
         offsets = self._offsets.get(partition)
         if not offsets:
             return False
+        stamps = self._stamps[partition]
         index = bisect_left(offsets, offset)
-        return index < len(offsets) and offsets[index] == offset
+        while index < len(offsets) and offsets[index] == offset:
+            if timestamp_ms is None or stamps[index] in (timestamp_ms, NO_TIMESTAMP):
+                return True
+            index += 1
+        return False
 
 
 class Progress:
@@ -184,8 +210,10 @@ def verify(
         total = sum(end - start for start, end in ranges.values())
         for window in _windows(reader, topic, ranges, show, total):
             show(f"checking {len(window)} messages against the store", force=len(window) >= READ_BATCH)
-            found = lookup(message_store, {message_id for _, _, message_id in window})
-            _classify(window, topic, found, committed, ranges, dead_letters, report)
+            found = lookup(message_store, {entry.id for entry in window} | _legacy_ids(window, topic))
+            elsewhere = {e.id for e in window if e.id in found and found[e.id] != (topic, e.partition, e.offset)}
+            contents = _contents(message_store, elsewhere) if elsewhere else {}
+            _classify(window, topic, found, contents, committed, ranges, dead_letters, report)
         show(f"checked {report.checked} messages", force=report.checked >= READ_BATCH)
         return report
     except store.UNAVAILABLE as exc:
@@ -252,18 +280,39 @@ def _dead_letter_index(reader: Consumer, config: Config, show: Progress) -> Dead
             for message in chunk:
                 letter = DeadLetter.read(message)
                 if letter is not None and letter.topic == config.kafka.topic:
-                    index.add(letter.partition, letter.offset)
+                    index.add(letter.partition, letter.offset, letter.timestamp_ms)
     index.seal()
     return index
 
 
-Window = list[tuple[int, int, str]]  # (partition, offset, id)
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What verify keeps of one message while its window is checked."""
+
+    partition: int
+    offset: int
+    id: str
+    timestamp_ms: int | None
+    digest: bytes | None  # of its text and source (None when it has none): tells a repeat from a conflict
+
+
+Window = list[Entry]
+
+
+def _digest(content: object, source: object) -> bytes:
+    return hashlib.blake2b(orjson.dumps([content, source]), digest_size=8).digest()
+
+
+def _message_digest(payload: object) -> bytes | None:
+    if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
+        return None
+    return _digest(payload["text"], payload.get("source"))
 
 
 def _windows(
     reader: Consumer, topic: str, ranges: dict[int, tuple[int, int]], show: Progress, total: int
 ) -> Iterator[Window]:
-    """(partition, offset, id) of every message in range, at most WINDOW at a time; values are parsed and let go."""
+    """An Entry for every message in range, at most WINDOW at a time; values are parsed and let go."""
     window: Window = []
     read = 0
     for partition, (start, end) in ranges.items():
@@ -274,7 +323,16 @@ def _windows(
                 except orjson.JSONDecodeError:
                     payload = None
                 offset = message.offset()
-                window.append((partition, offset, document_id(payload, topic, partition, offset)))
+                kind, stamp = message.timestamp()
+                window.append(
+                    Entry(
+                        partition,
+                        offset,
+                        document_id(payload, topic, partition, offset),
+                        None if kind == TIMESTAMP_NOT_AVAILABLE else stamp,
+                        _message_digest(payload),
+                    )
+                )
                 if len(window) >= WINDOW:
                     yield window
                     window = []
@@ -292,11 +350,16 @@ def _messages(
         return
     reader.assign([TopicPartition(topic, partition, start)])
     try:
-        position, last_progress = start, time.monotonic()
+        # Only time spent inside consume() counts towards a stall: between two batches this generator is
+        # suspended while the caller asks the store, and a slow store is not Kafka stopping.
+        position, waited = start, 0.0
         while position < end:
             batch, at_end = [], False
+            asked = time.monotonic()
             # Asking for no more than what is left lets consume() return as soon as the range is read.
-            for message in reader.consume(min(READ_BATCH, end - position), timeout=1.0):
+            messages = reader.consume(min(READ_BATCH, end - position), timeout=1.0)
+            waited += time.monotonic() - asked
+            for message in messages:
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
@@ -311,11 +374,11 @@ def _messages(
                 batch.append(message)
                 position = message.offset() + 1
             if batch:
-                last_progress = time.monotonic()
+                waited = 0.0
                 yield batch
             if at_end:
                 return
-            if time.monotonic() - last_progress > STALL_TIMEOUT:
+            if waited > STALL_TIMEOUT:
                 raise VerifyError(
                     f"Kafka stopped delivering {topic}[{partition}] at offset {position} "
                     f"(expected up to {end}) for {STALL_TIMEOUT:g}s; is the broker up?"
@@ -354,6 +417,22 @@ def _scan(message_store: store.MessageStore, ids: set[str]) -> Found:
     }
 
 
+def _legacy_ids(window: Window, topic: str) -> set[str]:
+    """Where a message without an id was stored before fallback ids were reserved (see streamd.ids)."""
+    return {legacy_offset_id(topic, e.partition, e.offset) for e in window if e.id.startswith(FALLBACK_PREFIX)}
+
+
+def _contents(message_store: store.MessageStore, ids: set[str]) -> dict[str, bytes]:
+    """The digest of the stored text and source of these ids: asked only for ids stored from another offset."""
+    wanted = list(ids)
+    contents: dict[str, bytes] = {}
+    for first in range(0, len(wanted), LOOKUP_BATCH):
+        query = {"_id": {"$in": wanted[first : first + LOOKUP_BATCH]}}
+        for document in message_store.collection.find(query, {"content": 1, "source": 1}):
+            contents[document["_id"]] = _digest(document.get("content"), document.get("source"))
+    return contents
+
+
 def _coordinates(document: dict) -> Coordinates | None:
     where = document.get("kafka")
     if not isinstance(where, dict):
@@ -365,23 +444,36 @@ def _classify(
     window: Window,
     topic: str,
     found: Found,
+    contents: dict[str, bytes],
     committed: dict[int, int],
     ranges: dict[int, tuple[int, int]],
     dead_letters: DeadLetterIndex,
     report: Reconciliation,
 ) -> None:
-    for partition, offset, message_id in window:
+    for entry in window:
+        partition, offset, message_id = entry.partition, entry.offset, entry.id
         report.checked += 1
-        lettered = (partition, offset) in dead_letters
-        if found.get(message_id) == (topic, partition, offset):
+        lettered = dead_letters.has(partition, offset, entry.timestamp_ms)
+        here = (topic, partition, offset)
+        if found.get(message_id) == here or (
+            message_id.startswith(FALLBACK_PREFIX) and found.get(legacy_offset_id(*here)) == here
+        ):
             report.stored += 1
             if lettered:
                 report.duplicated += 1
                 report.note(f"duplicated: {topic}[{partition}]@{offset} id {message_id} is stored and dead-lettered")
         elif lettered:
             report.dead_lettered += 1
-        elif message_id in found:
+        elif message_id in found and entry.digest is not None and contents.get(message_id) == entry.digest:
             report.repeated += 1
+        elif message_id in found:
+            report.conflicts += 1
+            where = found[message_id]
+            stored_at = f"{where[0]}[{where[1]}]@{where[2]}" if where else "outside streamd"
+            report.note(
+                f"id conflict: {topic}[{partition}]@{offset} id {message_id} is not stored: "
+                f"{stored_at} holds that id with other content"
+            )
         elif offset >= committed.get(partition, ranges[partition][0]):
             report.pending += 1
         else:

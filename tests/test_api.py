@@ -266,6 +266,15 @@ def test_get_by_id_returns_that_message(client, store):
 
 
 @pytest.mark.integration
+def test_a_message_without_id_is_fetched_by_its_reserved_fallback_id_and_pages_past_it(client, store):
+    store.insert_batch([stored("~data-stream:0:7", T0), stored("data-stream:0:7", T0 + timedelta(seconds=1))])
+
+    response = client.simulate_get("/messages/~data-stream:0:7")
+    assert response.status_code == 200 and response.json["id"] == "~data-stream:0:7"
+    assert all_pages(client, limit="1") == [["data-stream:0:7"], ["~data-stream:0:7"]]
+
+
+@pytest.mark.integration
 def test_get_by_unknown_id_is_a_json_404(client, store):
     response = client.simulate_get("/messages/no-such-message")
 
@@ -274,7 +283,9 @@ def test_get_by_unknown_id_is_a_json_404(client, store):
     assert "no-such-message" in response.json["description"]
 
 
-@pytest.mark.parametrize("path_id", ["%24ne", "-leading-dash", "a" * 129, "has%20space", "x%00y", "%7B%7D"])
+@pytest.mark.parametrize(
+    "path_id", ["%24ne", "-leading-dash", "a" * 129, "has%20space", "x%00y", "%7B%7D", "~no-coordinates", "~t:0:x"]
+)
 def test_get_by_malformed_id_is_a_400_naming_id(offline_client, path_id):
     response = offline_client.simulate_get(f"/messages/{path_id}")
 
@@ -373,7 +384,7 @@ def test_ready_when_kafka_and_store_answer(client):
     response = client.simulate_get("/ready")
 
     assert response.status_code == 200
-    assert response.json == {"status": "ok", "checks": {"kafka": "ok", "store": "ok"}}
+    assert response.json == {"status": "ok", "checks": {"kafka": "ok", "store": "ok", "offsets": "ok"}}
 
 
 @pytest.mark.integration

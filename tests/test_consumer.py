@@ -10,8 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import REGISTRY
 from pymongo.errors import BulkWriteError, DocumentTooLarge
 
 from streamd.config import Config
@@ -22,7 +25,7 @@ from streamd.pipeline import Pipeline
 from streamd.producer import produce_once
 from streamd.quarantine import Quarantine
 from streamd.store import MessageStore, WriteOutcome
-from tests.conftest import free_port
+from tests.conftest import api_client, free_port
 from tests.fault_stack import relay_to
 
 pytestmark = pytest.mark.integration
@@ -127,7 +130,7 @@ def test_produced_messages_are_stored_exactly_once_in_the_stored_shape(settings:
 
     [anonymous] = [d for d in documents if d["content"] == "no id, no timestamp"]
     where = anonymous["kafka"]
-    assert anonymous["_id"] == f"{settings.kafka.topic}:{where['partition']}:{where['offset']}"
+    assert anonymous["_id"] == f"~{settings.kafka.topic}:{where['partition']}:{where['offset']}"
     assert anonymous["source"] is None
     assert abs(anonymous["timestamp"] - anonymous["ingested_at"]) < timedelta(seconds=30), "the Kafka timestamp"
 
@@ -138,6 +141,31 @@ def test_produced_messages_are_stored_exactly_once_in_the_stored_shape(settings:
     assert len(coordinates) == len(set(coordinates)) == len(everything) - 1
     assert f"{settings.kafka.topic}[{rejected[0]}]@{rejected[1]} rejected at parse (not_json)" in caplog.text
     assert "stopped: consumed 42, stored 41, duplicates 0, rejected 1, dead-lettered 1 (not_json 1)" in caplog.messages
+
+
+def test_a_message_cannot_claim_the_id_of_a_message_without_one(settings: Config, caplog):
+    """The id an id-less message is stored under is reserved: a foreign message can neither pre-claim it
+    (the old form is an ordinary id now) nor take the reserved form (it fails the schema)."""
+    topic = settings.kafka.topic
+    producer = Producer({"bootstrap.servers": settings.kafka.brokers})
+    for value in (
+        f'{{"id": "{topic}:0:1", "text": "the old fallback form, now an ordinary id"}}',
+        '{"text": "no id of its own"}',
+        f'{{"id": "~{topic}:0:1", "text": "claims the reserved form"}}',
+    ):
+        producer.produce(topic, value.encode(), partition=0)
+    assert producer.flush(10) == 0
+
+    with consumer_running(settings):
+        wait_until(lambda: all_committed(settings), "every offset committed")
+
+    by_id = {d["_id"]: d["content"] for d in stored(settings)}
+    assert by_id == {
+        f"{topic}:0:1": "the old fallback form, now an ordinary id",
+        f"~{topic}:0:1": "no id of its own",
+    }
+    [letter] = read_all(settings.kafka.brokers, settings.kafka.dead_letter_topic)
+    assert letter.value() == f'{{"id": "~{topic}:0:1", "text": "claims the reserved form"}}'.encode()
 
 
 def test_a_replay_into_the_same_collection_stores_nothing_twice(settings: Config, caplog):
@@ -380,3 +408,88 @@ def test_finished_batches_whose_commit_is_still_pending_are_committed_when_the_p
     finally:
         batches.close()
     assert {partition: offset for (_, partition), offset in batch.next_offsets.items()} == committed(settings)
+
+
+# --- a topic deleted and recreated under the same name -------------------------------------------------
+
+
+def one_partition(settings: Config) -> Config:
+    return replace(settings, kafka=replace(settings.kafka, partitions=1))
+
+
+def recreate_topic(settings: Config) -> None:
+    """Delete the topic, wait until it is gone, and create it again, empty, with one partition."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka.brokers})
+    topic = settings.kafka.topic
+    admin.delete_topics([topic])[topic].result()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
+            return
+        except KafkaException as exc:  # still being deleted
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic} could not be recreated: {exc}") from None
+            time.sleep(0.2)
+
+
+def produce_ids(settings: Config, prefix: str, count: int) -> None:
+    produce_raw(settings, *(orjson.dumps({"id": f"{prefix}-{n}", "text": "x"}) for n in range(count)))
+
+
+def stored_ids(settings: Config) -> set[str]:
+    return {d["_id"] for d in stored(settings)}
+
+
+def offset_resets(topic: str) -> float:
+    return REGISTRY.get_sample_value("streamd_consumer_offset_resets_total", {"topic": topic, "partition": "0"}) or 0
+
+
+def test_a_topic_recreated_under_a_running_consumer_has_every_new_message_stored(settings: Config):
+    settings = one_partition(settings)
+    with consumer_running(settings):
+        produce_ids(settings, "old", 20)
+        wait_until(lambda: all_committed(settings), "the old topic consumed")
+        recreate_topic(settings)
+        produce_ids(settings, "new", 5)
+        wait_until(lambda: {f"new-{n}" for n in range(5)} <= stored_ids(settings), "the new topic stored", 60)
+        wait_until(lambda: committed(settings) == {0: 5}, "the new topic committed")
+
+
+def test_a_committed_offset_beyond_a_recreated_topics_end_is_reported_then_restarted_from_the_start(
+    settings: Config, caplog
+):
+    settings = one_partition(settings)
+    topic = settings.kafka.topic
+    with consumer_running(settings):
+        produce_ids(settings, "old", 20)
+        wait_until(lambda: all_committed(settings), "the old topic consumed")
+    recreate_topic(settings)
+    produce_ids(settings, "new", 5)
+    # What a consumer holding a batch across the recreation does: commits the old topic's offset to the new one.
+    with contextlib.closing(
+        Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": settings.consumer.group})
+    ) as late:
+        late.commit(offsets=[TopicPartition(topic, 0, 20)], asynchronous=False)
+
+    with api_client(settings) as client:
+        [partition] = client.simulate_get("/stats").json["lag"]["partitions"]
+        assert partition["beyond_end"] and partition["lag"] == 5, "all of the new log is still to be consumed"
+        ready = client.simulate_get("/ready")
+        assert ready.status_code == 503 and "beyond the log end" in ready.json["checks"]["offsets"]
+        assert (
+            f'streamd_consumer_offsets_beyond_end{{partition="0",topic="{topic}"}} 1.0'
+            in client.simulate_get("/metrics").text
+        )
+
+    resets = offset_resets(topic)
+    with consumer_running(settings):
+        wait_until(lambda: {f"new-{n}" for n in range(5)} <= stored_ids(settings), "the new topic stored", 60)
+        wait_until(lambda: committed(settings) == {0: 5}, "the new topic committed")
+    assert offset_resets(topic) - resets == 1
+    assert [r for r in caplog.records if r.levelname == "ERROR" and f"{topic}[0]" in r.getMessage()]
+
+    with api_client(settings) as client:
+        assert client.simulate_get("/ready").status_code == 200
+        [partition] = client.simulate_get("/stats").json["lag"]["partitions"]
+        assert not partition["beyond_end"] and partition["lag"] == 0

@@ -55,7 +55,9 @@ def test_a_message_without_headers_or_timestamp_gets_only_streamds_headers():
 
 def test_a_dead_letter_reads_back_its_origin_and_reason():
     message = Message(topic="orders.dlq", partition=0, offset=0, value=b"x", headers=headers_for(rejection(), NOW))
-    assert DeadLetter.read(message) == DeadLetter("orders", 2, 41, "not_json", "parse", "the value is not JSON")
+    assert DeadLetter.read(message) == DeadLetter(
+        "orders", 2, 41, "not_json", "parse", "the value is not JSON", 1717243200000
+    )
 
 
 @pytest.mark.parametrize(

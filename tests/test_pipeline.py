@@ -271,7 +271,7 @@ def test_to_document_has_the_stored_shape(pipeline):
 
 def test_a_message_without_id_gets_its_kafka_coordinates_as_id(pipeline):
     document = only_document(pipeline, json_message({"text": "hi"}, partition=1, offset=99))
-    assert document["_id"] == f"{TOPIC}:1:99"
+    assert document["_id"] == f"~{TOPIC}:1:99"
     assert document["source"] is None
 
 
@@ -279,12 +279,14 @@ def test_a_message_without_id_gets_its_kafka_coordinates_as_id(pipeline):
     ("payload", "expected"),
     [
         ({"id": "order-1", "text": "hi"}, "order-1"),
-        ({"text": "hi"}, f"{TOPIC}:3:12"),
-        ({"id": None}, f"{TOPIC}:3:12"),
-        ({"id": "has space"}, f"{TOPIC}:3:12"),
-        ({"id": {"$gt": ""}}, f"{TOPIC}:3:12"),
-        (["order-1"], f"{TOPIC}:3:12"),
-        (None, f"{TOPIC}:3:12"),
+        ({"text": "hi"}, f"~{TOPIC}:3:12"),
+        ({"id": None}, f"~{TOPIC}:3:12"),
+        ({"id": "has space"}, f"~{TOPIC}:3:12"),
+        ({"id": {"$gt": ""}}, f"~{TOPIC}:3:12"),
+        (["order-1"], f"~{TOPIC}:3:12"),
+        (None, f"~{TOPIC}:3:12"),
+        ({"id": f"~{TOPIC}:3:12", "text": "claims a reserved id"}, f"~{TOPIC}:3:12"),
+        ({"id": f"{TOPIC}:3:12", "text": "an ordinary id"}, f"{TOPIC}:3:12"),
     ],
 )
 def test_document_id_is_the_message_id_when_valid_else_the_kafka_coordinates(payload, expected):
@@ -316,7 +318,7 @@ def test_timestamps_are_stored_in_utc_and_a_missing_offset_means_utc():
 
 def test_to_document_can_be_called_on_its_own():
     document = to_document({"text": "hi"}, TOPIC, 0, 7, (TIMESTAMP_CREATE_TIME, KAFKA_TIME_MS), NOW)
-    assert document["_id"] == f"{TOPIC}:0:7" and document["ingested_at"] == NOW
+    assert document["_id"] == f"~{TOPIC}:0:7" and document["ingested_at"] == NOW
 
 
 # --- the batch ----------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_totals_sources_and_rates_agree_with_the_store(pipeline_config, store):
     assert [entry["source"] for entry in stats["sources"]] == ["sensor-a", "sensor-b", None], "most first"
     assert stats["rates"] == {"1m": round(4 / 60, 3), "5m": round(7 / 300, 3), "15m": round(9 / 900, 3)}
     assert stats["children"] == [] and stats["supervisor"] is None, "no supervisor runs for this API"
-    assert stats["lag"] == {"total": 0, "partitions": []}, "the topic does not exist yet"
+    assert stats["lag"] == {"total": 0, "partitions": [], "problems": []}, "the topic does not exist yet"
     assert stats["dead_letters"]["messages"] == 0
     assert stats["errors"] == {}
 

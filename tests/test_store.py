@@ -62,6 +62,22 @@ def test_the_same_message_twice_in_one_batch_is_stored_once(message_store):
     assert message_store.insert_batch([document("m-1"), document("m-1", 1)]) == WriteOutcome(1, 1)
 
 
+def test_duplicates_that_are_replays_or_repeats_are_told_from_id_conflicts(message_store):
+    message_store.insert_batch([document("replayed", 1), document("repeated", 2), document("claimed", 3)])
+    outcome = message_store.insert_batch(
+        [
+            document("replayed", 1),  # the very coordinates: a replay
+            document("repeated", 7),  # elsewhere, but the same content and source: sent twice
+            {**document("claimed", 8), "content": "another message"},
+            document("new", 9),
+        ]
+    )
+    assert outcome == WriteOutcome(inserted=1, duplicates=3)
+    [conflict] = message_store.conflicts(outcome.duplicated)
+    assert (conflict.id, conflict.stored["offset"], conflict.refused["offset"]) == ("claimed", 3, 8)
+    assert "t[0]@8" in str(conflict) and "t[0]@3" in str(conflict)
+
+
 def test_an_empty_batch_is_a_no_op(message_store):
     assert message_store.insert_batch([]) == WriteOutcome(0, 0)
 

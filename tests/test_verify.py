@@ -32,11 +32,21 @@ from tests.test_consumer import all_committed, consumer_running, wait_until
 def test_the_dead_letter_index_finds_offsets_per_partition_and_counts_repeats():
     index = DeadLetterIndex()
     for partition, offset in [(0, 7), (0, 3), (1, 7), (0, 7)]:
-        index.add(partition, offset)
+        index.add(partition, offset, 1000 + offset)
     index.seal()
-    assert (0, 7) in index and (0, 3) in index and (1, 7) in index
-    assert (1, 3) not in index and (2, 7) not in index and (0, 8) not in index
+    assert index.has(0, 7, 1007) and index.has(0, 3, 1003) and index.has(1, 7, 1007)
+    assert not index.has(1, 3, 1003) and not index.has(2, 7, 1007) and not index.has(0, 8, 1008)
     assert index.repeats == 1
+
+
+def test_a_dead_letter_stands_only_for_the_message_with_its_timestamp_at_a_reused_offset():
+    index = DeadLetterIndex()
+    index.add(0, 5, 1_000)  # dead-lettered before the topic was recreated
+    index.add(0, 6)  # a dead letter without the original's timestamp: the coordinates decide
+    index.seal()
+    assert index.has(0, 5, 1_000)
+    assert not index.has(0, 5, 2_000), "a new message at a reused offset is not the old dead letter"
+    assert index.has(0, 6, 2_000) and index.has(0, 5, None)
 
 
 @pytest.mark.parametrize(
@@ -46,6 +56,7 @@ def test_the_dead_letter_index_finds_offsets_per_partition_and_counts_repeats():
         ({"stored": 5, "missing": 1}, False),
         ({"stored": 5, "duplicated": 1}, False),
         ({"stored": 5, "pending": 1}, False),
+        ({"stored": 5, "conflicts": 1}, False),
     ],
 )
 def test_only_a_topic_fully_stored_or_dead_lettered_once_passes(counts, ok):
@@ -96,11 +107,12 @@ def run_cli(settings: Config, tmp_path: Path, *options: str) -> int:
 def test_a_fully_consumed_topic_verifies_with_exit_zero(consumed: Config, tmp_path: Path, capsys):
     assert run_cli(consumed, tmp_path) == 0
     out = capsys.readouterr().out.splitlines()
-    counts = {line[:17].strip(): int(line[17:27]) for line in out[:7]}
+    counts = {line[:17].strip(): int(line[17:27]) for line in out[:8]}
     assert counts == {
         "checked": 42,
         "stored": 40,
         "repeated ids": 0,
+        "id conflicts": 0,
         "dead-lettered": 2,
         "not consumed yet": 0,
         "missing": 0,
@@ -235,3 +247,77 @@ def test_since_takes_iso_dates_with_or_without_offset():
     assert cli.iso_time("2024-06-01T12:00:00Z") == datetime(2024, 6, 1, 12, tzinfo=UTC)
     assert cli.iso_time("2024-06-01T14:00:00+02:00") == datetime(2024, 6, 1, 12, tzinfo=UTC)
     assert cli.iso_time("2024-06-01T12:00") - cli.iso_time("2024-06-01T11:00") == timedelta(hours=1)
+
+
+@pytest.mark.integration
+def test_a_slow_store_is_not_taken_for_kafka_stalling(consumed: Config, monkeypatch):
+    """The stall timer times Kafka only: a store lookup longer than STALL_TIMEOUT between two reads is fine."""
+    monkeypatch.setattr(verify, "STALL_TIMEOUT", 2.0)
+    monkeypatch.setattr(verify, "WINDOW", 7)  # several windows, so reading resumes after a slow lookup
+    real_lookup_for = verify._lookup_for
+
+    def slow_lookup_for(message_store):
+        lookup = real_lookup_for(message_store)
+
+        def slow(*args):
+            time.sleep(verify.STALL_TIMEOUT + 1.5)
+            return lookup(*args)
+
+        return slow
+
+    monkeypatch.setattr(verify, "_lookup_for", slow_lookup_for)
+    report = verify.verify(consumed)
+    assert report.ok and report.checked == 42
+
+
+@pytest.mark.integration
+def test_an_old_dead_letter_does_not_vouch_for_a_new_message_at_its_offset(consumed: Config):
+    """After a topic is recreated its offsets start again: a dead letter of the old topic at offset n is not
+    the new message at offset n, which must be found stored or reported."""
+    with contextlib.closing(MessageStore(consumed.mongodb)) as store:
+        stored_one = store.collection.find_one({"_id": "v-0007"})
+        store.collection.delete_one({"_id": "v-0007"})  # as if the new message at this offset were lost
+    where = stored_one["kafka"]
+    old = Rejection(
+        "validate", "schema", "old topic", where["topic"], where["partition"], where["offset"], None, b"", None, 1_000
+    )
+    producer = Producer({"bootstrap.servers": consumed.kafka.brokers})
+    producer.produce(consumed.kafka.dead_letter_topic, b"", headers=headers_for(old, datetime.now(UTC)))
+    assert producer.flush(10) == 0
+
+    report = verify.verify(consumed)
+    assert (report.stored, report.dead_lettered, report.missing) == (39, 2, 1)
+    assert not report.ok
+
+
+@pytest.mark.integration
+def test_a_second_message_with_a_stored_id_and_other_content_is_a_conflict_not_a_repeat(consumed: Config):
+    from prometheus_client import REGISTRY
+
+    def conflicts() -> float:
+        return REGISTRY.get_sample_value("streamd_consumer_id_conflicts_total") or 0.0
+
+    before = conflicts()
+    same_again = good(3)
+    other_content = (b"v-0004", orjson.dumps({"id": "v-0004", "text": "someone else's message"}))
+    send(consumed, same_again, other_content)
+    with consumer_running(consumed):
+        wait_until(lambda: all_committed(consumed), "both consumed")
+    assert conflicts() - before == 1, "the conflict is counted, the repeat is not"
+
+    report = verify.verify(consumed)
+    assert (report.checked, report.stored, report.repeated, report.conflicts) == (44, 40, 1, 1)
+    assert not report.ok
+    assert any(line.startswith("id conflicts") and line.split()[2] == "1" for line in report.lines())
+    assert [p for p in report.problems if "v-0004" in p and "conflict" in p]
+
+
+@pytest.mark.integration
+def test_messages_without_id_stored_under_the_old_fallback_form_still_verify(consumed: Config):
+    """Documents stored before fallback ids were reserved keep their <topic>:<partition>:<offset> id."""
+    with contextlib.closing(MessageStore(consumed.mongodb)) as store:
+        for document in list(store.collection.find({"_id": {"$regex": "^~"}})):
+            store.collection.delete_one({"_id": document["_id"]})
+            store.collection.insert_one({**document, "_id": document["_id"][1:]})
+    report = verify.verify(consumed)
+    assert (report.stored, report.missing) == (40, 0) and report.ok

@@ -8,6 +8,7 @@ from confluent_kafka import KafkaException
 from pymongo.errors import PyMongoError
 
 from streamd.api.backends import Backends
+from streamd.api.lag import GroupLag, KafkaUnreadable
 from streamd.api.params import reject_unknown
 
 # A load balancer's probe gives up after a few seconds; a check must answer before that, and a
@@ -24,12 +25,15 @@ class HealthResource:
 
 
 class ReadyResource:
-    def __init__(self, backends: Backends) -> None:
+    def __init__(self, backends: Backends, lag: GroupLag | None = None) -> None:
         self.backends = backends
+        self.lag = lag
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         reject_unknown(req.params, ())
         checks = {"kafka": self.check_kafka(), "store": self.check_store()}
+        if self.lag is not None and checks["kafka"] == "ok":
+            checks["offsets"] = self.check_offsets(self.lag)
         ready = all(result == "ok" for result in checks.values())
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         resp.media = {"status": "ok" if ready else "unavailable", "checks": checks}
@@ -46,6 +50,15 @@ class ReadyResource:
             return f"unreachable ({exc.args[0].str()})"
         finally:
             admin.poll(0)  # hands librdkafka's queued log lines to the logger
+
+    @staticmethod
+    def check_offsets(lag: GroupLag) -> str:
+        """Not ready while a committed offset points beyond its log end: the pipeline is not where it thinks."""
+        try:
+            problems = lag.read().problems
+        except KafkaUnreadable as exc:
+            return f"unreadable ({exc})"
+        return "; ".join(problems) if problems else "ok"
 
     def check_store(self) -> str:
         try:

@@ -5,6 +5,11 @@ group's committed offsets are the truth the consumers commit to (an offset is co
 message is stored or dead-lettered), so this lag is exactly "messages in Kafka not yet in the store",
 and it keeps growing, as it should, while every consumer is down. It is what
 `kafka-consumer-groups.sh --describe` shows, and it needs no state shared between processes.
+
+A committed offset beyond the log end is not "no lag": the topic was deleted and recreated (or lost its
+tail), and the consumers will restart the partition from its earliest offset (streamd.offsets). Such a
+partition is flagged `beyond_end`, its lag counts every message its log holds, and `problems` says it
+in a sentence, for /ready, /stats and /metrics alike.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class PartitionLag:
     committed: int | None  # None: the group never committed here, so it starts at the earliest offset
     end: int
     lag: int
+    beyond_end: bool = False  # committed past the log end: the consumers restart it from its earliest offset
 
     def as_dict(self) -> dict:
         return {
@@ -40,7 +46,17 @@ class PartitionLag:
             "committed": self.committed,
             "end": self.end,
             "lag": self.lag,
+            "beyond_end": self.beyond_end,
         }
+
+    @property
+    def problem(self) -> str | None:
+        if not self.beyond_end:
+            return None
+        return (
+            f"{self.topic}[{self.partition}]: the group's committed offset {self.committed} is beyond the log end "
+            f"{self.end}; the topic was recreated, and consumers restart it from its earliest offset"
+        )
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,10 @@ class KafkaReading:
     @property
     def total(self) -> int:
         return sum(p.lag for p in self.partitions)
+
+    @property
+    def problems(self) -> list[str]:
+        return [p.problem for p in self.partitions if p.problem]
 
 
 class KafkaUnreadable(Exception):
@@ -102,9 +122,11 @@ class GroupLag:
         for tp in partitions:
             key = (tp.topic, tp.partition)
             position = committed.get(key)
+            beyond = position is not None and position > end[key]
             # Retention may have deleted what the group never read; those messages are gone, not lagging.
-            consumed_to = start[key] if position is None else max(position, start[key])
-            lags.append(PartitionLag(tp.topic, tp.partition, position, end[key], max(end[key] - consumed_to, 0)))
+            # Beyond the end, the consumers start again from the earliest offset: all of the log is to come.
+            consumed_to = start[key] if position is None or beyond else max(position, start[key])
+            lags.append(PartitionLag(tp.topic, tp.partition, position, end[key], end[key] - consumed_to, beyond))
         dead_letters = sum(end[(tp.topic, tp.partition)] - start[(tp.topic, tp.partition)] for tp in dead)
         return KafkaReading(lags, dead_letters)
 

@@ -43,9 +43,16 @@ class LagCollector(Collector):
             "Messages in the partition not yet stored: log end offset minus the group's committed offset.",
             labels=["topic", "partition"],
         )
+        beyond = GaugeMetricFamily(
+            "streamd_consumer_offsets_beyond_end",
+            "1 while the group's committed offset is beyond the partition's log end (the topic was recreated).",
+            labels=["topic", "partition"],
+        )
         for partition in reading.partitions:
             lag.add_metric([partition.topic, str(partition.partition)], partition.lag)
+            beyond.add_metric([partition.topic, str(partition.partition)], 1.0 if partition.beyond_end else 0.0)
         yield lag
+        yield beyond
         yield GaugeMetricFamily(
             "streamd_dead_letter_topic_messages",
             "Messages held by the dead-letter topic (within its retention).",

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from streamd.api.errors import InvalidParameter, UnknownParameters, shown
-from streamd.ids import is_valid_id
+from streamd.ids import is_stored_id
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -56,7 +56,7 @@ class Cursor:
         if not (isinstance(decoded, list) and len(decoded) == 2):
             raise ValueError("not a cursor")
         millis, message_id = decoded
-        if type(millis) is not int or not is_valid_id(message_id):
+        if type(millis) is not int or not is_stored_id(message_id):
             raise ValueError("not a cursor")
         try:
             return cls(EPOCH + millis * MILLISECOND, message_id)
@@ -148,8 +148,10 @@ def ceil_to_millisecond(value: datetime) -> datetime:
 
 
 def parse_id(text: str) -> str:
-    if not is_valid_id(text):
+    if not is_stored_id(text):
         raise InvalidParameter(
-            "id", f"expected a message id (letters, digits and . _ : -, at most 128), got {shown(text)}."
+            "id",
+            f"expected a message id (letters, digits and . _ : -, at most 128) or ~<topic>:<partition>:<offset>, "
+            f"got {shown(text)}.",
         )
     return text

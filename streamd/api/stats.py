@@ -68,7 +68,11 @@ class StatsResource:
             stats |= {"totals": None, "rates": None, "sources": None}
         try:
             reading = self.lag.read()
-            stats["lag"] = {"total": reading.total, "partitions": [p.as_dict() for p in reading.partitions]}
+            stats["lag"] = {
+                "total": reading.total,
+                "partitions": [p.as_dict() for p in reading.partitions],
+                "problems": reading.problems,
+            }
             dead_letters: int | None = reading.dead_letters
         except KafkaUnreadable as exc:
             errors["kafka"] = str(exc)

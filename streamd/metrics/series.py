@@ -33,6 +33,16 @@ STORED = Counter("streamd_consumer_messages_stored", "Messages newly written to 
 DUPLICATES = Counter(
     "streamd_consumer_messages_duplicate", "Messages the store already had (a replay after a crash or rebalance)."
 )
+ID_CONFLICTS = Counter(
+    "streamd_consumer_id_conflicts",
+    "Duplicates that are not a replay: the id is stored from other Kafka coordinates with other content.",
+)
+OFFSET_RESETS = Counter(
+    "streamd_consumer_offset_resets",
+    "Times a partition's offset was outside its log (topic recreated, or retention ahead of the group) and the "
+    "consumer restarted it from the earliest offset.",
+    ["topic", "partition"],
+)
 REJECTED = Counter(
     "streamd_consumer_messages_rejected",
     "Messages the consumer cannot store (pipeline.Rejection), by reason; they go to the dead-letter topic.",
