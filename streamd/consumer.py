@@ -464,6 +464,7 @@ class BatchConsumer:
             return key  # a partition the group never committed: its earliest offset is the normal start
         log.error("%s", restart)
         series.OFFSET_RESETS.labels(*key).inc()
+        self.quarantine.restarted(*key)
         if self.in_flight is not None:
             self.in_flight.next_offsets.pop(key, None)
         if restart.start is not None:

@@ -157,15 +157,24 @@ class Quarantine:
 
     def committed(self, topic: str, partition: int, offset: int) -> None:
         """Offsets below `offset` of this partition are committed: forget them as suspects."""
-        key = (topic, partition)
-        if not any(last < offset for _, last in self.ranges.get(key, ())) and not any(
-            where[:2] == key and where[2] < offset for where in self.deaths
+        self._forget((topic, partition), offset)
+
+    def restarted(self, topic: str, partition: int) -> None:
+        """The partition's log was replaced (topic recreated): its old offsets name other messages now."""
+        self._forget((topic, partition), None)
+
+    def _forget(self, key: Partition, below: int | None) -> None:
+        def gone(offset: int) -> bool:
+            return below is None or offset < below
+
+        if not any(gone(last) for _, last in self.ranges.get(key, ())) and not any(
+            where[:2] == key and gone(where[2]) for where in self.deaths
         ):
             return
         with self._locked():
             ranges, deaths = self._read()
-            ranges = [span for span in ranges if not (span[:2] == key and span[3] < offset)]
-            deaths = {where: n for where, n in deaths.items() if not (where[:2] == key and where[2] < offset)}
+            ranges = [span for span in ranges if not (span[:2] == key and gone(span[3]))]
+            deaths = {where: n for where, n in deaths.items() if not (where[:2] == key and gone(where[2]))}
             self._write(ranges, deaths)
 
     def refresh(self) -> None:
