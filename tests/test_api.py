@@ -8,10 +8,12 @@ a 503 instead of the expected 400.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -424,9 +426,9 @@ sys.exit(run(from_mapping(json.loads(sys.argv[1])), Shutdown()))
 """
 
 
-def start_server(config: Config, home: Path) -> subprocess.Popen:
+def start_server(config: Config, home: Path, workers: int = 2) -> subprocess.Popen:
     mapping = config_module.to_mapping(config)
-    mapping["api"]["workers"] = 2
+    mapping["api"]["workers"] = workers
     # The extra argument is one Gunicorn's own command line would refuse: the server must not read argv.
     command = [sys.executable, "-c", SERVER_SCRIPT, json.dumps(mapping), "--no-such-gunicorn-flag"]
     # A home of its own shows whether Gunicorn left a control socket (~/.gunicorn/gunicorn.ctl) behind.
@@ -463,6 +465,10 @@ def title(pid: int) -> str:
 def server(pipeline_config, store, tmp_path) -> Iterator[tuple[subprocess.Popen, Path]]:
     process = start_server(pipeline_config, tmp_path)
     yield process, tmp_path / "api.log"
+    kill_server(process)
+
+
+def kill_server(process: subprocess.Popen) -> None:
     leftovers = descendants(process.pid)  # before the kill: orphans are no longer our descendants
     if process.poll() is None:
         process.kill()
@@ -570,3 +576,162 @@ def test_a_worker_is_signalled_the_moment_its_master_dies():
     finally:
         if not process_gone(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+# --- probes under load, and errors from Gunicorn's own parser --------------------------------------
+
+
+@pytest.fixture
+def busy_server(pipeline_config, store, tmp_path) -> Iterator[tuple[Config, subprocess.Popen]]:
+    """One worker of 4 threads whose live feeds last a minute, answering over HTTP."""
+    api = dataclasses.replace(pipeline_config.api, threads=4, streams_per_worker=3, stream_seconds=60)
+    config = dataclasses.replace(pipeline_config, api=api)
+    store.insert_batch([stored("m-1", T0)])
+    process = start_server(config, tmp_path, workers=1)
+    try:
+        wait_until(lambda: answers(api.port) or process.poll() is not None, 30, "the API to answer")
+        assert process.poll() is None, (tmp_path / "api.log").read_text()
+        yield config, process
+    finally:
+        kill_server(process)
+
+
+def connect(port: int, request: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(request)
+    return sock
+
+
+def unanswered(sock: socket.socket) -> bool:
+    """True while the server has neither answered on `sock` nor closed it."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    finally:
+        sock.settimeout(timeout)
+    return False
+
+
+def raw_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of one response on `sock` (the server closes it, or says how long it is)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed in the middle of the body"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.integration
+def test_probes_answer_while_every_request_thread_is_held(busy_server):
+    config, process = busy_server
+    port = config.api.port
+    before = get_text(port, "/metrics")[1]
+    # Three live feeds (all this worker allows) and slow clients whose headers never end hold all four
+    # request threads; more /messages requests queue behind them.
+    feeds = [connect(port, b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n") for _ in range(3)]
+    for feed in feeds:
+        assert feed.recv(65536).startswith(b"HTTP/1.1 200"), "each feed is streaming"
+    slow = [connect(port, b"GET /messages HTTP/1.1\r\nHost: t\r\n") for _ in range(4)]
+    queued = [connect(port, b"GET /messages HTTP/1.1\r\nHost: t\r\n\r\n") for _ in range(3)]
+
+    probe = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    answered = []
+    for method, path in (("GET", "/health"), ("GET", "/ready"), ("HEAD", "/health"), ("GET", "/health")):
+        probe.request(method, path)  # one kept-alive connection for all four
+        response = probe.getresponse()
+        answered.append((method, path, response.status, response.read()))
+    probe.close()
+
+    assert all(unanswered(sock) for sock in slow + queued), "the pool was still full when the probes answered"
+    assert [status for *_, status, _ in answered] == [200, 200, 200, 200]
+    assert json.loads(answered[1][3]) == {"status": "ok", "checks": {"kafka": "ok", "store": "ok"}}
+    assert answered[2][3] == b"", "HEAD has no body"
+
+    for sock in slow + feeds:
+        sock.close()
+    for sock in queued:
+        status, _, body = raw_response(sock)
+        assert status == 200 and ids(json.loads(body)) == ["m-1"], "the queued requests are served once threads free"
+        sock.close()
+    status, metrics = get_text(port, "/metrics")
+    assert status == 200
+    counted = {
+        (method, route): requests_counted(metrics, method, route) - requests_counted(before, method, route)
+        for method, route in (("GET", "/health"), ("HEAD", "/health"), ("GET", "/ready"))
+    }
+    assert counted == {("GET", "/health"): 2, ("HEAD", "/health"): 1, ("GET", "/ready"): 1}, "probes are counted"
+
+
+def requests_counted(metrics: str, method: str, route: str) -> float:
+    wanted = {f'method="{method}"', f'route="{route}"', 'status="200"'}
+    for line in metrics.splitlines():
+        name, _, rest = line.partition("{")
+        if name == "streamd_http_requests_total" and wanted <= set(rest.partition("}")[0].split(",")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.integration
+def test_a_burst_of_idle_connections_holds_no_request_thread(busy_server):
+    config, _ = busy_server
+    port = config.api.port
+    idle = [socket.create_connection(("127.0.0.1", config.api.port), timeout=10) for _ in range(200)]
+    try:
+        started = time.monotonic()
+        health = get(port, "/health")
+        messages = get(port, "/messages")
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in idle:
+            sock.close()
+
+    assert health == (200, {"status": "ok"})
+    assert messages[0] == 200 and ids(messages[1]) == ["m-1"]
+    # gthread parks each new connection on a request thread until its request comes (up to 5 s).
+    assert elapsed < 4, f"/health and /messages took {elapsed:.1f} s behind 200 idle connections"
+
+
+def get_text(port: int, path: str) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /messages HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n", 400),
+        (b"GET /\x01 HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+        (b"GET /health HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(200)) + b"\r\n", 431),
+        (b"GET /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: brotli\r\n\r\n", 501),
+    ],
+    ids=["bad-framing", "bad-request-line", "long-request-line", "too-many-headers", "unknown-coding"],
+)
+def test_requests_gunicorn_cannot_parse_get_a_json_error(busy_server, request_bytes, status):
+    config, _ = busy_server
+    with connect(config.api.port, request_bytes) as sock:
+        answer_status, headers, body = raw_response(sock)
+
+    assert answer_status == status
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert error["status"] == status
+    assert error["title"] and error["description"].endswith(".")
