@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,13 +29,15 @@ import falcon.testing
 import pytest
 
 from streamd import config as config_module
+from streamd.api.health import ReadyResource
 from streamd.api.messages import NEWEST_FIRST, list_filter
 from streamd.api.params import Cursor, MessageQuery
 from streamd.config import Config
 from streamd.store import INDEXES, MessageStore
 
 from .conftest import REPO, api_client, free_port
-from .supervisor_process import descendants, process_gone, wait_until
+from .supervisor_process import descendants, process_gone, start_streamd, wait_until
+from .test_pipeline_flow import api_url, get_json
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 ITEM_KEYS = {"id", "content", "timestamp", "source", "ingested_at", "kafka"}
@@ -403,6 +406,59 @@ def test_not_ready_names_the_store_when_only_the_store_is_down(pipeline_config):
     assert response.status_code == 503
     assert response.json["checks"]["kafka"] == "ok"
     assert response.json["checks"]["store"].startswith("unreachable")
+
+
+@pytest.mark.integration
+def test_a_flood_of_ready_probes_costs_one_round_of_checks(pipeline_config, store, monkeypatch):
+    checked = []
+
+    def slow_kafka_check(self) -> str:
+        checked.append(time.monotonic())
+        time.sleep(1.5)  # longer than a result stays fresh
+        return "ok"
+
+    monkeypatch.setattr(ReadyResource, "check_kafka", slow_kafka_check)
+    answers = []
+    with api_client(pipeline_config) as client:
+        probes = [threading.Thread(target=lambda: answers.append(client.simulate_get("/ready"))) for _ in range(8)]
+        for probe in probes:
+            probe.start()
+        for probe in probes:
+            probe.join(timeout=60)
+
+    assert [response.status_code for response in answers] == [200] * 8
+    assert len(checked) == 1, "concurrent probes wait for the check in progress and share its answer"
+
+
+@pytest.mark.integration
+def test_ready_is_503_naming_the_consumers_once_none_of_them_runs(pipeline_config, tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text("{}")
+    sup = start_streamd(
+        tmp_path,
+        pipeline_config,
+        producer={"enabled": False},
+        consumer={"processes": 2, "schema": str(schema)},
+        supervisor={"crash_limit": 2, "backoff_initial": 0.1},
+    )
+    try:
+        children = sup.wait_running("consumer-1", "consumer-2", "api", timeout=60)
+        status, body = wait_until(lambda: (r := get_json(api_url(sup, "/ready")))[0] and r, 30, "/ready")
+        assert (status, body["checks"]) == (200, {"kafka": "ok", "store": "ok", "consumers": "ok"})
+
+        # A consumer restarted without its schema file exits at once: both crash-loop to FATAL.
+        schema.unlink()
+        for name in ("consumer-1", "consumer-2"):
+            os.kill(children[name]["pid"], signal.SIGKILL)
+        fatal = {"consumer-1": "FATAL", "consumer-2": "FATAL"}
+        wait_until(lambda: {n: sup.children()[n]["state"] for n in fatal} == fatal, 60, f"FATAL; {sup.log_tail()}")
+
+        status, body = wait_until(lambda: (r := get_json(api_url(sup, "/ready")))[0] == 503 and r, 10, "a 503")
+        assert body["status"] == "unavailable"
+        assert body["checks"]["kafka"] == "ok" and body["checks"]["store"] == "ok"
+        assert "consumer-1 FATAL" in body["checks"]["consumers"] and "consumer-2 FATAL" in body["checks"]["consumers"]
+    finally:
+        sup.kill()
 
 
 def test_ready_checks_are_bounded_when_both_are_down(offline_client):
