@@ -759,6 +759,26 @@ def test_a_burst_of_idle_connections_holds_no_request_thread(busy_server):
     assert elapsed < 4, f"/health and /messages took {elapsed:.1f} s behind 200 idle connections"
 
 
+@pytest.mark.integration
+def test_clients_that_never_hang_up_do_not_hold_the_probes(busy_server):
+    config, _ = busy_server
+    port = config.api.port
+    # HTTP/1.0 without keep-alive: each answer ends the connection, but these clients never close theirs.
+    held = [connect(port, b"GET /messages HTTP/1.0\r\n\r\n") for _ in range(10)]
+    try:
+        assert all(raw_response(sock)[0] == 200 for sock in held)
+        started = time.monotonic()
+        health = get(port, "/health")
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in held:
+            sock.close()
+
+    assert health == (200, {"status": "ok"})
+    # gthread lingers up to 2 s per closing connection on the loop that hands out every request.
+    assert elapsed < 4, f"/health took {elapsed:.1f} s behind 10 clients that keep their sockets open"
+
+
 def get_text(port: int, path: str) -> tuple[int, str]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:

@@ -10,7 +10,11 @@ the Falcon app (same answer, same errors, counted by the request metrics) and it
 kept alive the usual way; its next request is looked at again.
 
 For the first request to be looked at, a connection accepted before its request arrived waits in
-the worker's poller instead of on a pool thread (gthread parks it on a thread for up to 5 s).
+the worker's poller instead of on a pool thread (gthread parks it on a thread for up to 5 s). And the
+main loop, which hands every request to its pool, must never wait: gthread closes a connection it
+will not keep alive by lingering up to 2 s for the client to hang up (so that unread request bytes
+do not turn into a reset), on that loop; ten clients that keep their socket open after a
+`Connection: close` answer held every probe for 20 s. Here the linger happens in the poller too.
 
 Parser errors. Gunicorn answers a request it cannot parse (400, 414, 431…) with an HTML page
 written by `handle_error`; this worker keeps Gunicorn's classification and logging and sends the
@@ -39,6 +43,9 @@ BODY_HEADER = re.compile(rb"\r\n(transfer-encoding|content-length)[ \t]*:[ \t]*(
 HEAD_END = b"\r\n\r\n"
 PROBES = ("health", "ready")
 DETAIL_LIMIT = 160
+# What gunicorn.util.close_graceful allows a closing client: this long, this many unread bytes.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 65536
 
 
 def probe_of(head: bytes) -> str | None:
@@ -63,6 +70,7 @@ class ApiWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.probe_pools: dict[str, ThreadPoolExecutor] = {}
         self.arriving: deque[TConn] = deque()  # accepted, first request not received yet
+        self.lingering: deque[Lingering] = deque()  # answered and half-closed, waiting for the client's FIN
         self.stop_deadline: float | None = None
 
     def init_process(self) -> None:
@@ -76,6 +84,8 @@ class ApiWorker(ThreadWorker):
         finally:
             for pool in self.probe_pools.values():
                 pool.shutdown(wait=False)
+            while self.lingering:
+                self.lingering.popleft().conn.close()
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         for pool in self.probe_pools.values():
@@ -126,9 +136,46 @@ class ApiWorker(ThreadWorker):
         conn.data_ready = True
         self.enqueue_req(conn)
 
+    def finish_request(self, conn: TConn, fs: Future) -> None:
+        closing = not fs.cancelled() and fs.exception() is None and not fs.result()
+        if not closing or self.cfg.is_ssl:
+            super().finish_request(conn, fs)
+            return
+        self.nr_conns -= 1
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)  # the FIN: the answer is complete
+        except OSError:
+            conn.close()
+            return
+        conn.sock.setblocking(False)
+        lingering = Lingering(conn, time.monotonic() + LINGER_SECONDS)
+        self.lingering.append(lingering)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_lingering_socket_readable, lingering))
+
+    def on_lingering_socket_readable(self, lingering: Lingering, client: socket.socket) -> None:
+        try:
+            data = client.recv(LINGER_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        lingering.drained += len(data)
+        if data and lingering.drained < LINGER_BYTES:
+            return
+        self.poller.unregister(client)
+        self.lingering.remove(lingering)
+        lingering.conn.close()
+
     def murder_pending(self) -> None:
         super().murder_pending()
         now = time.monotonic()
+        while self.lingering and self.lingering[0].deadline <= now:
+            lingering = self.lingering.popleft()
+            try:
+                self.poller.unregister(lingering.conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass  # already unregistered
+            lingering.conn.close()
         if not self.alive and self.stop_deadline is None:
             # A stopping worker lingers on idle connections no longer than on kept-alive ones.
             self.stop_deadline = now + STOP_KEEPALIVE_LINGER
@@ -153,6 +200,13 @@ class ApiWorker(ThreadWorker):
             util.write_nonblock(client, json_error(page.status, page.reason, exc))
         except Exception:
             self.log.debug("Failed to send error message.")
+
+
+class Lingering:
+    def __init__(self, conn: TConn, deadline: float) -> None:
+        self.conn = conn
+        self.deadline = deadline
+        self.drained = 0
 
 
 class ErrorPage:
