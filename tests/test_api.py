@@ -32,6 +32,7 @@ from streamd import config as config_module
 from streamd.api.health import ReadyResource
 from streamd.api.messages import NEWEST_FIRST, list_filter
 from streamd.api.params import Cursor, MessageQuery
+from streamd.api.worker import probe_of
 from streamd.config import Config
 from streamd.store import INDEXES, MessageStore
 
@@ -689,6 +690,25 @@ def raw_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
+@pytest.mark.parametrize(
+    ("head", "probe"),
+    [
+        (b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n", "health"),
+        (b"HEAD /ready?verbose HTTP/1.0\r\n\r\n", "ready"),
+        (b"GET /ready HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /messages", "ready"),
+        (b"GET /health HTTP/1.1\r\nHost: t\r\n", None),  # headers not all here: it could stall a probe thread
+        (b"GET /health HTTP/1.1\r\nContent-Length: 5\r\n\r\n", None),  # a body to wait for
+        (b"GET /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", None),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", None),
+        (b"POST /health HTTP/1.1\r\n\r\n", None),
+        (b"GET /messages HTTP/1.1\r\nX: GET /health HTTP/1.1\r\n\r\n", None),
+        (b"", None),
+    ],
+)
+def test_only_a_whole_bodiless_probe_request_goes_to_a_probe_thread(head, probe):
+    assert probe_of(head) == probe
+
+
 @pytest.mark.integration
 def test_probes_answer_while_every_request_thread_is_held(busy_server):
     config, process = busy_server
@@ -777,6 +797,27 @@ def test_clients_that_never_hang_up_do_not_hold_the_probes(busy_server):
     assert health == (200, {"status": "ok"})
     # gthread lingers up to 2 s per closing connection on the loop that hands out every request.
     assert elapsed < 4, f"/health took {elapsed:.1f} s behind 10 clients that keep their sockets open"
+
+
+@pytest.mark.integration
+def test_a_worker_with_idle_and_kept_alive_probe_connections_stops_gracefully(busy_server):
+    config, process = busy_server
+    port = config.api.port
+    idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+    probe = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    probe.request("GET", "/health")
+    assert probe.getresponse().read() == b'{"status":"ok"}'
+
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    elapsed = time.monotonic() - started
+    idle.close()
+    probe.close()
+
+    assert code == 0
+    # Idle and kept-alive connections get gthread's 2 s stop linger, far inside the 9 s graceful timeout.
+    assert elapsed < 8, f"the API took {elapsed:.1f} s to stop"
 
 
 def get_text(port: int, path: str) -> tuple[int, str]:
