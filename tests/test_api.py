@@ -764,17 +764,24 @@ def test_a_burst_of_idle_connections_holds_no_request_thread(busy_server):
     config, _ = busy_server
     port = config.api.port
     idle = [socket.create_connection(("127.0.0.1", config.api.port), timeout=10) for _ in range(200)]
+    answers = []
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         started = time.monotonic()
-        health = get(port, "/health")
-        messages = get(port, "/messages")
+        # Probes and other requests take turns on one kept-alive connection.
+        for path in ("/health", "/messages", "/health", "/messages"):
+            connection.request("GET", path)
+            response = connection.getresponse()
+            answers.append((response.status, json.loads(response.read())))
         elapsed = time.monotonic() - started
     finally:
+        connection.close()
         for sock in idle:
             sock.close()
 
-    assert health == (200, {"status": "ok"})
-    assert messages[0] == 200 and ids(messages[1]) == ["m-1"]
+    assert [status for status, _ in answers] == [200] * 4
+    assert answers[0][1] == answers[2][1] == {"status": "ok"}
+    assert ids(answers[1][1]) == ids(answers[3][1]) == ["m-1"]
     # gthread parks each new connection on a request thread until its request comes (up to 5 s).
     assert elapsed < 4, f"/health and /messages took {elapsed:.1f} s behind 200 idle connections"
 
