@@ -137,6 +137,7 @@ class ApiWorker(ThreadWorker):
         self.enqueue_req(conn)
 
     def finish_request(self, conn: TConn, fs: Future) -> None:
+        # handle() returned False: the connection ends. Kept-alive and deferred ones are gthread's business.
         closing = not fs.cancelled() and fs.exception() is None and not fs.result()
         if not closing or self.cfg.is_ssl:
             super().finish_request(conn, fs)
@@ -167,7 +168,12 @@ class ApiWorker(ThreadWorker):
         lingering.conn.close()
 
     def murder_pending(self) -> None:
+        # gthread calls this on every turn of its loop, running or stopping: our waiting lists expire here too.
         super().murder_pending()
+        self.expire_lingering()
+        self.expire_arriving()
+
+    def expire_lingering(self) -> None:
         now = time.monotonic()
         while self.lingering and self.lingering[0].deadline <= now:
             lingering = self.lingering.popleft()
@@ -176,8 +182,11 @@ class ApiWorker(ThreadWorker):
             except (OSError, KeyError, ValueError):
                 pass  # already unregistered
             lingering.conn.close()
+
+    def expire_arriving(self) -> None:
+        now = time.monotonic()
         if not self.alive and self.stop_deadline is None:
-            # A stopping worker lingers on idle connections no longer than on kept-alive ones.
+            # A stopping worker waits for a first request no longer than for a kept-alive one's next.
             self.stop_deadline = now + STOP_KEEPALIVE_LINGER
         stopped = self.stop_deadline is not None and now >= self.stop_deadline
         while self.arriving and (stopped or self.arriving[0].timeout <= now):
@@ -203,6 +212,8 @@ class ApiWorker(ThreadWorker):
 
 
 class Lingering:
+    """A closing connection: its FIN is sent, and unread request bytes are drained until the client's arrives."""
+
     def __init__(self, conn: TConn, deadline: float) -> None:
         self.conn = conn
         self.deadline = deadline
