@@ -8,12 +8,15 @@ a 503 instead of the expected 400.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,13 +29,16 @@ import falcon.testing
 import pytest
 
 from streamd import config as config_module
+from streamd.api.health import ReadyResource
 from streamd.api.messages import NEWEST_FIRST, list_filter
 from streamd.api.params import Cursor, MessageQuery
+from streamd.api.worker import probe_of
 from streamd.config import Config
 from streamd.store import INDEXES, MessageStore
 
 from .conftest import REPO, api_client, free_port
-from .supervisor_process import descendants, process_gone, wait_until
+from .supervisor_process import descendants, process_gone, start_streamd, wait_until
+from .test_pipeline_flow import api_url, get_json
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 ITEM_KEYS = {"id", "content", "timestamp", "source", "ingested_at", "kafka"}
@@ -414,6 +420,59 @@ def test_not_ready_names_the_store_when_only_the_store_is_down(pipeline_config):
     assert response.json["checks"]["store"].startswith("unreachable")
 
 
+@pytest.mark.integration
+def test_a_flood_of_ready_probes_costs_one_round_of_checks(pipeline_config, store, monkeypatch):
+    checked = []
+
+    def slow_kafka_check(self) -> str:
+        checked.append(time.monotonic())
+        time.sleep(1.5)  # longer than a result stays fresh
+        return "ok"
+
+    monkeypatch.setattr(ReadyResource, "check_kafka", slow_kafka_check)
+    answers = []
+    with api_client(pipeline_config) as client:
+        probes = [threading.Thread(target=lambda: answers.append(client.simulate_get("/ready"))) for _ in range(8)]
+        for probe in probes:
+            probe.start()
+        for probe in probes:
+            probe.join(timeout=60)
+
+    assert [response.status_code for response in answers] == [200] * 8
+    assert len(checked) == 1, "concurrent probes wait for the check in progress and share its answer"
+
+
+@pytest.mark.integration
+def test_ready_is_503_naming_the_consumers_once_none_of_them_runs(pipeline_config, tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text("{}")
+    sup = start_streamd(
+        tmp_path,
+        pipeline_config,
+        producer={"enabled": False},
+        consumer={"processes": 2, "schema": str(schema)},
+        supervisor={"crash_limit": 2, "backoff_initial": 0.1},
+    )
+    try:
+        children = sup.wait_running("consumer-1", "consumer-2", "api", timeout=60)
+        status, body = wait_until(lambda: (r := get_json(api_url(sup, "/ready")))[0] and r, 30, "/ready")
+        assert (status, body["checks"]) == (200, {"kafka": "ok", "store": "ok", "consumers": "ok"})
+
+        # A consumer restarted without its schema file exits at once: both crash-loop to FATAL.
+        schema.unlink()
+        for name in ("consumer-1", "consumer-2"):
+            os.kill(children[name]["pid"], signal.SIGKILL)
+        fatal = {"consumer-1": "FATAL", "consumer-2": "FATAL"}
+        wait_until(lambda: {n: sup.children()[n]["state"] for n in fatal} == fatal, 60, f"FATAL; {sup.log_tail()}")
+
+        status, body = wait_until(lambda: (r := get_json(api_url(sup, "/ready")))[0] == 503 and r, 10, "a 503")
+        assert body["status"] == "unavailable"
+        assert body["checks"]["kafka"] == "ok" and body["checks"]["store"] == "ok"
+        assert "consumer-1 FATAL" in body["checks"]["consumers"] and "consumer-2 FATAL" in body["checks"]["consumers"]
+    finally:
+        sup.kill()
+
+
 def test_ready_checks_are_bounded_when_both_are_down(offline_client):
     started = time.monotonic()
     response = offline_client.simulate_get("/ready")
@@ -435,9 +494,9 @@ sys.exit(run(from_mapping(json.loads(sys.argv[1])), Shutdown()))
 """
 
 
-def start_server(config: Config, home: Path) -> subprocess.Popen:
+def start_server(config: Config, home: Path, workers: int = 2) -> subprocess.Popen:
     mapping = config_module.to_mapping(config)
-    mapping["api"]["workers"] = 2
+    mapping["api"]["workers"] = workers
     # The extra argument is one Gunicorn's own command line would refuse: the server must not read argv.
     command = [sys.executable, "-c", SERVER_SCRIPT, json.dumps(mapping), "--no-such-gunicorn-flag"]
     # A home of its own shows whether Gunicorn left a control socket (~/.gunicorn/gunicorn.ctl) behind.
@@ -474,6 +533,10 @@ def title(pid: int) -> str:
 def server(pipeline_config, store, tmp_path) -> Iterator[tuple[subprocess.Popen, Path]]:
     process = start_server(pipeline_config, tmp_path)
     yield process, tmp_path / "api.log"
+    kill_server(process)
+
+
+def kill_server(process: subprocess.Popen) -> None:
     leftovers = descendants(process.pid)  # before the kill: orphans are no longer our descendants
     if process.poll() is None:
         process.kill()
@@ -581,3 +644,229 @@ def test_a_worker_is_signalled_the_moment_its_master_dies():
     finally:
         if not process_gone(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+# --- probes under load, and errors from Gunicorn's own parser --------------------------------------
+
+
+@pytest.fixture
+def busy_server(pipeline_config, store, tmp_path) -> Iterator[tuple[Config, subprocess.Popen]]:
+    """One worker of 4 threads whose live feeds last a minute, answering over HTTP."""
+    api = dataclasses.replace(pipeline_config.api, threads=4, streams_per_worker=3, stream_seconds=60)
+    config = dataclasses.replace(pipeline_config, api=api)
+    store.insert_batch([stored("m-1", T0)])
+    process = start_server(config, tmp_path, workers=1)
+    try:
+        wait_until(lambda: answers(api.port) or process.poll() is not None, 30, "the API to answer")
+        assert process.poll() is None, (tmp_path / "api.log").read_text()
+        yield config, process
+    finally:
+        kill_server(process)
+
+
+def connect(port: int, request: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(request)
+    return sock
+
+
+def unanswered(sock: socket.socket) -> bool:
+    """True while the server has neither answered on `sock` nor closed it."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    finally:
+        sock.settimeout(timeout)
+    return False
+
+
+def raw_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of one response on `sock` (the server closes it, or says how long it is)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed in the middle of the body"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("head", "probe"),
+    [
+        (b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n", "health"),
+        (b"HEAD /ready?verbose HTTP/1.0\r\n\r\n", "ready"),
+        (b"GET /ready HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /messages", "ready"),
+        (b"GET /health HTTP/1.1\r\nHost: t\r\n", None),  # headers not all here: it could stall a probe thread
+        (b"GET /health HTTP/1.1\r\nContent-Length: 5\r\n\r\n", None),  # a body to wait for
+        (b"GET /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", None),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", None),
+        (b"POST /health HTTP/1.1\r\n\r\n", None),
+        (b"GET /messages HTTP/1.1\r\nX: GET /health HTTP/1.1\r\n\r\n", None),
+        (b"", None),
+    ],
+)
+def test_only_a_whole_bodiless_probe_request_goes_to_a_probe_thread(head, probe):
+    assert probe_of(head) == probe
+
+
+@pytest.mark.integration
+def test_probes_answer_while_every_request_thread_is_held(busy_server):
+    config, process = busy_server
+    port = config.api.port
+    before = get_text(port, "/metrics")[1]
+    # Three live feeds (all this worker allows) and slow clients whose headers never end hold all four
+    # request threads; more /messages requests queue behind them.
+    feeds = [connect(port, b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n") for _ in range(3)]
+    for feed in feeds:
+        assert feed.recv(65536).startswith(b"HTTP/1.1 200"), "each feed is streaming"
+    slow = [connect(port, b"GET /messages HTTP/1.1\r\nHost: t\r\n") for _ in range(4)]
+    queued = [connect(port, b"GET /messages HTTP/1.1\r\nHost: t\r\n\r\n") for _ in range(3)]
+
+    probe = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    answered = []
+    for method, path in (("GET", "/health"), ("GET", "/ready"), ("HEAD", "/health"), ("GET", "/health")):
+        probe.request(method, path)  # one kept-alive connection for all four
+        response = probe.getresponse()
+        answered.append((method, path, response.status, response.read()))
+    probe.close()
+
+    assert all(unanswered(sock) for sock in slow + queued), "the pool was still full when the probes answered"
+    assert [status for *_, status, _ in answered] == [200, 200, 200, 200]
+    assert json.loads(answered[1][3]) == {"status": "ok", "checks": {"kafka": "ok", "store": "ok"}}
+    assert answered[2][3] == b"", "HEAD has no body"
+
+    for sock in slow + feeds:
+        sock.close()
+    for sock in queued:
+        status, _, body = raw_response(sock)
+        assert status == 200 and ids(json.loads(body)) == ["m-1"], "the queued requests are served once threads free"
+        sock.close()
+    status, metrics = get_text(port, "/metrics")
+    assert status == 200
+    counted = {
+        (method, route): requests_counted(metrics, method, route) - requests_counted(before, method, route)
+        for method, route in (("GET", "/health"), ("HEAD", "/health"), ("GET", "/ready"))
+    }
+    assert counted == {("GET", "/health"): 2, ("HEAD", "/health"): 1, ("GET", "/ready"): 1}, "probes are counted"
+
+
+def requests_counted(metrics: str, method: str, route: str) -> float:
+    wanted = {f'method="{method}"', f'route="{route}"', 'status="200"'}
+    for line in metrics.splitlines():
+        name, _, rest = line.partition("{")
+        if name == "streamd_http_requests_total" and wanted <= set(rest.partition("}")[0].split(",")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.integration
+def test_a_burst_of_idle_connections_holds_no_request_thread(busy_server):
+    config, _ = busy_server
+    port = config.api.port
+    idle = [socket.create_connection(("127.0.0.1", config.api.port), timeout=10) for _ in range(200)]
+    answers = []
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        started = time.monotonic()
+        # Probes and other requests take turns on one kept-alive connection.
+        for path in ("/health", "/messages", "/health", "/messages"):
+            connection.request("GET", path)
+            response = connection.getresponse()
+            answers.append((response.status, json.loads(response.read())))
+        elapsed = time.monotonic() - started
+    finally:
+        connection.close()
+        for sock in idle:
+            sock.close()
+
+    assert [status for status, _ in answers] == [200] * 4
+    assert answers[0][1] == answers[2][1] == {"status": "ok"}
+    assert ids(answers[1][1]) == ids(answers[3][1]) == ["m-1"]
+    # gthread parks each new connection on a request thread until its request comes (up to 5 s).
+    assert elapsed < 4, f"/health and /messages took {elapsed:.1f} s behind 200 idle connections"
+
+
+@pytest.mark.integration
+def test_clients_that_never_hang_up_do_not_hold_the_probes(busy_server):
+    config, _ = busy_server
+    port = config.api.port
+    # HTTP/1.0 without keep-alive: each answer ends the connection, but these clients never close theirs.
+    held = [connect(port, b"GET /messages HTTP/1.0\r\n\r\n") for _ in range(10)]
+    try:
+        assert all(raw_response(sock)[0] == 200 for sock in held)
+        started = time.monotonic()
+        health = get(port, "/health")
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in held:
+            sock.close()
+
+    assert health == (200, {"status": "ok"})
+    # gthread lingers up to 2 s per closing connection on the loop that hands out every request.
+    assert elapsed < 4, f"/health took {elapsed:.1f} s behind 10 clients that keep their sockets open"
+
+
+@pytest.mark.integration
+def test_a_worker_with_idle_and_kept_alive_probe_connections_stops_gracefully(busy_server):
+    config, process = busy_server
+    port = config.api.port
+    idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+    probe = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    probe.request("GET", "/health")
+    assert probe.getresponse().read() == b'{"status":"ok"}'
+
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    elapsed = time.monotonic() - started
+    idle.close()
+    probe.close()
+
+    assert code == 0
+    # Idle and kept-alive connections get gthread's 2 s stop linger, far inside the 9 s graceful timeout.
+    assert elapsed < 8, f"the API took {elapsed:.1f} s to stop"
+
+
+def get_text(port: int, path: str) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /messages HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n", 400),
+        (b"GET /\x01 HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+        (b"GET /health HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(200)) + b"\r\n", 431),
+        (b"GET /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: brotli\r\n\r\n", 501),
+    ],
+    ids=["bad-framing", "bad-request-line", "long-request-line", "too-many-headers", "unknown-coding"],
+)
+def test_requests_gunicorn_cannot_parse_get_a_json_error(busy_server, request_bytes, status):
+    config, _ = busy_server
+    with connect(config.api.port, request_bytes) as sock:
+        answer_status, headers, body = raw_response(sock)
+
+    assert answer_status == status
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert error["status"] == status
+    assert error["title"] and error["description"].endswith(".")

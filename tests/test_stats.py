@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,8 +13,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamd import config as config_module
+from streamd.api import stats as stats_module
 from streamd.api.backends import Backends
 from streamd.api.lag import GroupLag
+from streamd.api.stats import StatsResource
 from streamd.kafka import ensure_topic
 from streamd.producer import produce_once
 from streamd.store import MessageStore
@@ -74,6 +78,31 @@ def test_an_unreachable_store_or_kafka_is_named_and_the_rest_still_answers(pipel
     assert set(stats["errors"]) == {"store", "kafka"}
     assert stats["totals"] is None and stats["lag"] is None and stats["dead_letters"]["messages"] is None
     assert stats["children"] == []
+
+
+def test_concurrent_callers_share_one_computation_even_when_it_outlasts_the_freshness(monkeypatch):
+    # A computation slower than the freshness window: stamped when it starts, it would already be stale
+    # when stored, and every caller queued behind it would count the collection again.
+    monkeypatch.setattr(stats_module, "FRESH_SECONDS", 1.0)
+    runs = []
+
+    def slow_compute(self, now=None) -> dict:
+        runs.append(time.monotonic())
+        time.sleep(1.5)
+        return {"run": len(runs)}
+
+    monkeypatch.setattr(StatsResource, "compute", slow_compute)
+    resource = StatsResource(backends=None, lag=None)
+    answers: list[dict] = []
+    callers = [threading.Thread(target=lambda: answers.append(resource.snapshot())) for _ in range(6)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=30)
+
+    assert answers == [{"run": 1}] * 6, "every concurrent caller gets the one result"
+    assert len(runs) == 1
+    assert resource.snapshot() == {"run": 1}, "a result is fresh from when it was computed, not from when it began"
 
 
 def test_lag_is_each_partition_end_offset_minus_the_group_commit(pipeline_config):

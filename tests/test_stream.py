@@ -14,7 +14,7 @@ from streamd.api.params import Cursor
 from streamd.api.stream import LiveStreams
 from streamd.config import Config
 
-from .conftest import api_client, stored_document
+from .conftest import api_client, free_port, stored_document
 
 pytestmark = pytest.mark.integration
 
@@ -87,6 +87,34 @@ def test_a_worker_with_every_feed_taken_answers_503_and_keeps_a_thread_free(sett
 
     one_thread = dataclasses.replace(settings.api, threads=1, streams_per_worker=8)
     assert LiveStreams(one_thread).limit == 0, "a worker's last thread never goes to a feed"
+
+
+def test_a_refused_feed_is_answered_before_the_store_is_asked(settings):
+    # The store nobody listens on would make any look at it a "Store unavailable" 503 after its timeout.
+    dead = dataclasses.replace(settings.mongodb, uri=f"mongodb://127.0.0.1:{free_port()}", timeout_ms=2000)
+    settings = dataclasses.replace(settings, mongodb=dead)
+    streams = LiveStreams(settings.api)
+    assert streams.acquire()
+    with api_client(settings, streams) as client:
+        started = time.monotonic()
+        response = client.simulate_get("/stream")
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 503
+    assert response.json["title"] == "Live feeds busy"
+    assert elapsed < 1.5, "a refusal costs no store timeout"
+    assert streams.open == 1, "a refused feed takes no slot"
+
+
+def test_a_feed_whose_first_look_fails_gives_its_slot_back(settings):
+    dead = dataclasses.replace(settings.mongodb, uri=f"mongodb://127.0.0.1:{free_port()}", timeout_ms=200)
+    settings = dataclasses.replace(settings, mongodb=dead)
+    streams = LiveStreams(settings.api)
+    with api_client(settings, streams) as client:
+        response = client.simulate_get("/stream")
+
+    assert response.status_code == 503 and response.json["title"] == "Store unavailable"
+    assert streams.open == 0
 
 
 def test_a_stopping_worker_ends_its_feeds_within_a_poll(settings, store):

@@ -1,4 +1,7 @@
-"""GET /health (this process answers) and GET /ready (and can reach Kafka and the store)."""
+"""GET /health (this process answers) and GET /ready (it can reach Kafka and the store, and consumers run).
+
+Both are served on threads of their own (see worker.py), so a busy API still answers them.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,19 @@ import pymongo
 from confluent_kafka import KafkaException
 from pymongo.errors import PyMongoError
 
+from streamd import control
 from streamd.api.backends import Backends
 from streamd.api.lag import GroupLag, KafkaUnreadable
 from streamd.api.params import reject_unknown
+from streamd.api.single_flight import SingleFlight
 
 # A load balancer's probe gives up after a few seconds; a check must answer before that, and a
 # check that hangs would hold one of the worker's few threads.
 CHECK_TIMEOUT = 2.0
+# A flood of probes costs one round of checks per second per worker, not one per probe.
+READY_FRESH_SECONDS = 1.0
+# The supervisor names consumer children "consumer-<n>" (supervisor.plan_children).
+CONSUMER_PREFIX = "consumer-"
 
 
 class HealthResource:
@@ -23,20 +32,47 @@ class HealthResource:
         reject_unknown(req.params, ())
         resp.media = {"status": "ok"}
 
+    on_head = on_get  # Falcon sends no body for HEAD
+
 
 class ReadyResource:
     def __init__(self, backends: Backends, lag: GroupLag | None = None) -> None:
         self.backends = backends
         self.lag = lag
+        self.latest = SingleFlight(self.checks, READY_FRESH_SECONDS)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         reject_unknown(req.params, ())
-        checks = {"kafka": self.check_kafka(), "store": self.check_store()}
-        if self.lag is not None and checks["kafka"] == "ok":
-            checks["offsets"] = self.check_offsets(self.lag)
+        checks = self.latest.get()
         ready = all(result == "ok" for result in checks.values())
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         resp.media = {"status": "ok" if ready else "unavailable", "checks": checks}
+
+    on_head = on_get
+
+    def checks(self) -> dict[str, str]:
+        checks = {"kafka": self.check_kafka(), "store": self.check_store()}
+        if self.lag is not None and checks["kafka"] == "ok":
+            checks["offsets"] = self.check_offsets(self.lag)
+        consumers = self.check_consumers()
+        if consumers is not None:
+            checks["consumers"] = consumers
+        return checks
+
+    def check_consumers(self) -> str | None:
+        """`ok` while a consumer runs; None for an API run without a supervisor, which has no consumers."""
+        try:
+            status = control.request_status(self.backends.config)
+        except control.NotRunning:
+            return None
+        except OSError as exc:
+            return f"unknown (the supervisor did not answer: {exc})"
+        consumers = [child for child in status["children"] if child["name"].startswith(CONSUMER_PREFIX)]
+        # Messages are stored while any consumer runs (the group hands it every partition); with none,
+        # the pipeline has stopped even though Kafka and the store answer.
+        if not consumers or any(child["state"] == "RUNNING" for child in consumers):
+            return "ok"
+        return "none running (" + ", ".join(f"{child['name']} {child['state']}" for child in consumers) + ")"
 
     def check_kafka(self) -> str:
         try:

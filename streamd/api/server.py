@@ -1,5 +1,8 @@
 """The api child: a Gunicorn master in this process, forking gthread workers that each serve create_app().
 
+The workers are gthread's with two changes (streamd.api.worker): health probes have threads of their
+own, and errors Gunicorn's parser answers are JSON.
+
 Gunicorn is driven through its application API, never its command line: the settings come from
 config.api, and nothing here reads sys.argv or GUNICORN_CMD_ARGS (only gunicorn.app.base.Application
 does; BaseApplication does not).
@@ -27,6 +30,7 @@ from streamd import logs, metrics
 from streamd.api.app import create_app
 from streamd.api.backends import Backends
 from streamd.api.stream import LiveStreams
+from streamd.api.worker import ApiWorker
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
 
@@ -70,7 +74,8 @@ class ApiServer(BaseApplication):
         return {
             "bind": [bind_address(api.host, api.port)],
             "workers": api.workers,
-            "worker_class": "gthread",
+            # A dotted path, as Gunicorn's own setting is: the benchmark report prints and stores it.
+            "worker_class": f"{ApiWorker.__module__}.{ApiWorker.__qualname__}",
             "threads": api.threads,
             "timeout": api.timeout,
             "graceful_timeout": worker_grace(self.config.supervisor.graceful_timeout),

@@ -6,13 +6,11 @@ metrics of every process. A part that cannot be read is null and named in `error
 outage still shows which children are down.
 
 Counting scans the collection (and FerretDB scans it for every query), so one worker computes the
-document at most once per FRESH_SECONDS however many dashboards ask.
+document once at a time and reuses it for FRESH_SECONDS after it is done, however many dashboards ask.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +22,7 @@ from streamd.api.backends import Backends
 from streamd.api.lag import GroupLag, KafkaUnreadable
 from streamd.api.messages import iso, time_limit_ms
 from streamd.api.params import reject_unknown
+from streamd.api.single_flight import SingleFlight
 from streamd.metrics import exposition
 
 FRESH_SECONDS = 1.0
@@ -44,18 +43,14 @@ class StatsResource:
         self.backends = backends
         self.lag = lag
         self.counters = exposition.registry()
-        self._lock = threading.Lock()
-        self._latest: tuple[float, dict] | None = None
+        self.latest = SingleFlight(self.compute, FRESH_SECONDS)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         reject_unknown(req.params, ())
         resp.media = self.snapshot()
 
     def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            if self._latest is None or time.monotonic() - self._latest[0] > FRESH_SECONDS:
-                self._latest = (time.monotonic(), self.compute())
-            return self._latest[1]
+        return self.latest.get()
 
     def compute(self, now: datetime | None = None) -> dict[str, Any]:
         now = now or datetime.now(UTC)

@@ -89,10 +89,15 @@ class StreamResource:
         reject_unknown(req.params, ("source",))
         source = single(req.params, "source")
         resume = self.last_event(req)
-        # The first look happens before the 200: a store that is down is a 503 the browser can see.
-        first = self.newest(source)
+        # A refused feed must cost nothing: a busy worker answers before it asks the store anything.
         if not self.streams.acquire():
             raise StreamsBusy(self.streams.limit)
+        try:
+            # The first look happens before the 200: a store that is down is a 503 the browser can see.
+            first = self.newest(source)
+        except BaseException:
+            self.streams.release()
+            raise
         resp.content_type = "text/event-stream"
         resp.cache_control = ["no-store"]
         resp.set_header("X-Accel-Buffering", "no")  # a reverse proxy must pass events on as they come
