@@ -456,7 +456,7 @@ def test_ready_is_503_naming_the_consumers_once_none_of_them_runs(pipeline_confi
     try:
         children = sup.wait_running("consumer-1", "consumer-2", "api", timeout=60)
         status, body = wait_until(lambda: (r := get_json(api_url(sup, "/ready")))[0] and r, 30, "/ready")
-        assert (status, body["checks"]) == (200, {"kafka": "ok", "store": "ok", "consumers": "ok"})
+        assert (status, body["checks"]) == (200, {"kafka": "ok", "store": "ok", "offsets": "ok", "consumers": "ok"})
 
         # A consumer restarted without its schema file exits at once: both crash-loop to FATAL.
         schema.unlink()
@@ -743,7 +743,7 @@ def test_probes_answer_while_every_request_thread_is_held(busy_server):
 
     assert all(unanswered(sock) for sock in slow + queued), "the pool was still full when the probes answered"
     assert [status for *_, status, _ in answered] == [200, 200, 200, 200]
-    assert json.loads(answered[1][3]) == {"status": "ok", "checks": {"kafka": "ok", "store": "ok"}}
+    assert json.loads(answered[1][3]) == {"status": "ok", "checks": {"kafka": "ok", "store": "ok", "offsets": "ok"}}
     assert answered[2][3] == b"", "HEAD has no body"
 
     for sock in slow + feeds:
