@@ -35,7 +35,7 @@ def test_start_with_an_invalid_config_exits_2_before_starting_anything(tmp_path)
 
 def test_a_bad_environment_override_is_reported_the_same_way(tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text("")
+    config.write_text("{}\n")
     env = {**os.environ, "STREAMD_API_PORT": "http", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "streamd", "config", "-c", str(config)], capture_output=True, text=True, env=env
