@@ -230,6 +230,26 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
     return _build(Config, raw, label, prefix="", extra={"source": source})
 
 
+def locate_only(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults plus a best guess at state_dir, to reach a running supervisor while its file is invalid.
+
+    state_dir comes from where load() would take it, as far as it can be read: STREAMD_STATE_DIR, else
+    the file's own `state_dir`, else the default.  Nothing else in the result means anything.
+    """
+    source = find_config_path(path)
+    variable = (os.environ if environ is None else environ).get(env_name("state_dir"), "")
+    state_dir = variable.strip() if "\0" not in variable else ""
+    if not state_dir and source is not None:
+        try:
+            raw = read_file(source)
+        except ConfigError:
+            raw = None
+        value = raw.get("state_dir") if isinstance(raw, dict) else None
+        if isinstance(value, str) and value.strip() and "\0" not in value:
+            state_dir = value
+    return Config(state_dir=state_dir, source=source) if state_dir else Config(source=source)
+
+
 def read_file(source: Path) -> Any:
     """The file as plain YAML data, unvalidated (None when it holds nothing); bad content is a ConfigError."""
     try:

@@ -252,3 +252,12 @@ def test_fuzz_yamlish_text_and_environment(fuzz_file, text, environ):
 @given(data=configs, environ=environments)
 def test_fuzz_arbitrary_structures_dumped_as_yaml(fuzz_file, data, environ):
     loads_or_refuses(fuzz_file, yaml.safe_dump(data, allow_unicode=True).encode(), environ)
+
+
+def test_an_invalid_file_still_tells_where_its_supervisor_runs(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("state_dir: run\nconsumer:\n  processes: many\n")
+    assert config_module.locate_only(path, environ={}).state_path == tmp_path / "run"
+    assert config_module.locate_only(path, environ={"STREAMD_STATE_DIR": "/srv/x"}).state_path == Path("/srv/x")
+    path.write_bytes(b"\xff")
+    assert config_module.locate_only(path, environ={}).state_path == tmp_path / ".streamd"

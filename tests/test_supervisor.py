@@ -290,6 +290,59 @@ def test_status_command_prints_every_child_and_exits_3_when_nothing_runs(toy):
     }
 
 
+def run_streamd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("STREAMD_")}
+    environ.update(PYTHONPATH=str(REPO), **(env or {}))
+    command = [sys.executable, "-m", "streamd", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=environ)
+
+
+def test_status_and_stop_still_reach_the_supervisor_while_the_config_file_is_invalid(toy):
+    sup = toy().start()
+    sup.wait_running("consumer-1", "consumer-2", "producer")
+    state_dir = str(sup.config.state_path)
+    sup.config_path.write_text(f"state_dir: {state_dir}\nconsumer:\n  processes: many\n")
+    shown = run_streamd("status", "-c", str(sup.config_path))
+    assert shown.returncode == 0, shown.stderr
+    assert {line.split()[0] for line in shown.stdout.splitlines()[2:]} == {"consumer-1", "consumer-2", "producer"}
+    assert "invalid" in shown.stderr and "consumer.processes" in shown.stderr
+
+    # Not even state_dir can be read from this one: STREAMD_STATE_DIR finds the supervisor.
+    sup.config_path.write_bytes(b"state_dir: \xff\n")
+    shown = run_streamd("status", "-c", str(sup.config_path), env={"STREAMD_STATE_DIR": state_dir})
+    assert shown.returncode == 0, shown.stderr
+    assert "UTF-8" in shown.stderr
+
+    stopped = run_streamd("stop", "-c", str(sup.config_path), env={"STREAMD_STATE_DIR": state_dir})
+    assert stopped.returncode == 0, stopped.stderr
+    assert sup.wait_exit() == 0
+
+
+def test_reload_with_an_invalid_file_says_so_and_sends_nothing(toy):
+    sup = toy().start()
+    before = sup.wait_running("consumer-1", "consumer-2", "producer")
+    sup.config_path.write_text(f"state_dir: {sup.config.state_path}\nconsumer:\n  processes: many\n")
+    result = run_streamd("reload", "-c", str(sup.config_path))
+    assert result.returncode == 2
+    assert "consumer.processes" in result.stderr and f"pid {sup.process.pid}" in result.stderr
+    assert "Traceback" not in result.stderr
+    answer = sup.status()
+    assert answer["reloads"] == 0, "no SIGHUP was sent"
+    assert {c["name"]: c["pid"] for c in answer["children"]} == {n: c["pid"] for n, c in before.items()}
+
+
+def test_status_warns_when_the_last_reload_was_refused(toy):
+    sup = toy().start()
+    sup.wait_running("consumer-1")
+    sup.config_path.write_text("")
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: (sup.status() or {}).get("reloads") == 1, what="the reload")
+    sup.write({})  # fixed again, but not reloaded yet: the warning is about what the supervisor runs
+    shown = run_streamd("status", "-c", str(sup.config_path))
+    assert shown.returncode == 0
+    assert "last reload was refused" in shown.stderr and "holds no settings" in shown.stderr
+
+
 def test_a_second_start_on_the_same_state_directory_is_refused(toy):
     sup = toy().start()
     sup.wait_running("consumer-1")
