@@ -213,9 +213,12 @@ class Supervisor:
     def handle_hup(self) -> None:
         try:
             self.reload()
-        except Exception:
+        except Exception as exc:
             # Last line of defence: a reload must never take the supervisor, and with it every
             # child (PR_SET_PDEATHSIG), down.  The traceback is for us; the pipeline keeps running.
+            self.reload_refused = (
+                f"the reload failed ({type(exc).__name__}: {exc}); the supervisor log has the details."
+            )
             log.exception("reload failed part way; the children keep running, check `streamd status`")
 
     # --- reaping and managing --------------------------------------------------------------------
@@ -339,6 +342,8 @@ class Supervisor:
             self.reload_refused = f"{path}: could not be loaded ({type(exc).__name__}: {exc})."
             log.exception("reload refused, still running the previous config: loading %s failed", path)
             return
+        # Planned before anything changes, so a failure here (handle_hup logs it) leaves the old config whole.
+        desired = {spec.name: spec for spec in self.plan(new, self.services)}
         self.reload_refused = None
         self.notifier.reloading()
         changed = self.config.changed_sections(new)
@@ -348,7 +353,6 @@ class Supervisor:
             logs.configure(new.logging, "supervisor")
         log.info("reloading %s: changed sections: %s", path, ", ".join(sorted(changed)) or "none")
         self.config = new
-        desired = {spec.name: spec for spec in self.plan(new, self.services)}
         now = time.monotonic()
         for child in list(self.children):
             if desired.pop(child.name, None) is None:

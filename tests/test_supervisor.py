@@ -467,3 +467,25 @@ def test_scale_down_then_up_within_one_stop_keeps_the_child_asked_for_last(tmp_p
         paper.settle()
     assert sorted(c.name for c in paper.sup.children) == ["consumer-1", "consumer-2", "consumer-3", "producer"]
     assert all(c.state is ChildState.RUNNING for c in paper.sup.children)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug in the loader"), MemoryError(), RecursionError()])
+def test_a_reload_survives_any_exception_from_loading_and_keeps_the_old_config(tmp_path, caplog, error):
+    paper = PaperSupervisor(tmp_path)
+    before = paper.sup.config
+    with mock.patch.object(config_module, "load", side_effect=error):
+        paper.sup.handle_hup()
+    assert paper.sup.config is before
+    assert paper.sup.reload_refused and type(error).__name__ in paper.sup.reload_refused
+    assert sorted(c.name for c in paper.sup.children) == ["consumer-1", "consumer-2", "producer"]
+    assert "Traceback" in caplog.text, "an error we did not foresee is logged with its traceback"
+
+
+def test_a_reload_that_fails_while_applying_does_not_take_the_supervisor_down(tmp_path):
+    paper = PaperSupervisor(tmp_path)
+    paper.write(3, 0.5, True)
+    with mock.patch.object(paper.sup, "plan", side_effect=ImportError("a child's module is broken")):
+        paper.sup.handle_hup()  # logged; the children keep running
+    assert sorted(c.name for c in paper.sup.children) == ["consumer-1", "consumer-2", "producer"]
+    assert paper.sup.config.consumer.processes == 2 and paper.sup.config.producer.interval == 1.0
+    assert "ImportError" in paper.sup.status()["reload_refused"], "`streamd status` tells the reload failed"
