@@ -130,6 +130,11 @@ class Child:
         return self.pid is not None
 
     @property
+    def retiring(self) -> bool:
+        """Stopping because a reload removed it; a later reload may still ask for it again."""
+        return self.state is ChildState.STOPPING and self.after_stop is AfterStop.RETIRE
+
+    @property
     def retired(self) -> bool:
         """Removed by a reload and exited: the supervisor drops it from its list."""
         return self.state is ChildState.EXITED and self.after_stop is AfterStop.RETIRE

@@ -356,12 +356,13 @@ class Supervisor:
         now = time.monotonic()
         for child in list(self.children):
             if desired.pop(child.name, None) is None:
-                log.info("removing %s", child.name)
+                if not child.retiring:
+                    log.info("removing %s", child.name)
                 if child.unwanted(now, new.supervisor.graceful_timeout):
                     self.children.remove(child)
                 continue
             restart = bool(child.spec.sections & changed)
-            if child.after_stop is AfterStop.RETIRE and child.state is ChildState.STOPPING:
+            if child.retiring:
                 log.info("keeping %s after all: it starts again once it has stopped", child.name)
             elif restart and child.is_alive:
                 log.info("restarting %s for its new config", child.name)
