@@ -3,12 +3,19 @@
 The states are supervisord's, and every change of state goes through one named method of `Child`:
 
     STOPPED --spawned--> STARTING --proven--> RUNNING
-    STARTING/RUNNING --stop_requested--> STOPPING --exited--> EXITED
-    STARTING/RUNNING --exited (unasked)--> BACKOFF --spawned--> STARTING
-                                       \\-> FATAL   (crash_limit exits within crash_window)
+    STARTING/RUNNING --stop_requested(then)--> STOPPING --exited--> EXITED, or STOPPED when then=RESPAWN
+    STARTING/RUNNING --exited (unasked, failed)--> BACKOFF --spawned--> STARTING
+                                               \\-> FATAL   (crash_limit failures within crash_window)
+    RUNNING --exited (unasked, clean)--> BACKOFF   (not a failure: no crash counted)
 
 A child is "proven" once it has stayed up `start_seconds`, or, for a local server, once its
 endpoint answers.  EXITED and FATAL are final until a reload or restart asks for the child again.
+
+Whoever asks a child to stop also says what follows its exit (`AfterStop`); a later request
+replaces an earlier one, so a child removed by one reload and asked for by the next comes back,
+and rapid reloads converge on the last config.  A clean exit nobody asked for (exit code 0, or
+SIGTERM/SIGINT from someone else) restarts after `backoff_initial` without counting as a crash;
+before the child is proven it counts as a failure, so a child that cannot start still ends FATAL.
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ class ChildState(enum.Enum):
     STOPPING = "STOPPING"
     EXITED = "EXITED"
     FATAL = "FATAL"
+
+
+class AfterStop(enum.Enum):
+    """What a STOPPING child becomes once it has exited; the latest stop request decides."""
+
+    REST = "rest"  # EXITED: the supervisor is stopping, or nobody asked for the child again
+    RESPAWN = "respawn"  # STOPPED, then spawned again with the config of the last reload
+    RETIRE = "retire"  # EXITED and dropped from the supervisor's list (a reload removed it)
 
 
 class Tier(enum.IntEnum):
@@ -103,8 +118,7 @@ class Child:
     last_exit: str | None = None
     retry_at: float = 0.0  # BACKOFF: when to spawn again
     kill_at: float | None = None  # STOPPING: when SIGKILL follows SIGTERM
-    respawn_after_stop: bool = False  # a reload asked for a restart with new config
-    retire_after_stop: bool = False  # a reload removed this child (scale down)
+    after_stop: AfterStop = AfterStop.REST
     ever_running: bool = False
 
     @property
@@ -114,6 +128,16 @@ class Child:
     @property
     def is_alive(self) -> bool:
         return self.pid is not None
+
+    @property
+    def retiring(self) -> bool:
+        """Stopping because a reload removed it; a later reload may still ask for it again."""
+        return self.state is ChildState.STOPPING and self.after_stop is AfterStop.RETIRE
+
+    @property
+    def retired(self) -> bool:
+        """Removed by a reload and exited: the supervisor drops it from its list."""
+        return self.state is ChildState.EXITED and self.after_stop is AfterStop.RETIRE
 
     # --- transitions -----------------------------------------------------------------------------
 
@@ -130,12 +154,13 @@ class Child:
         self.ever_running = True
         log.info("%s is running (pid %s)", self.name, self.pid)
 
-    def stop_requested(self, now: float, grace: float) -> None:
-        """Send SIGTERM; `deadline` will escalate to SIGKILL after `grace` seconds."""
+    def stop_requested(self, now: float, grace: float, then: AfterStop = AfterStop.REST) -> None:
+        """Send SIGTERM (once); `deadline` escalates to SIGKILL after `grace` seconds; `then` follows the exit."""
         if self.pid is None:
             if self.state in (ChildState.BACKOFF, ChildState.FATAL):
                 self.state = ChildState.EXITED
             return
+        self.after_stop = then
         if self.state is not ChildState.STOPPING:
             self.state = ChildState.STOPPING
             self.kill_at = now + grace
@@ -144,8 +169,25 @@ class Child:
     def kill(self) -> None:
         """Stop at once (a second Ctrl-C): no grace, the exit is still an expected one."""
         if self.pid is not None:
-            self.state, self.kill_at = ChildState.STOPPING, None
+            self.state, self.kill_at, self.after_stop = ChildState.STOPPING, None, AfterStop.REST
             self._signal(signal.SIGKILL)
+
+    def wanted(self, config: Config, restart: bool, now: float) -> None:
+        """A reload asks for this child, with `config`; `restart` when a section it reads changed."""
+        self.config = config
+        self.policy.retune(config.supervisor)
+        if self.state is ChildState.STOPPING or (self.is_alive and restart):
+            # Stopping for a restart, or for a removal this reload takes back: either way it comes back.
+            self.stop_requested(now, config.supervisor.graceful_timeout, then=AfterStop.RESPAWN)
+        else:
+            self.rearm()
+
+    def unwanted(self, now: float, grace: float) -> bool:
+        """A reload removed this child; True when it can leave the list at once (no process to stop)."""
+        if not self.is_alive:
+            return True
+        self.stop_requested(now, grace, then=AfterStop.RETIRE)
+        return False
 
     def deadline(self, now: float) -> None:
         if self.state is ChildState.STOPPING and self.kill_at is not None and now >= self.kill_at:
@@ -159,7 +201,22 @@ class Child:
         self.pid, self.kill_at = None, None
         if self.state is ChildState.STOPPING:
             self.state = ChildState.EXITED
-            log.info("%s stopped (%s)", self.name, self.last_exit)
+            if self.after_stop is AfterStop.RESPAWN:
+                self.state, self.after_stop = ChildState.STOPPED, AfterStop.REST
+                log.info("%s stopped (%s); starting it again with its new config", self.name, self.last_exit)
+            else:
+                log.info("%s stopped (%s)", self.name, self.last_exit)
+            return
+        if self.state is ChildState.RUNNING and is_clean_exit(status):
+            # Someone else's SIGTERM, or the child deciding it is done: not a failure, so no crash is
+            # counted, but the pipeline still needs it.
+            self.state, self.retry_at = ChildState.BACKOFF, now + self.policy.initial
+            log.warning(
+                "%s exited (%s) without being asked to; restarting in %.1f s",
+                self.name,
+                self.last_exit,
+                self.policy.initial,
+            )
             return
         self.policy.record_exit(now)
         if self.policy.is_crash_loop():
@@ -214,6 +271,17 @@ class Child:
             "restarts": self.restarts,
             "last_exit": self.last_exit,
         }
+
+
+CLEAN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def is_clean_exit(status: int) -> bool:
+    """Exit code 0, or stopped by SIGTERM/SIGINT (directly, or as a shell's or the JVM's 128+N)."""
+    if os.WIFSIGNALED(status):
+        return os.WTERMSIG(status) in CLEAN_SIGNALS
+    code = os.waitstatus_to_exitcode(status)
+    return code == 0 or code in {128 + signum for signum in CLEAN_SIGNALS}
 
 
 def describe_wait_status(status: int) -> str:

@@ -115,6 +115,20 @@ def load(args: argparse.Namespace) -> Config:
     return config_module.load(args.config)
 
 
+def load_to_reach_supervisor(args: argparse.Namespace) -> Config:
+    """`status` and `stop` must reach a running pipeline even while its config file is being edited badly."""
+    try:
+        return load(args)
+    except ConfigError as exc:
+        config = config_module.locate_only(args.config)
+        print(
+            f"streamd: warning: the config file is invalid: {exc} "
+            f"Looking for the supervisor in state directory {config.state_path} anyway.",
+            file=sys.stderr,
+        )
+        return config
+
+
 # --- supervisor commands ----------------------------------------------------------------------------
 
 
@@ -141,7 +155,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    config = load(args)
+    config = load_to_reach_supervisor(args)
     pid = require_supervisor(config)
     os.kill(pid, signal.SIGTERM)
     timeout = args.timeout if args.timeout is not None else config.supervisor.graceful_timeout + 15
@@ -155,7 +169,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    config = load(args)
+    try:
+        config = load(args)
+    except ConfigError as exc:
+        # The supervisor would refuse this file too; say so here instead of sending SIGHUP for nothing.
+        pid = control.running_pid(config_module.locate_only(args.config))
+        keeps = f"the running supervisor (pid {pid}) keeps its current config" if pid else "no reload was sent"
+        raise ConfigError(f"{exc} Not reloading: {keeps}; fix the file and run `streamd reload` again.") from None
     pid = require_supervisor(config)
     os.kill(pid, signal.SIGHUP)
     print(f"reload requested (pid {pid}); the supervisor logs what changed, or why it kept the old config")
@@ -165,12 +185,18 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import orjson
 
-    config = load(args)
+    config = load_to_reach_supervisor(args)
     try:
         answer = control.request_status(config)
     except control.NotRunning as exc:
         print(f"streamd: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    if answer.get("reload_refused"):
+        print(
+            f"streamd: warning: the last reload was refused; the supervisor runs its previous config: "
+            f"{answer['reload_refused']}",
+            file=sys.stderr,
+        )
     if args.json:
         print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
         return 0

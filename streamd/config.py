@@ -9,6 +9,7 @@ Their values are read as YAML scalars, so ``true``, ``3`` and ``0.5`` mean what 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -23,6 +24,12 @@ SEARCH_PATHS = (Path("config.yaml"), Path("/etc/streamd/config.yaml"))
 ENV_PREFIX = "STREAMD_"
 # Keys that size the pipeline rather than configure a child: changing one adds or removes children.
 SCALE_KEYS = {"consumer": "processes"}
+# A streamd config is a few kilobytes; the bounds keep any file, even a hostile one, from taking the
+# supervisor's stack or memory while it reloads (PyYAML's composer recurses once per nesting level,
+# and merge keys can double a mapping per level).
+MAX_FILE_BYTES = 1 << 20
+MAX_NESTING = 50
+MAX_MERGED_KEYS = 10_000
 
 
 class ConfigError(Exception):
@@ -210,19 +217,104 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
     source = find_config_path(path)
     raw: Any = {}
     if source is not None:
-        try:
-            raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{source}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}).") from None
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot be read ({exc.strerror}).") from None
+        raw = read_file(source)
+        if raw is None:
+            raise ConfigError(
+                f"{source}: holds no settings (it is empty or only comments); write {{}} in it "
+                "or delete it to run with the built-in defaults."
+            )
     label = str(source) if source else "built-in defaults"
     if not isinstance(raw, dict):
         raise ConfigError(f"{label}: the top level must be a mapping of sections (kafka:, consumer:, ...).")
     raw = _with_env_overrides(raw, os.environ if environ is None else environ)
     return _build(Config, raw, label, prefix="", extra={"source": source})
+
+
+def locate_only(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults plus a best guess at state_dir, to reach a running supervisor while its file is invalid.
+
+    state_dir comes from where load() would take it, as far as it can be read: STREAMD_STATE_DIR, else
+    the file's own `state_dir`, else the default.  Nothing else in the result means anything.
+    """
+    source = find_config_path(path)
+    variable = (os.environ if environ is None else environ).get(env_name("state_dir"), "")
+    state_dir = variable.strip() if "\0" not in variable else ""
+    if not state_dir and source is not None:
+        try:
+            raw = read_file(source)
+        except ConfigError:
+            raw = None
+        value = raw.get("state_dir") if isinstance(raw, dict) else None
+        if isinstance(value, str) and value.strip() and "\0" not in value:
+            state_dir = value
+    return Config(state_dir=state_dir, source=source) if state_dir else Config(source=source)
+
+
+def read_file(source: Path) -> Any:
+    """The file as plain YAML data, unvalidated (None when it holds nothing); bad content is a ConfigError."""
+    try:
+        with open(source, "rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot be read ({exc.strerror}).") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{source}: is larger than {MAX_FILE_BYTES >> 20} MiB; a streamd config is a few lines.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{source}: line {line} is not UTF-8 text; save the file as UTF-8.") from None
+    try:
+        return parse_yaml(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML ({_one_line(exc.problem or exc)}).") from None
+    except Exception as exc:
+        # Everything here comes from the file's content (PyYAML raises ValueError for 2024-13-01,
+        # KeyError for `!!bool maybe`, RecursionError past our bounds): the user's to fix, not a bug.
+        raise ConfigError(f"{source}: is not valid YAML ({_one_line(f'{type(exc).__name__}: {exc}')}).") from None
+
+
+def parse_yaml(text: str) -> Any:
+    """yaml.safe_load with bounds on nesting and merge keys; raises yaml.YAMLError past them."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_NESTING} levels", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Count what the merge would add before PyYAML builds it: sources are flattened first (each
+        # checked by this same bound), and flattening is idempotent, so this costs one pass.
+        merged = len(node.value)
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in sources:
+                    if isinstance(source, yaml.MappingNode):
+                        self.flatten_mapping(source)
+                        merged += len(source.value)
+        if merged > MAX_MERGED_KEYS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"merge keys (<<) expand to more than {MAX_MERGED_KEYS} keys", node.start_mark
+            )
+        super().flatten_mapping(node)
 
 
 def from_mapping(raw: Mapping[str, Any], label: str = "<config>") -> Config:
@@ -275,14 +367,15 @@ def _with_env_overrides(raw: dict, environ: Mapping[str, str]) -> dict:
         if not variable.startswith(ENV_PREFIX):
             continue
         if variable not in known:
+            shown = _clipped(variable if variable.isprintable() else repr(variable))
             raise ConfigError(
-                f"environment variable {variable} names no config key; "
+                f"environment variable {shown} names no config key; "
                 f"the rule is STREAMD_<SECTION>_<KEY>, e.g. STREAMD_CONSUMER_PROCESSES."
             )
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
+            value = parse_yaml(text) if text.strip() else None
+        except Exception:
+            value = text  # not YAML (e.g. `a: b: c`): the text itself, which validation then judges
         section, _, key = known[variable].rpartition(".")
         if section:
             target = merged.setdefault(section, {})
@@ -296,10 +389,12 @@ def _with_env_overrides(raw: dict, environ: Mapping[str, str]) -> dict:
 
 def _build(cls: type, raw: dict, label: str, prefix: str, extra: dict) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = sorted(set(raw) - set(names))
+    # Sorted by repr: YAML keys may be numbers, booleans or null mixed with names, which do not compare.
+    unknown = sorted((key for key in raw if key not in names), key=repr)
     if unknown:
-        key = prefix + str(unknown[0])
-        raise ConfigError(f"{label}: unknown key {key!r}; known keys here are {', '.join(sorted(names))}.")
+        first = unknown[0]
+        key = _clipped(repr(prefix + first) if isinstance(first, str) else prefix + repr(first))
+        raise ConfigError(f"{label}: unknown key {key}; known keys here are {', '.join(sorted(names))}.")
     values = dict(extra)
     for name, f in names.items():
         if name not in raw:
@@ -345,12 +440,15 @@ def _coerce(value: Any, expected: Any, f: dataclasses.Field, where: str) -> Any:
             raise ConfigError(f"{where}: expected a whole number{_bounds(f)}, got {_shown(value)}{hint}.")
         return _checked_range(value, f, where, hint)
     if expected is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number{_bounds(f)}, got {_shown(value)}{hint}.")
+        # .nan passes every bound check and .inf or 1e400 never elapse: only finite numbers are durations.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+            raise ConfigError(f"{where}: expected a finite number{_bounds(f)}, got {_shown(value)}{hint}.")
         return _checked_range(float(value), f, where, hint)
     if expected is str:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {_shown(value)}{hint}.")
+        if "\0" in value:
+            raise ConfigError(f"{where}: expected a string without NUL characters, got {_shown(value)}.")
         return value
     if expected is dict:
         if value is None:
@@ -377,6 +475,13 @@ def _bounds(f: dataclasses.Field) -> str:
     return ""
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _shown(value: Any) -> str:
     if value is None:
         return "nothing"
@@ -384,4 +489,13 @@ def _shown(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return repr(value)
+    return _clipped(repr(value))
+
+
+def _one_line(problem: object) -> str:
+    return _clipped(" ".join(str(problem).split()))
+
+
+def _clipped(text: str, limit: int = 80) -> str:
+    """Keep a sentence one sentence when the file holds a megabyte-long value."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

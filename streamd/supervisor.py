@@ -28,7 +28,7 @@ from setproctitle import setproctitle
 
 from streamd import config as config_module
 from streamd import logs, metrics
-from streamd.children import Child, ChildSpec, ChildState, ChildTarget, RestartPolicy, Tier
+from streamd.children import AfterStop, Child, ChildSpec, ChildState, ChildTarget, RestartPolicy, Tier
 from streamd.config import Config, ConfigError
 from streamd.control import ControlServer
 from streamd.lifecycle import Shutdown
@@ -113,6 +113,8 @@ class Supervisor:
         self.interrupts = 0
         self.exit_code = 0
         self.announced_ready = False
+        self.reloads = 0  # reload requests handled, refused ones included
+        self.reload_refused: str | None = None  # why the last reload kept the previous config
 
     # --- main loop -------------------------------------------------------------------------------
 
@@ -209,7 +211,15 @@ class Supervisor:
             child.kill()
 
     def handle_hup(self) -> None:
-        self.reload()
+        try:
+            self.reload()
+        except Exception as exc:
+            # Last line of defence: a reload must never take the supervisor, and with it every
+            # child (PR_SET_PDEATHSIG), down.  The traceback is for us; the pipeline keeps running.
+            self.reload_refused = (
+                f"the reload failed ({type(exc).__name__}: {exc}); the supervisor log has the details."
+            )
+            log.exception("reload failed part way; the children keep running, check `streamd status`")
 
     # --- reaping and managing --------------------------------------------------------------------
 
@@ -222,15 +232,15 @@ class Supervisor:
             if pid == 0:
                 return
             metrics.forget(pid)
-            child = next((c for c in self.children if c.pid == pid), None)
-            if child is None:
-                continue  # an adopted grandchild; reaping it is all we owe it
-            child.exited(status, time.monotonic())
-            if child.retire_after_stop:
-                self.children.remove(child)
-            elif child.respawn_after_stop and not self.stopping:
-                child.respawn_after_stop = False
-                child.rearm()
+            self.reaped(pid, status, time.monotonic())
+
+    def reaped(self, pid: int, status: int, now: float) -> None:
+        child = next((c for c in self.children if c.pid == pid), None)
+        if child is None:
+            return  # an adopted grandchild; reaping it is all we owe it
+        child.exited(status, now)
+        if child.retired:
+            self.children.remove(child)
 
     def manage_children(self) -> None:
         now = time.monotonic()
@@ -269,7 +279,8 @@ class Supervisor:
             members = [c for c in self.children if c.spec.tier is tier and c.is_alive]
             if members:
                 for child in members:
-                    child.stop_requested(now, self.config.supervisor.graceful_timeout)
+                    # AfterStop.REST: a shutdown overrides any restart a reload had asked for.
+                    child.stop_requested(now, self.config.supervisor.graceful_timeout, then=AfterStop.REST)
                 return
 
     def spawn(self, child: Child) -> None:
@@ -314,12 +325,26 @@ class Supervisor:
 
     def reload(self) -> None:
         """Re-read config.yaml and apply only the difference; a bad file changes nothing."""
+        if self.stopping:
+            log.info("reload ignored: the supervisor is stopping")
+            return
         path = self.config.source
+        self.reloads += 1
         try:
             new = config_module.load(path)
         except ConfigError as exc:
+            self.reload_refused = str(exc)
             log.error("reload refused, still running the previous config: %s", exc)
             return
+        except Exception as exc:
+            # Not a sentence we wrote: a bug in the loader, or the machine (MemoryError).  Still no
+            # reason to stop a running pipeline.
+            self.reload_refused = f"{path}: could not be loaded ({type(exc).__name__}: {exc})."
+            log.exception("reload refused, still running the previous config: loading %s failed", path)
+            return
+        # Planned before anything changes, so a failure here (handle_hup logs it) leaves the old config whole.
+        desired = {spec.name: spec for spec in self.plan(new, self.services)}
+        self.reload_refused = None
         self.notifier.reloading()
         changed = self.config.changed_sections(new)
         if "stack" in changed or new.state_dir != self.config.state_dir:
@@ -328,30 +353,22 @@ class Supervisor:
             logs.configure(new.logging, "supervisor")
         log.info("reloading %s: changed sections: %s", path, ", ".join(sorted(changed)) or "none")
         self.config = new
-        desired = {spec.name: spec for spec in self.plan(new, self.services)}
         now = time.monotonic()
         for child in list(self.children):
-            child.policy.retune(new.supervisor)
-            spec = desired.pop(child.name, None)
-            if spec is None:
-                self.retire(child, now)
+            if desired.pop(child.name, None) is None:
+                if not child.retiring:
+                    log.info("removing %s", child.name)
+                if child.unwanted(now, new.supervisor.graceful_timeout):
+                    self.children.remove(child)
                 continue
-            child.config = new
-            child.rearm()
-            if child.is_alive and child.spec.sections & changed:
+            restart = bool(child.spec.sections & changed)
+            if child.retiring:
+                log.info("keeping %s after all: it starts again once it has stopped", child.name)
+            elif restart and child.is_alive:
                 log.info("restarting %s for its new config", child.name)
-                child.respawn_after_stop = True
-                child.stop_requested(now, new.supervisor.graceful_timeout)
+            child.wanted(new, restart, now)
         self.adopt(desired.values())
         self.notifier.ready("reloaded")
-
-    def retire(self, child: Child, now: float) -> None:
-        log.info("removing %s", child.name)
-        if child.is_alive:
-            child.retire_after_stop = True
-            child.stop_requested(now, self.config.supervisor.graceful_timeout)
-        else:
-            self.children.remove(child)
 
     def adopt(self, specs: Sequence[ChildSpec] | object) -> None:
         for spec in specs:  # type: ignore[attr-defined]
@@ -366,5 +383,7 @@ class Supervisor:
             "config": str(self.config.source) if self.config.source else None,
             "uptime": round(now - self.started, 1),
             "stopping": self.stopping,
+            "reloads": self.reloads,
+            "reload_refused": self.reload_refused,
             "children": [child.snapshot(now) for child in self.children],
         }

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from streamd import config as config_module
-from streamd.children import Child, ChildSpec, ChildState, RestartPolicy, describe_wait_status
+from streamd.children import AfterStop, Child, ChildSpec, ChildState, RestartPolicy, describe_wait_status
 
 
 def make_child(**supervisor) -> Child:
@@ -99,6 +99,83 @@ def test_a_stopping_child_is_killed_at_its_deadline(monkeypatch):
     child.deadline(5.9)
     child.deadline(6.0)
     assert sent == [signal.SIGTERM, signal.SIGKILL]
+
+
+@pytest.mark.parametrize(
+    "status",
+    [0, signal.SIGTERM, signal.SIGINT, 143 << 8],
+    ids=["exit code 0", "killed by SIGTERM", "killed by SIGINT", "exit code 143"],
+)
+def test_a_clean_exit_nobody_asked_for_restarts_without_counting_as_a_crash(status):
+    child = make_child(crash_limit=1, backoff_initial=2.0, start_seconds=1.0)
+    for attempt in range(3):
+        child.spawned(100 + attempt, now=attempt * 10.0)
+        child.proven(attempt * 10.0 + 1)
+        child.exited(status, now=attempt * 10.0 + 5)
+        assert child.state is ChildState.BACKOFF, "with crash_limit 1, one counted crash would be FATAL"
+        assert not child.due_to_spawn(attempt * 10.0 + 6.9) and child.due_to_spawn(attempt * 10.0 + 7.0)
+    assert not child.policy.recent_exits
+
+
+def test_a_clean_exit_before_the_child_is_proven_is_a_failure_to_start():
+    child = make_child(crash_limit=2, backoff_initial=0)
+    for attempt in range(2):
+        child.spawned(100 + attempt, now=float(attempt))
+        child.exited(0, now=float(attempt))
+    assert child.state is ChildState.FATAL, "a child that exits 0 at once must not restart forever"
+
+
+def stopping_child(monkeypatch, **supervisor) -> Child:
+    monkeypatch.setattr(os, "kill", lambda pid, signum: None)
+    child = make_child(**supervisor)
+    child.spawned(4242, now=0.0)
+    child.proven(1.0)
+    return child
+
+
+def test_a_child_removed_then_asked_for_again_while_stopping_comes_back(monkeypatch):
+    child = stopping_child(monkeypatch)
+    assert not child.unwanted(now=2.0, grace=5.0)
+    assert child.state is ChildState.STOPPING
+    child.wanted(child.config, restart=False, now=2.5)
+    child.exited(0, now=3.0)
+    assert not child.retired
+    assert child.state is ChildState.STOPPED and child.due_to_spawn(3.0)
+
+
+def test_a_child_restarting_for_new_config_then_removed_is_retired(monkeypatch):
+    child = stopping_child(monkeypatch)
+    child.wanted(child.config, restart=True, now=2.0)
+    assert child.state is ChildState.STOPPING and child.after_stop is AfterStop.RESPAWN
+    child.unwanted(now=2.5, grace=5.0)
+    child.exited(0, now=3.0)
+    assert child.retired and not child.due_to_spawn(100.0)
+
+
+def test_a_restart_for_new_config_starts_the_child_again_once_it_exits(monkeypatch):
+    child = stopping_child(monkeypatch)
+    child.wanted(child.config, restart=True, now=2.0)
+    child.exited(0, now=3.0)
+    assert child.state is ChildState.STOPPED and child.due_to_spawn(3.0)
+    assert not child.policy.recent_exits
+
+
+def test_a_shutdown_overrides_a_pending_restart(monkeypatch):
+    child = stopping_child(monkeypatch)
+    child.wanted(child.config, restart=True, now=2.0)
+    child.stop_requested(now=2.5, grace=5.0, then=AfterStop.REST)
+    child.exited(0, now=3.0)
+    assert child.state is ChildState.EXITED and not child.due_to_spawn(100.0)
+
+
+@pytest.mark.parametrize(("failures", "state"), [(0, "STOPPED"), (1, "BACKOFF"), (2, "FATAL")])
+def test_a_child_without_a_process_is_removed_at_once(failures, state):
+    child = make_child(crash_limit=2)
+    for attempt in range(failures):
+        child.spawned(100 + attempt, now=float(attempt))
+        child.exited(EXIT_1, now=float(attempt))
+    assert child.state.value == state
+    assert child.unwanted(now=3.0, grace=5.0)
 
 
 @pytest.mark.parametrize(

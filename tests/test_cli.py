@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from streamd import config as config_module
 
 from .conftest import free_port
@@ -14,8 +16,10 @@ from .conftest import free_port
 REPO = Path(__file__).resolve().parent.parent
 
 
-def streamd(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMD_")}
+def streamd(
+    *args: str, cwd: Path | None = None, timeout: float = 60, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STREAMD_")}, **(env or {})}
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
         [sys.executable, "-m", "streamd", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
@@ -33,9 +37,38 @@ def test_start_with_an_invalid_config_exits_2_before_starting_anything(tmp_path)
     assert not (tmp_path / "state").exists(), "nothing was started, not even the state directory"
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"# all commented out\n", b"consumer:\n  group: caf\xe9\n", b"[" * 5000, b"1: one\nkafka: {}\n"],
+    ids=["empty", "only comments", "not UTF-8", "deep nesting", "keys of mixed types"],
+)
+def test_start_with_any_unusable_file_exits_2_with_one_sentence(tmp_path, content):
+    config = tmp_path / "config.yaml"
+    config.write_bytes(content)
+    # Should the file ever be accepted, this pipeline reaches nothing shared and the test fails fast.
+    nowhere = {
+        "STREAMD_STACK_LOCAL": "false",
+        "STREAMD_KAFKA_BROKERS": f"127.0.0.1:{free_port()}",
+        "STREAMD_MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}",
+        "STREAMD_API_PORT": str(free_port()),
+    }
+    result = streamd("start", "-c", str(config), cwd=tmp_path, env=nowhere, timeout=30)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(f"streamd: {config}: ")
+    assert not (tmp_path / ".streamd").exists(), "nothing was started"
+
+
+def test_an_empty_file_tells_how_to_get_the_defaults(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("# nothing yet\n")
+    result = streamd("config", "-c", str(config))
+    assert result.returncode == 2
+    assert "write {} in it or delete it" in result.stderr
+
+
 def test_a_bad_environment_override_is_reported_the_same_way(tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text("")
+    config.write_text("{}\n")
     env = {**os.environ, "STREAMD_API_PORT": "http", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "streamd", "config", "-c", str(config)], capture_output=True, text=True, env=env

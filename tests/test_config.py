@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streamd import config as config_module
 from streamd.config import ConfigError
@@ -32,8 +36,53 @@ def test_the_shipped_config_is_valid_and_follows_the_tutorial_defaults():
     assert settings.stack.local == "auto"
 
 
-def test_an_empty_file_means_all_defaults(tmp_path):
-    assert config_module.from_mapping({}) == load_text(tmp_path, "")
+def test_an_empty_mapping_means_all_defaults(tmp_path):
+    assert config_module.from_mapping({}) == load_text(tmp_path, "{}\n")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# everything commented out\n#kafka:\n#  topic: x\n", "~\n"])
+def test_an_empty_file_is_an_error_not_a_silent_switch_to_default_endpoints(tmp_path, text):
+    with pytest.raises(ConfigError, match=r"holds no settings.*write \{\} in it or delete it"):
+        load_text(tmp_path, text)
+
+
+def merge_bomb(levels: int) -> str:
+    lines = ["l0: &l0 {a: 1, b: 2}"]
+    lines += [f"l{i}: &l{i} {{<<: [*l{i - 1}, *l{i - 1}]}}" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+# Each of these raised something other than ConfigError (or hung) before the loader was bounded.
+HOSTILE_FILES = {
+    "undecodable bytes": b"kafka:\n  topic: caf\xe9\n",
+    "only a byte-order mark of another encoding": b"\xff\xfe",
+    "keys of mixed types": b"kafka: {}\n1: one\n~: nothing\ntrue: yes\n",
+    "mixed keys inside a section": b"consumer:\n  2: two\n  batch: x\n",
+    "deep nesting": b"[" * 5000,
+    "deep nesting of mappings": b"a: " + b"{b: " * 3000,
+    "merge-key bomb": merge_bomb(40).encode(),
+    "self-merging mapping": b"&a {<<: *a}\n",
+    "impossible date": b"state_dir: 2024-13-45\n",
+    "bad explicit tag": b"producer:\n  enabled: !!bool maybe\n",
+    "NUL in a string": b'kafka:\n  topic: "data\\0stream"\n',
+    "not-a-number duration": b"supervisor:\n  graceful_timeout: .nan\n",
+    "infinite duration": b"producer:\n  interval: .inf\n",
+    "number too large for a float": b"supervisor:\n  backoff_max: " + b"9" * 400 + b"\n",
+    "over the size bound": b"# " + b"x" * (1 << 20) + b"\n",
+}
+
+
+@pytest.mark.parametrize("content", HOSTILE_FILES.values(), ids=HOSTILE_FILES.keys())
+def test_any_hostile_content_is_one_config_error_sentence_naming_the_file(tmp_path, content):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        config_module.load(path, environ={})
+    assert time.monotonic() - started < 10
+    message = str(error.value)
+    assert message.startswith(str(path)) and message.endswith(".")
+    assert "\n" not in message and len(message) < 400
 
 
 @pytest.mark.parametrize(
@@ -73,12 +122,12 @@ def test_environment_variables_override_the_file(tmp_path):
 
 def test_a_bad_environment_value_is_reported_like_a_bad_file_value(tmp_path):
     with pytest.raises(ConfigError, match="consumer.batch_size: expected a whole number"):
-        load_text(tmp_path, "", environ={"STREAMD_CONSUMER_BATCH_SIZE": "lots"})
+        load_text(tmp_path, "{}\n", environ={"STREAMD_CONSUMER_BATCH_SIZE": "lots"})
 
 
 def test_an_unknown_streamd_variable_is_an_error_not_a_silent_typo(tmp_path):
     with pytest.raises(ConfigError, match="STREAMD_CONSUMER_PROCESS names no config key"):
-        load_text(tmp_path, "", environ={"STREAMD_CONSUMER_PROCESS": "3"})
+        load_text(tmp_path, "{}\n", environ={"STREAMD_CONSUMER_PROCESS": "3"})
 
 
 def test_relative_paths_are_relative_to_the_config_file_not_the_working_directory(tmp_path, monkeypatch):
@@ -131,3 +180,84 @@ def test_the_readme_documents_every_config_key_with_its_current_default():
 def test_missing_explicit_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         config_module.load(tmp_path / "nope.yaml")
+
+
+# --- fuzzing: whatever the file or the environment holds, load() returns a Config or raises ConfigError ------
+
+SECTION_KEYS = {key.partition(".")[0]: [] for key, _, _ in config_module.documented_keys()}
+for dotted, _, _ in config_module.documented_keys():
+    if "." in dotted:
+        SECTION_KEYS[dotted.partition(".")[0]].append(dotted.partition(".")[2])
+NAMES = sorted(set(SECTION_KEYS) | {k for keys in SECTION_KEYS.values() for k in keys})
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["auto", "json", "INFO", "127.0.0.1:9092", "", "~", "yes"])
+)
+keys = st.sampled_from(NAMES) | st.text(max_size=8) | st.integers() | st.booleans() | st.none()
+structures = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5), max_leaves=30
+)
+configs = st.dictionaries(
+    st.sampled_from(NAMES) | keys,
+    structures | st.dictionaries(st.sampled_from(NAMES) | keys, structures, max_size=6),
+    max_size=6,
+)
+yamlish = st.lists(
+    st.sampled_from([*":-[]{}&*!|>'\"#%@`,?<= \n\t\\", "0", "1.5e3", ".nan", "~", "<<", "!!str", *NAMES]), max_size=60
+).map("".join)
+environments = st.dictionaries(
+    st.sampled_from([config_module.env_name(key) for key, _, _ in config_module.documented_keys()])
+    | st.text(max_size=10).map(lambda name: "STREAMD_" + name.upper()),
+    st.text(alphabet=st.characters(blacklist_characters="\0"), max_size=30) | yamlish,
+    max_size=3,
+)
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def fuzz_file(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz") / "config.yaml"
+
+
+def loads_or_refuses(path: Path, content: bytes, environ: dict[str, str]) -> None:
+    path.write_bytes(content)
+    started = time.monotonic()
+    try:
+        settings_ = config_module.load(path, environ=environ)
+    except ConfigError as exc:
+        assert str(exc).endswith(".") and "\n" not in str(exc)
+    else:
+        assert isinstance(settings_, config_module.Config)
+    assert time.monotonic() - started < 5
+
+
+@FUZZ
+@given(content=st.binary(max_size=300))
+def test_fuzz_arbitrary_bytes(fuzz_file, content):
+    loads_or_refuses(fuzz_file, content, {})
+
+
+@FUZZ
+@given(text=yamlish, environ=environments)
+def test_fuzz_yamlish_text_and_environment(fuzz_file, text, environ):
+    loads_or_refuses(fuzz_file, text.encode(), environ)
+
+
+@FUZZ
+@given(data=configs, environ=environments)
+def test_fuzz_arbitrary_structures_dumped_as_yaml(fuzz_file, data, environ):
+    loads_or_refuses(fuzz_file, yaml.safe_dump(data, allow_unicode=True).encode(), environ)
+
+
+def test_an_invalid_file_still_tells_where_its_supervisor_runs(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("state_dir: run\nconsumer:\n  processes: many\n")
+    assert config_module.locate_only(path, environ={}).state_path == tmp_path / "run"
+    assert config_module.locate_only(path, environ={"STREAMD_STATE_DIR": "/srv/x"}).state_path == Path("/srv/x")
+    path.write_bytes(b"\xff")
+    assert config_module.locate_only(path, environ={}).state_path == tmp_path / ".streamd"

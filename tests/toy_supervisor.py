@@ -3,6 +3,7 @@
 Run as `python tests/toy_supervisor.py CONFIG`.  The toy plan follows the config like the real one:
 `consumer.processes` sleepers named consumer-N, and a producer whose behaviour is picked by
 `producer.source`: "sleeper" (default), "crasher" (exits 3 at once) or "stubborn" (ignores SIGTERM).
+Consumers are sleepers; with `consumer.group: slow-stop` they take a second and a half to stop.
 Every toy child appends "<name> <pid> <event>" to $TOY_EVENTS so tests can see starts and clean stops.
 """
 
@@ -43,6 +44,14 @@ def sleeper(config: Config, shutdown: Shutdown) -> int:
     return 0
 
 
+def slow_stopper(config: Config, shutdown: Shutdown) -> int:
+    while not shutdown.wait(0.05):
+        pass
+    time.sleep(1.5)  # a consumer finishing its batch against a slow store
+    record("stopped cleanly")
+    return 0
+
+
 def crasher(config: Config, shutdown: Shutdown) -> int:
     time.sleep(0.05)
     return 3
@@ -62,7 +71,7 @@ def toy_plan(config: Config, services: Sequence[ChildSpec]) -> list[ChildSpec]:
         ChildSpec(
             f"consumer-{i}",
             f"streamd: consumer {i}",
-            named(f"consumer-{i}", sleeper),
+            named(f"consumer-{i}", slow_stopper if config.consumer.group == "slow-stop" else sleeper),
             frozenset({"consumer"}),
         )
         for i in range(1, config.consumer.processes + 1)
