@@ -27,7 +27,7 @@ SCALE_KEYS = {"consumer": "processes"}
 # A streamd config is a few kilobytes; the bounds keep any file, even a hostile one, from taking the
 # supervisor's stack or memory while it reloads (PyYAML's composer recurses once per nesting level,
 # and merge keys can double a mapping per level).
-MAX_FILE_BYTES = 1 << 20
+MAX_FILE_BYTES = 256 << 10  # parsing this much takes the supervisor ~2 s at worst; 1 MiB took 7 s
 MAX_NESTING = 50
 MAX_MERGED_KEYS = 10_000
 
@@ -258,7 +258,7 @@ def read_file(source: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{source}: cannot be read ({exc.strerror}).") from None
     if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"{source}: is larger than {MAX_FILE_BYTES >> 20} MiB; a streamd config is a few lines.")
+        raise ConfigError(f"{source}: is larger than {MAX_FILE_BYTES >> 10} KiB; a streamd config is a few lines.")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -303,14 +303,16 @@ class _BoundedLoader(yaml.SafeLoader):
         # Count what the merge would add before PyYAML builds it: sources are flattened first (each
         # checked by this same bound), and flattening is idempotent, so this costs one pass.
         merged = len(node.value)
+        merges = False
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
+                merges = True
                 sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                 for source in sources:
                     if isinstance(source, yaml.MappingNode):
                         self.flatten_mapping(source)
                         merged += len(source.value)
-        if merged > MAX_MERGED_KEYS:
+        if merges and merged > MAX_MERGED_KEYS:
             raise yaml.constructor.ConstructorError(
                 None, None, f"merge keys (<<) expand to more than {MAX_MERGED_KEYS} keys", node.start_mark
             )

@@ -100,6 +100,7 @@ def test_any_hostile_content_is_one_config_error_sentence_naming_the_file(tmp_pa
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("kafka:\n  topic: [unclosed\n", "is not valid YAML"),
         ("mongodb:\n  uri: ''\n", "mongodb.uri: expected a non-empty string"),
+        ("".join(f"k{n}: {n}\n" for n in range(20_000)), "unknown key 'k0'"),  # many keys, but no merge
     ],
 )
 def test_a_bad_value_names_the_file_the_key_and_what_was_expected(tmp_path, text, message):
