@@ -25,15 +25,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from bson.errors import InvalidDocument
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pymongo.errors import BulkWriteError, OperationFailure
 
-from streamd import offsets, store
+from streamd import ids, offsets, store
 from streamd.config import Config, ConfigError, ConsumerConfig
 from streamd.dead_letter import DeadLetterQueue
 from streamd.kafka import KafkaUnavailable, ensure_topic, make_client
@@ -48,6 +49,9 @@ RETRY_INITIAL = 0.5
 RETRY_MAX = 30.0
 HOLD_POLL = 0.2  # longest poll() while holding a batch, and so the delay in noticing a stop
 DEAD_LETTER_WAIT = 1.0  # longest wait for dead-letter acknowledgements before pausing and polling again
+# Telling replays from id conflicts may take at most this share of any such window of a consumer's time.
+CONFLICT_CHECK_SHARE = 0.1
+CONFLICT_CHECK_WINDOW = 10.0
 COMMIT_RETRY = 1.0  # while idle, how often a refused commit is tried again
 
 # Per-document write errors after which the same write can succeed later: the server was stepping
@@ -70,6 +74,7 @@ class ConsumerCounters:
     stored: int = series.Tally(series.STORED)
     duplicates: int = series.Tally(series.DUPLICATES)
     id_conflicts: int = series.Tally(series.ID_CONFLICTS)  # duplicates that are another message, not a replay
+    unchecked: int = series.Tally(series.DUPLICATES_UNCHECKED)  # duplicates not looked up (time budget)
     # by Rejection.reason, when the pipeline rejects
     rejected: Counter[str] = field(default_factory=series.LabelTally.of(series.REJECTED))
     # by reason, once the dead-letter topic acked
@@ -85,6 +90,30 @@ class ConsumerCounters:
             f"rejected {self.rejected.total()}, dead-lettered {self.dead_lettered.total()}"
             + (f" ({reasons})" if reasons else "")
         )
+
+
+class TimeBudget:
+    """At most `share` of any `window` seconds spent on something optional (one spending may overrun it)."""
+
+    def __init__(self, share: float, window: float) -> None:
+        self.allowance = share * window
+        self.window = window
+        self.spent: deque[tuple[float, float]] = deque()  # (ended at, seconds)
+
+    def left(self) -> bool:
+        horizon = time.monotonic() - self.window
+        while self.spent and self.spent[0][0] < horizon:
+            self.spent.popleft()
+        return sum(seconds for _, seconds in self.spent) < self.allowance
+
+    @contextmanager
+    def spending(self) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            ended = time.monotonic()
+            self.spent.append((ended, ended - started))
 
 
 class BatchConsumer:
@@ -116,6 +145,7 @@ class BatchConsumer:
         self.uncommitted: dict[Partition, int] = {}
         self.retry_commit = False  # a commit was refused since the last one was sent
         self.next_commit_retry = 0.0
+        self.conflict_budget = TimeBudget(CONFLICT_CHECK_SHARE, CONFLICT_CHECK_WINDOW)
         self.in_flight: MessageBatch | None = None
         self.strays: list[Message] = []  # delivered while holding; they go first into the next batch
         self.paused = False
@@ -322,13 +352,28 @@ class BatchConsumer:
         return True
 
     def report_conflicts(self, duplicated: tuple[dict, ...]) -> None:
-        """A duplicate is a replay or the same message sent twice, or else two messages claiming one id: say so."""
+        """A duplicate is a replay or the same message sent twice, or else two messages claiming one id: say so.
+
+        A diagnosis, not part of the delivery: it may take at most CONFLICT_CHECK_SHARE of the consumer's
+        time. On FerretDB the lookup scans the collection, and a replay after a crash brings whole batches
+        of duplicates, handled one message at a time when suspect (streamd.quarantine); checking each would
+        stall the consumer (and so the group's rebalance) for minutes. What the budget leaves out is counted
+        as unchecked; `streamd verify` checks every message.
+        """
+        # A fallback id is the message's own Kafka coordinates: its duplicate can only be a replay.
+        candidates = tuple(document for document in duplicated if not ids.is_fallback_id(document["_id"]))
+        if not candidates:
+            return
+        if not self.conflict_budget.left():
+            self.counters.unchecked += len(candidates)
+            return
         try:
-            conflicts = self.store.conflicts(duplicated)
+            with self.conflict_budget.spending():
+                conflicts = self.store.conflicts(candidates)
         except (*store.UNAVAILABLE, OperationFailure) as exc:
             # The batch is stored; a diagnosis is not worth holding it for.
             log.warning(
-                "could not check %d duplicate ids for conflicts (%s: %s)", len(duplicated), type(exc).__name__, exc
+                "could not check %d duplicate ids for conflicts (%s: %s)", len(candidates), type(exc).__name__, exc
             )
             return
         self.counters.id_conflicts += len(conflicts)

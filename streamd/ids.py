@@ -27,7 +27,12 @@ def is_valid_id(candidate: object) -> bool:
 
 def is_stored_id(candidate: object) -> bool:
     """An id a stored message can have: a message's own id, or a fallback id."""
-    return is_valid_id(candidate) or (isinstance(candidate, str) and _FALLBACK_RE.fullmatch(candidate) is not None)
+    return is_valid_id(candidate) or is_fallback_id(candidate)
+
+
+def is_fallback_id(candidate: object) -> bool:
+    """An id streamd made from a message's Kafka coordinates (the reserved `~` form)."""
+    return isinstance(candidate, str) and _FALLBACK_RE.fullmatch(candidate) is not None
 
 
 def new_id() -> str:

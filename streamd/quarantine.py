@@ -1,7 +1,7 @@
 """Crash quarantine: the last line of defence against a message that kills the consumer process itself.
 
 The pipeline turns every exception of a stage into a rejection, but a process can still die on a
-message: a native crash, os._exit, an exception outside the pipeline, a hang the supervisor kills.
+message: a native crash, os._exit, an exception outside the pipeline, a kill by the kernel or an operator.
 Consumed again, the same message would kill every consumer in turn until the supervisor gives up on
 them (FATAL) and every partition stops. The rule that prevents it:
 

@@ -493,3 +493,36 @@ def test_a_committed_offset_beyond_a_recreated_topics_end_is_reported_then_resta
         assert client.simulate_get("/ready").status_code == 200
         [partition] = client.simulate_get("/stats").json["lag"]["partitions"]
         assert not partition["beyond_end"] and partition["lag"] == 0
+
+
+def test_telling_replays_from_conflicts_takes_at_most_its_share_of_the_consumers_time(settings: Config, monkeypatch):
+    """On FerretDB each lookup scans the collection: a replay must not turn into minutes of lookups."""
+    clock = [1000.0]
+    monkeypatch.setattr("streamd.consumer.time.monotonic", lambda: clock[0])
+
+    class SlowStore:
+        lookups = 0
+
+        def conflicts(self, duplicated):
+            SlowStore.lookups += 1
+            clock[0] += 2.0  # a scan of a large collection
+            return []
+
+    batches = BatchConsumer(
+        settings.consumer, None, None, SlowStore(), None, Shutdown(), Quarantine(settings.state_path / "consumers")
+    )  # type: ignore[arg-type]
+    unchecked = REGISTRY.get_sample_value("streamd_consumer_duplicates_unchecked_total") or 0.0
+    replayed = ({"_id": "user-1", "kafka": {"topic": "t", "partition": 0, "offset": 1}},)
+    fallback = ({"_id": "~t:0:2", "kafka": {"topic": "t", "partition": 0, "offset": 2}},)
+
+    batches.report_conflicts(fallback)  # its own coordinates: a replay by construction, never looked up
+    assert SlowStore.lookups == 0
+    batches.report_conflicts(replayed)  # 2 s: the whole budget of a 10 s window
+    batches.report_conflicts(replayed)
+    clock[0] += 5.0
+    batches.report_conflicts(replayed)
+    assert SlowStore.lookups == 1
+    assert (REGISTRY.get_sample_value("streamd_consumer_duplicates_unchecked_total") or 0.0) - unchecked == 2
+    clock[0] += 10.0  # the scan has left the window
+    batches.report_conflicts(replayed)
+    assert SlowStore.lookups == 2

@@ -32,10 +32,11 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     assert "streamd.service" not in result.stderr, result.stderr
 
 
-def test_the_unit_uses_notify_reload_by_sighup_and_lets_the_supervisor_order_the_stop():
+def test_the_unit_uses_notify_reloads_through_the_checking_cli_and_lets_the_supervisor_order_the_stop():
     settings = unit_settings()
     assert settings["Type"] == ["notify"]
-    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # `streamd reload` refuses a bad file with exit 2, so `systemctl reload` fails with the reason.
+    assert settings["ExecReload"] == ["/opt/streamd/bin/streamd reload -c /etc/streamd/config.yaml"]
     assert settings["KillMode"] == ["mixed"]
     assert settings["Restart"] == ["on-failure"]
     assert "WatchdogSec" in settings

@@ -37,6 +37,10 @@ ID_CONFLICTS = Counter(
     "streamd_consumer_id_conflicts",
     "Duplicates that are not a replay: the id is stored from other Kafka coordinates with other content.",
 )
+DUPLICATES_UNCHECKED = Counter(
+    "streamd_consumer_duplicates_unchecked",
+    "Duplicates with a message id not looked up for a conflict: over the consumer's time budget (verify checks all).",
+)
 OFFSET_RESETS = Counter(
     "streamd_consumer_offset_resets",
     "Times a partition's offset was outside its log (topic recreated, or retention ahead of the group) and the "
