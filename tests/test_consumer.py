@@ -235,6 +235,8 @@ def read_all(brokers: str, topic: str) -> list[Message]:
 
 
 def test_a_rejected_message_is_committed_only_once_the_dead_letter_topic_acknowledged_it(settings: Config, caplog):
+    # All eleven in one batch, however loaded the machine: the batch waits up to 3 s to fill.
+    settings = replace(settings, consumer=replace(settings.consumer, batch_timeout_ms=3000))
     produce_once(settings, count=10, rate=None, source=None)
     produce_raw(settings, b"not json")
     dlq = settings.kafka.dead_letter_topic
