@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamd.config import Config
 from streamd.kafka import ensure_topic, make_client
+from streamd.outage import Outage
 from streamd.pipeline import Rejection
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,20 @@ class DeadLetter:
             return None
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What one wait for delivery reports brought."""
+
+    done: bool  # everything submitted is acknowledged
+    acknowledged: list[Rejection]  # acknowledged during this wait (each rejection is reported once)
+
+
 class DeadLetterQueue:
     """An idempotent producer for kafka.dead_letter_topic that knows which dead letters are acknowledged.
 
-    submit() hands rejections to librdkafka; settle() waits for their delivery reports and submits
-    again whatever failed. Messages still queued keep being retried by librdkafka itself (until
-    message.timeout.ms), so waiting again never sends a dead letter twice.
+    submit() hands rejections to librdkafka; settle() waits for their delivery reports, submits again
+    whatever failed and reports what was acknowledged. Messages still queued keep being retried by
+    librdkafka itself (until message.timeout.ms), so waiting again never sends a dead letter twice.
     """
 
     def __init__(self, config: Config) -> None:
@@ -124,7 +133,7 @@ class DeadLetterQueue:
         self.unsettled = 0  # submitted, no delivery report yet
         self.failed: list[tuple[Rejection, KafkaError]] = []
         self.acknowledged: list[Rejection] = []
-        self._failing: int | None = None  # error code of the latest failure, until an acknowledgement
+        self.failing = Outage()  # delivery failures, by error code, until an acknowledgement
 
     @classmethod
     def open(cls, config: Config) -> DeadLetterQueue:
@@ -136,18 +145,15 @@ class DeadLetterQueue:
         for rejection in rejections:
             self._produce(rejection)
 
-    def settle(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for every delivery report; True once everything submitted is acknowledged."""
+    def settle(self, timeout: float) -> Settled:
+        """Wait up to `timeout` seconds for every delivery report; done once everything submitted is acknowledged."""
         if self.unsettled:
             self.producer.flush(timeout)
         retry, self.failed = self.failed, []
         for rejection, error in retry:
             self._produce(rejection, drop_value=error.code() == KafkaError.MSG_SIZE_TOO_LARGE)
-        return self.unsettled == 0 and not retry
-
-    def take_acknowledged(self) -> list[Rejection]:
-        taken, self.acknowledged = self.acknowledged, []
-        return taken
+        acknowledged, self.acknowledged = self.acknowledged, []
+        return Settled(self.unsettled == 0 and not retry, acknowledged)
 
     def close(self, timeout: float = 5.0) -> int:
         """Give queued dead letters `timeout` seconds; how many were still undelivered.
@@ -184,15 +190,14 @@ class DeadLetterQueue:
         self.unsettled -= 1
         if error is None:
             self.acknowledged.append(rejection)
-            self._failing = None
+            self.failing.recovered()
             return
         if error.fatal():
             raise KafkaException(error)  # this producer instance is finished; the consumer restarts
         self.failed.append((rejection, error))
         if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
             log.warning("%s is too large for %s; dead-lettering it without its value", rejection, self.topic)
-        elif error.code() != self._failing:
-            self._failing = error.code()
+        elif self.failing.failed(error.code()):
             log.warning(
                 "dead-letter delivery to %s failed: %s; retrying (repeats are not logged)", self.topic, error.str()
             )

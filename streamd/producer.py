@@ -21,6 +21,7 @@ from streamd.ids import new_id
 from streamd.kafka import KafkaUnavailable, ensure_topic, make_client
 from streamd.lifecycle import Shutdown
 from streamd.metrics import series
+from streamd.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,23 @@ FLUSH_MARGIN = 1.0  # seconds of supervisor.graceful_timeout left over after flu
 
 @dataclass
 class ProduceReport:
-    # Each count also feeds its Prometheus series (streamd.metrics.series).
-    sent: int = series.Tally(series.PRODUCED)
-    acked: int = series.Tally(series.ACKNOWLEDGED)
-    failed: int = series.Tally(series.PRODUCE_FAILED)
+    """Read the numbers freely; count only through the methods, which also feed the Prometheus series."""
+
+    sent: int = 0
+    acked: int = 0
+    failed: int = 0
+
+    def add_sent(self) -> None:
+        self.sent += 1
+        series.PRODUCED.inc()
+
+    def add_acked(self) -> None:
+        self.acked += 1
+        series.ACKNOWLEDGED.inc()
+
+    def add_failed(self) -> None:
+        self.failed += 1
+        series.PRODUCE_FAILED.inc()
 
     def __str__(self) -> str:
         return f"sent {self.sent}, acked {self.acked}, failed {self.failed}"
@@ -66,8 +80,7 @@ class Sender:
         self.topic = config.kafka.topic
         self.report = ProduceReport()
         self.shutdown = shutdown or Shutdown()
-        self._failing: int | None = None  # error code of the latest failed delivery, until an ack
-        self._failed_in_row = 0
+        self.failing = Outage()  # failed deliveries, by error code, until an ack
         self.producer = make_client(
             Producer,
             config.kafka,
@@ -87,7 +100,7 @@ class Sender:
                 if self.shutdown.requested:
                     return False
                 self.producer.poll(POLL_INTERVAL)
-        self.report.sent += 1
+        self.report.add_sent()
         return True
 
     def poll(self, timeout: float) -> None:
@@ -100,17 +113,13 @@ class Sender:
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
-            self.report.acked += 1
-            if self._failing is not None:
-                log.info("deliveries to %s acknowledged again after %d failed", message.topic(), self._failed_in_row)
-            self._failing = None
-            self._failed_in_row = 0
+            self.report.add_acked()
+            if (recovery := self.failing.recovered()) is not None:
+                log.info("deliveries to %s acknowledged again after %d failed", message.topic(), recovery.failures)
             return
-        self.report.failed += 1
-        self._failed_in_row += 1
+        self.report.add_failed()
         # While the broker is away every message fails the same way: log the change, count the rest.
-        if error.code() != self._failing:
-            self._failing = error.code()
+        if self.failing.failed(error.code()):
             key = message.key().decode(errors="replace") if message.key() else "(no key)"
             log.warning(
                 "delivery of %s to %s failed: %s; this message is not in Kafka (repeats are counted, not logged)",

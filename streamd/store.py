@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pymongo
+from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, ConfigurationError, ConnectionFailure, ExecutionTimeout, WTimeoutError
@@ -26,6 +27,17 @@ DUPLICATE_KEY = 11000
 # Errors after which the same write can succeed later. ConnectionFailure covers AutoReconnect,
 # NotPrimaryError (a replica set election), NetworkTimeout and ServerSelectionTimeoutError.
 UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
+
+# Per-document write errors after which the same write can succeed later: the server was stepping
+# down, shutting down or out of time. Any other per-document error is the document's own fault.
+RETRYABLE_WRITE_CODES = frozenset(
+    {6, 7, 50, 64, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}  # MongoDB's error codes
+)
+
+
+class StoreBusy(Exception):
+    """The store answered but could not take some of the documents right now; the batch is written again."""
+
 
 INDEXES = [
     # Newest first, with _id as the tie-breaker that makes the API's cursor pagination stable.
@@ -42,6 +54,25 @@ class WriteOutcome:
     duplicates: int
     # The documents refused as duplicate keys, for telling a replay from an id conflict (see conflicts()).
     duplicated: tuple[dict, ...] = field(default=(), compare=False)
+    # Documents the store refuses for good (index in the batch -> why, one sentence): never worth a retry.
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+def write_outcome(documents: list[dict], details: dict) -> WriteOutcome:
+    """What an unordered insert_many that raised BulkWriteError (with these `details`) did to `documents`.
+
+    Raises StoreBusy when any of it can succeed later (a retryable code, an unsatisfied write concern).
+    """
+    errors = details.get("writeErrors", [])
+    if details.get("writeConcernErrors") or any(error["code"] in RETRYABLE_WRITE_CODES for error in errors):
+        raise StoreBusy(errors[0]["errmsg"] if errors else "write concern not satisfied")
+    duplicated = tuple(documents[error["index"]] for error in errors if error["code"] == DUPLICATE_KEY)
+    refused = {
+        error["index"]: f"the store refused the document: {error.get('errmsg', '')} (code {error['code']})"
+        for error in errors
+        if error["code"] != DUPLICATE_KEY
+    }
+    return WriteOutcome(details.get("nInserted", 0), len(duplicated), duplicated, refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,23 +133,45 @@ class MessageStore:
             self.collection.create_indexes([index])
 
     def insert_batch(self, documents: list[dict]) -> WriteOutcome:
-        """Insert what is new; documents already stored (a replay) count as duplicates, not errors.
+        """Insert what is new: documents already stored (a replay) are duplicates, documents the store
+        refuses for good are in `refused`; neither is an error.
 
-        Raises one of UNAVAILABLE when the store cannot take the write now, and any other
-        pymongo error (including a BulkWriteError with a non-duplicate failure) as it came.
+        Raises StoreBusy or one of UNAVAILABLE when the same write can succeed later, and OperationFailure
+        when the store refuses the command itself (e.g. not authorized).
         """
         if not documents:
             return WriteOutcome(0, 0)
         try:
-            # Unordered, so one duplicate does not stop the documents after it from being inserted.
-            result = self.collection.insert_many(documents, ordered=False)
+            return self._attempt(documents)
+        except InvalidDocument:
+            # pymongo refused the whole batch before sending it (e.g. a document over 16 MB): find out which.
+            return self._insert_one_by_one(documents)
+
+    def insert_many(self, documents: list[dict]) -> int:
+        """The write itself: how many documents went in; pymongo's errors as they come."""
+        # Unordered, so one duplicate does not stop the documents after it from being inserted.
+        return len(self.collection.insert_many(documents, ordered=False).inserted_ids)
+
+    def _attempt(self, documents: list[dict]) -> WriteOutcome:
+        try:
+            return WriteOutcome(self.insert_many(documents), 0)
         except BulkWriteError as exc:
-            details = exc.details
-            errors = details["writeErrors"]
-            if details.get("writeConcernErrors") or any(error["code"] != DUPLICATE_KEY for error in errors):
-                raise
-            return WriteOutcome(details["nInserted"], len(errors), tuple(documents[e["index"]] for e in errors))
-        return WriteOutcome(len(result.inserted_ids), 0)
+            return write_outcome(documents, exc.details)
+
+    def _insert_one_by_one(self, documents: list[dict]) -> WriteOutcome:
+        inserted = 0
+        duplicated: list[dict] = []
+        refused: dict[int, str] = {}
+        for index, document in enumerate(documents):
+            try:
+                outcome = self._attempt([document])
+            except InvalidDocument as exc:
+                refused[index] = f"the document cannot be stored: {exc}"
+                continue
+            inserted += outcome.inserted
+            duplicated += outcome.duplicated
+            refused.update((index, reason) for reason in outcome.refused.values())
+        return WriteOutcome(inserted, len(duplicated), tuple(duplicated), refused)
 
     def conflicts(self, duplicated: Iterable[dict]) -> list[Conflict]:
         """Among documents refused as duplicates, those whose id holds a different message.

@@ -18,13 +18,13 @@ from prometheus_client import REGISTRY
 from pymongo.errors import BulkWriteError, DocumentTooLarge
 
 from streamd.config import Config
-from streamd.consumer import BatchConsumer, StoreBusy, run
+from streamd.consumer import BatchConsumer, ConsumerCounters, run
+from streamd.consumer.conflicts import ConflictCheck
 from streamd.dead_letter import DeadLetterQueue
 from streamd.lifecycle import Shutdown
 from streamd.pipeline import Pipeline
 from streamd.producer import produce_once
-from streamd.quarantine import Quarantine
-from streamd.store import MessageStore, WriteOutcome
+from streamd.store import MessageStore, StoreBusy, write_outcome
 from tests.conftest import api_client, free_port
 from tests.fault_stack import relay_to
 
@@ -243,7 +243,7 @@ def test_a_rejected_message_is_committed_only_once_the_dead_letter_topic_acknowl
     batches = BatchConsumer.open(settings, Shutdown())
     with relay_to(int(settings.kafka.brokers.rpartition(":")[2])) as relay:
         # The dead-letter producer reaches the cluster only through the relay, which opens later.
-        batches.dead_letters = DeadLetterQueue(
+        batches.sink.dead_letters = DeadLetterQueue(
             replace(settings, kafka=replace(settings.kafka, brokers=f"127.0.0.1:{relay.port}"))
         )
         with batches_running(batches):
@@ -268,15 +268,15 @@ class PickyStore(MessageStore):
     one over 16 MiB (pymongo's DocumentTooLarge, raised for the whole insert_many). FerretDB refuses
     neither, so the refusal is simulated; everything else is written for real."""
 
-    def insert_batch(self, documents: list[dict]) -> WriteOutcome:
+    def insert_many(self, documents: list[dict]) -> int:
         if any(document["content"] == "too large" for document in documents):
             raise DocumentTooLarge("BSON document too large (17000042 bytes)")
         refused = [index for index, document in enumerate(documents) if document["content"] == "refuse me"]
         if not refused:
-            return super().insert_batch(documents)
-        outcome = super().insert_batch([d for index, d in enumerate(documents) if index not in refused])
+            return super().insert_many(documents)
+        inserted = super().insert_many([d for index, d in enumerate(documents) if index not in refused])
         errors = [{"index": index, "code": 121, "errmsg": "Document failed validation"} for index in refused]
-        raise BulkWriteError({"nInserted": outcome.inserted, "writeErrors": errors, "writeConcernErrors": []})
+        raise BulkWriteError({"nInserted": inserted, "writeErrors": errors, "writeConcernErrors": []})
 
 
 def test_documents_the_store_refuses_are_dead_lettered_at_the_store_stage_and_the_rest_stored(settings: Config, caplog):
@@ -286,7 +286,7 @@ def test_documents_the_store_refuses_are_dead_lettered_at_the_store_stage_and_th
         producer.produce(settings.kafka.topic, value, key=b"k", headers=[("origin", b"test")])
     assert producer.flush(10) == 0
     batches = BatchConsumer.open(settings, Shutdown())
-    batches.store = PickyStore(settings.mongodb)
+    batches.sink.store = PickyStore(settings.mongodb)
 
     with batches_running(batches):
         wait_until(lambda: all_committed(settings), "everything committed, the refused documents dead-lettered")
@@ -308,9 +308,6 @@ def test_documents_the_store_refuses_are_dead_lettered_at_the_store_stage_and_th
 
 def test_write_errors_of_single_documents_become_store_rejections_and_transient_ones_a_retry(settings: Config):
     pipeline = Pipeline.from_config(settings)
-    batches = BatchConsumer(
-        settings.consumer, pipeline, None, None, None, Shutdown(), Quarantine(settings.state_path / "consumers")
-    )  # type: ignore[arg-type]
     messages = [Message(topic="t", partition=0, offset=n, value=b'{"text": "%d"}' % n) for n in range(4)]
     batch = pipeline.batch(messages)
     details = {
@@ -321,7 +318,8 @@ def test_write_errors_of_single_documents_become_store_rejections_and_transient_
         ],
     }
 
-    outcome = batches.refuse_documents(batch, details)
+    outcome = write_outcome(batch.documents, details)
+    batch.refuse(outcome.refused)
 
     assert (outcome.inserted, outcome.duplicates) == (2, 1)
     [refused] = batch.rejections
@@ -331,7 +329,7 @@ def test_write_errors_of_single_documents_become_store_rejections_and_transient_
 
     stepping_down = {"nInserted": 0, "writeErrors": [{"index": 0, "code": 10107, "errmsg": "not primary"}]}
     with pytest.raises(StoreBusy, match="not primary"):
-        batches.refuse_documents(pipeline.batch(messages), stepping_down)
+        write_outcome(pipeline.batch(messages).documents, stepping_down)
 
 
 # --- holding and rebalancing ---------------------------------------------------------------------------
@@ -367,9 +365,9 @@ def test_a_held_batch_pauses_fetching_and_keeps_the_consumer_in_the_group(settin
         wait_until(lambda: "partitions paused" in caplog.text, "the consumer to hold its batch")
         produce_once(settings, count=30, rate=None, source=None)
         time.sleep(1.5)
-        assert batches.paused
-        assert batches.counters.consumed == 30 and batches.strays == [], "paused partitions hand out nothing more"
-        batches.store = MessageStore(settings.mongodb)  # the store answers again
+        assert batches.hold.paused
+        assert batches.counters.consumed == 30 and batches.hold.strays == [], "paused partitions hand out nothing more"
+        batches.sink.store = MessageStore(settings.mongodb)  # the store answers again
         wait_until(lambda: all_committed(settings), "everything stored and committed after the store came back")
     assert stored_count(settings) == 60
     assert sum("store unavailable (" in m for m in caplog.messages) == 1
@@ -385,7 +383,7 @@ def test_a_partition_taken_away_from_a_held_batch_is_neither_lost_nor_written_tw
         helper = BatchConsumer.open(settings, Shutdown())
         with batches_running(helper):
             wait_until(lambda: held.counters.dropped > 0, "a rebalance to take a partition from the held batch")
-            held.store = MessageStore(settings.mongodb)
+            held.sink.store = MessageStore(settings.mongodb)
             wait_until(lambda: all_committed(settings), "both consumers to finish")
 
     assert stored_count(settings) == 300
@@ -405,7 +403,7 @@ def test_finished_batches_whose_commit_is_still_pending_are_committed_when_the_p
         while not batch:
             batch = batches.fetch()
         assert batches.deliver(batch)
-        batches.uncommitted.update(batch.next_offsets)  # finished, its commit not answered yet
+        batches.book.finished(batch.next_offsets)  # finished, its commit not answered yet
         assert committed(settings) == {}
     finally:
         batches.close()
@@ -500,7 +498,7 @@ def test_a_committed_offset_beyond_a_recreated_topics_end_is_reported_then_resta
 def test_telling_replays_from_conflicts_takes_at_most_its_share_of_the_consumers_time(settings: Config, monkeypatch):
     """On FerretDB each lookup scans the collection: a replay must not turn into minutes of lookups."""
     clock = [1000.0]
-    monkeypatch.setattr("streamd.consumer.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("streamd.consumer.conflicts.time.monotonic", lambda: clock[0])
 
     class SlowStore:
         lookups = 0
@@ -510,21 +508,20 @@ def test_telling_replays_from_conflicts_takes_at_most_its_share_of_the_consumers
             clock[0] += 2.0  # a scan of a large collection
             return []
 
-    batches = BatchConsumer(
-        settings.consumer, None, None, SlowStore(), None, Shutdown(), Quarantine(settings.state_path / "consumers")
-    )  # type: ignore[arg-type]
+    check = ConflictCheck(ConsumerCounters())
+    slow = SlowStore()
     unchecked = REGISTRY.get_sample_value("streamd_consumer_duplicates_unchecked_total") or 0.0
     replayed = ({"_id": "user-1", "kafka": {"topic": "t", "partition": 0, "offset": 1}},)
     fallback = ({"_id": "~t:0:2", "kafka": {"topic": "t", "partition": 0, "offset": 2}},)
 
-    batches.report_conflicts(fallback)  # its own coordinates: a replay by construction, never looked up
+    check.check(slow, fallback)  # its own coordinates: a replay by construction, never looked up
     assert SlowStore.lookups == 0
-    batches.report_conflicts(replayed)  # 2 s: the whole budget of a 10 s window
-    batches.report_conflicts(replayed)
+    check.check(slow, replayed)  # 2 s: the whole budget of a 10 s window
+    check.check(slow, replayed)
     clock[0] += 5.0
-    batches.report_conflicts(replayed)
+    check.check(slow, replayed)
     assert SlowStore.lookups == 1
     assert (REGISTRY.get_sample_value("streamd_consumer_duplicates_unchecked_total") or 0.0) - unchecked == 2
     clock[0] += 10.0  # the scan has left the window
-    batches.report_conflicts(replayed)
+    check.check(slow, replayed)
     assert SlowStore.lookups == 2

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import falcon.testing
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamd import config as config_module
@@ -31,7 +31,9 @@ from streamd.api.backends import Backends
 from streamd.config import Config
 from streamd.consumer import ConsumerCounters
 from streamd.metrics import exposition, series
+from streamd.pipeline import Rejection
 from streamd.producer import ProduceReport
+from streamd.store import WriteOutcome
 
 from .conftest import REPO, free_port
 from .supervisor_process import start_streamd, wait_until
@@ -50,9 +52,11 @@ def value(name: str, labels: dict | None = None) -> float:
 def test_the_producer_report_counts_into_prometheus_as_it_counts_for_its_log():
     before = [value(f"streamd_producer_messages_{kind}_total") for kind in ("sent", "acknowledged", "failed")]
     report = ProduceReport()
-    report.sent += 3
-    report.acked += 2
-    report.failed += 1
+    for _ in range(3):
+        report.add_sent()
+    for _ in range(2):
+        report.add_acked()
+    report.add_failed()
     after = [value(f"streamd_producer_messages_{kind}_total") for kind in ("sent", "acknowledged", "failed")]
     assert (report.sent, report.acked, report.failed) == (3, 2, 1)
     assert [b - a for a, b in zip(before, after, strict=True)] == [3, 2, 1]
@@ -63,11 +67,14 @@ def test_consumer_counters_count_by_reason_and_a_copy_counts_nothing_again():
     def rejected(reason: str) -> float:
         return value("streamd_consumer_messages_rejected_total", {"reason": reason})
 
+    def rejection(reason: str) -> Rejection:
+        return Rejection("validate", reason, "", "t", 0, 0, None, b"")
+
     before = (rejected("schema"), rejected("not_json"), value("streamd_consumer_messages_stored_total"))
     counters = ConsumerCounters()
-    counters.stored += 5
-    counters.rejected.update(["schema", "schema", "not_json"])
-    counters.rejected["schema"] += 1
+    counters.add_written(WriteOutcome(inserted=5, duplicates=0))
+    counters.add_rejected([rejection("schema"), rejection("schema"), rejection("not_json")])
+    counters.add_rejected([rejection("schema")])
     copy.deepcopy(counters)
     assert counters.rejected == {"schema": 3, "not_json": 1}
     assert rejected("schema") - before[0] == 3
@@ -75,20 +82,13 @@ def test_consumer_counters_count_by_reason_and_a_copy_counts_nothing_again():
     assert value("streamd_consumer_messages_stored_total") - before[2] == 5
 
 
-def test_observe_all_records_exactly_what_observing_one_by_one_records():
-    bounds = (0.1, 1.0, 10.0)
-    one_by_one = Histogram("one_by_one_seconds", "test", buckets=bounds, registry=CollectorRegistry())
-    at_once = Histogram("at_once_seconds", "test", buckets=bounds, registry=CollectorRegistry())
-    amounts = [0.0, 0.1, 0.10001, 0.5, 1.0, 3.0, 10.0, 11.0, 500.0, 0.05]
-    for amount in amounts:
-        one_by_one.observe(amount)
-    series.observe_all(at_once, amounts)
-
-    def samples(histogram: Histogram) -> list[tuple]:
-        [family] = histogram.collect()
-        return [(s.name.split("_seconds")[1], s.labels, s.value) for s in family.samples if "_created" not in s.name]
-
-    assert samples(at_once) == samples(one_by_one)
+def test_counting_by_label_increments_each_labels_series_by_its_count():
+    registry = CollectorRegistry()
+    counter = Counter("by_label", "test", ["reason"], registry=registry)
+    counts = series.count_by_label(counter, ["schema", "not_json", "schema"])
+    assert counts == {"schema": 2, "not_json": 1}
+    assert registry.get_sample_value("by_label_total", {"reason": "schema"}) == 2
+    assert registry.get_sample_value("by_label_total", {"reason": "not_json"}) == 1
 
 
 def test_a_stored_batch_records_its_size_and_each_message_latency_unless_it_held_duplicates():

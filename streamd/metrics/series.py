@@ -1,8 +1,8 @@
-"""Every series a child records, and the small wrappers that let the children count as they always have.
+"""Every series a child records, and the two helpers the consumer's hot path records them with.
 
 The producer's `ProduceReport` and the consumer's `ConsumerCounters` keep their plain numbers (each
-process logs them when it stops); a `Tally` field adds every increase to a Prometheus counter as well,
-so `counters.stored += n` is all the instrumentation the consumer's hot path needs.
+process logs them when it stops); their counting methods increment the series here beside them, so a
+reader sees every Prometheus update where it happens.
 
 Series computed when /metrics is scraped (consumer lag, child states) are not here: they are read from
 Kafka and the supervisor at that moment, see streamd/api/metrics.py.
@@ -10,11 +10,9 @@ Kafka and the supervisor at that moment, see streamd/api/metrics.py.
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter as Tallies
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -91,79 +89,12 @@ HTTP_SECONDS = Histogram(
 OPEN_STREAMS = Gauge("streamd_http_streams_open", "Live /stream responses being served.", multiprocess_mode="livesum")
 
 
-class Tally:
-    """A whole-number attribute whose increases are also counted into a Prometheus counter.
-
-    Used as a dataclass field default: the dataclass takes its default (0) from `__get__` on the class
-    and routes every assignment, `__init__`'s included, through `__set__`.
-    """
-
-    def __init__(self, counter: Counter) -> None:
-        self.counter = counter
-        self.attribute = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.attribute = f"_{name}_tally"
-
-    def __get__(self, instance: object, owner: type | None = None) -> int:
-        if instance is None:
-            return 0
-        return instance.__dict__.get(self.attribute, 0)
-
-    def __set__(self, instance: object, value: int) -> None:
-        increase = value - instance.__dict__.get(self.attribute, 0)
-        # A Prometheus counter only goes up; setting a lower value resets the number, not the series.
-        if increase > 0:
-            self.counter.inc(increase)
-        instance.__dict__[self.attribute] = value
-
-
-class LabelTally(Tallies):
-    """A collections.Counter (label -> count) whose increases also count into a one-label Prometheus counter.
-
-    Used as a dataclass field's default_factory: `field(default_factory=LabelTally.of(REJECTED))`.
-    """
-
-    def __init__(self, counter: Counter) -> None:
-        super().__init__()
-        self.counter = counter
-
-    @classmethod
-    def of(cls, counter: Counter) -> Callable[[], LabelTally]:
-        return lambda: cls(counter)
-
-    def __setitem__(self, label: str, value: int) -> None:
-        # Counter.update() and `tallies[x] += n` both end here.
-        increase = value - self.get(label, 0)
-        if increase > 0:
-            self.counter.labels(label).inc(increase)
-        super().__setitem__(label, value)
-
-    def __reduce__(self) -> Any:
-        # A copy is a plain Counter: rebuilding a LabelTally item by item would count everything again.
-        return Tallies, (dict(self),)
-
-
-def observe_all(histogram: Histogram, amounts: Iterable[float]) -> None:
-    """histogram.observe() for each amount, with one file write per bucket touched instead of one per amount.
-
-    A batch of 500 messages mostly lands in one or two buckets; observing them one by one would cost
-    about a millisecond of locked memory-map writes per batch on the consumer's hot path. This relies on
-    the layout of prometheus_client's Histogram (one value per bucket, and a sum); the tests compare it
-    with observe() so an upgrade that changes the layout fails loudly.
-    """
-    bounds = histogram._upper_bounds
-    per_bucket: dict[int, int] = {}
-    total = 0.0
-    for amount in amounts:
-        index = bisect.bisect_left(bounds, amount)
-        per_bucket[index] = per_bucket.get(index, 0) + 1
-        total += amount
-    if not per_bucket:
-        return
-    histogram._sum.inc(total)
-    for index, count in per_bucket.items():
-        histogram._buckets[index].inc(count)
+def count_by_label(counter: Counter, labels: Iterable[str]) -> Tallies[str]:
+    """Count each label into a one-label Prometheus counter (one increment per label); the counts by label."""
+    counts = Tallies(labels)
+    for label, count in counts.items():
+        counter.labels(label).inc(count)
+    return counts
 
 
 def stored_batch(messages: int, documents: list[dict], duplicates: int, now: datetime | None = None) -> None:
@@ -174,5 +105,10 @@ def stored_batch(messages: int, documents: list[dict], duplicates: int, now: dat
         # measures the outage that caused the replay, not the pipeline's latency: leave the batch out.
         return
     stored_at = (now or datetime.now(UTC)).timestamp()
-    # A producer whose clock runs ahead would give negative ages; they count as immediate.
-    observe_all(END_TO_END_SECONDS, (max(stored_at - doc["timestamp"].timestamp(), 0.0) for doc in documents))
+    # One public observe() per message: about 2.1 µs each in multiprocess mode (two locked memory-map
+    # writes), so about 1 ms per batch of 500, measured against 0.2 µs for adding up the buckets first,
+    # which needs prometheus-client's private fields. The public price buys immunity to its upgrades.
+    observe = END_TO_END_SECONDS.observe
+    for document in documents:
+        # A producer whose clock runs ahead would give negative ages; they count as immediate.
+        observe(max(stored_at - document["timestamp"].timestamp(), 0.0))

@@ -1,0 +1,144 @@
+"""The sink: a batch's documents into the store, then its rejections into the dead-letter topic.
+
+Either may be away; the sink then holds the batch and tries again with exponential backoff and jitter,
+logging each outage once when it starts and once when it ends. What the store refuses for good (a
+document it will never take) becomes a store-stage rejection, dead-lettered with the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+
+from pymongo.errors import OperationFailure
+
+from streamd import store
+from streamd.consumer.conflicts import ConflictCheck
+from streamd.consumer.counts import ConsumerCounters
+from streamd.dead_letter import DeadLetterQueue
+from streamd.metrics import series
+from streamd.outage import Outage
+from streamd.pipeline import MessageBatch
+
+log = logging.getLogger("streamd.consumer")
+
+RETRY_INITIAL = 0.5
+RETRY_MAX = 30.0
+DEAD_LETTER_WAIT = 1.0  # longest wait for dead-letter acknowledgements before pausing and polling again
+
+Wait = Callable[[float], bool]  # hold for this many seconds between attempts; False when a stop is requested
+
+
+class Sink:
+    """Store, then dead-letter: a batch is delivered once both took what is theirs."""
+
+    def __init__(
+        self, message_store: store.MessageStore, dead_letters: DeadLetterQueue, counters: ConsumerCounters
+    ) -> None:
+        self.store = message_store
+        self.dead_letters = dead_letters
+        self.counters = counters
+        self.conflicts = ConflictCheck(counters)
+        self.indexes_ready = False
+        self.store_outage = Outage()
+        self.dead_letter_outage = Outage()
+
+    def prepare(self) -> None:
+        try:
+            self.ensure_indexes()
+        except store.UNAVAILABLE as exc:
+            # Indexes serve the API's reads, not our writes: consume anyway and try again before each write.
+            log.warning("store unavailable at start-up (%s: %s); consuming anyway", type(exc).__name__, exc)
+
+    def ensure_indexes(self) -> None:
+        if not self.indexes_ready:
+            self.store.ensure_indexes()
+            self.indexes_ready = True
+
+    def deliver(self, batch: MessageBatch, wait: Wait) -> bool:
+        """Store the batch and dead-letter its rejections, waiting between attempts while either is away.
+
+        False when a stop request came first; the batch is then left uncommitted.
+        """
+        if not _retry(lambda: self.try_store(batch), wait):
+            log.warning("stopping with %d messages unstored; they stay uncommitted for a replay", len(batch))
+            return False
+        if batch.rejections:
+            self.dead_letters.submit(batch.rejections)
+            if not _retry(self.try_dead_letter, wait):
+                log.warning("stopping before the dead-letter topic acknowledged; the batch stays uncommitted")
+                return False
+        return True
+
+    def try_store(self, batch: MessageBatch) -> bool:
+        """One attempt at writing the batch's documents."""
+        try:
+            self.ensure_indexes()
+            with series.STORE_WRITE_SECONDS.time():
+                outcome = self.store.insert_batch(batch.documents)
+        # A command-level refusal (e.g. not authorized) is about the store, not about one document: the
+        # batch waits for an operator to fix it rather than crash-looping this consumer.
+        except (*store.UNAVAILABLE, store.StoreBusy, OperationFailure) as exc:
+            if self.store_outage.failed():
+                log.warning(
+                    "store unavailable (%s: %s); holding %d messages uncommitted, partitions paused, "
+                    "retrying with backoff",
+                    type(exc).__name__,
+                    exc,
+                    len(batch),
+                )
+            return False
+        refused = batch.refuse(outcome.refused)
+        self.counters.add_rejected(refused)
+        for rejection in refused:
+            log.warning("%s", rejection)
+        if (recovery := self.store_outage.recovered()) is not None:
+            log.info("store is back after %.1fs; resuming", recovery.seconds)
+        self.counters.add_written(outcome)
+        series.stored_batch(len(batch), batch.documents, outcome.duplicates)
+        if outcome.duplicated:
+            self.conflicts.check(self.store, outcome.duplicated)
+        return True
+
+    def try_dead_letter(self) -> bool:
+        """One wait for the dead-letter topic's acknowledgements."""
+        settled = self.dead_letters.settle(DEAD_LETTER_WAIT)
+        acknowledged = settled.acknowledged
+        if acknowledged:
+            self.counters.add_dead_lettered(acknowledged)
+            reasons = Counter(rejection.reason for rejection in acknowledged)
+            log.warning(
+                "dead-lettered %d messages to %s (%s); first: %s",
+                len(acknowledged),
+                self.dead_letters.topic,
+                ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items())),
+                acknowledged[0],
+            )
+            for rejection in acknowledged[1:]:
+                log.debug("%s", rejection)
+        if not settled.done:
+            if self.dead_letter_outage.failed():
+                log.warning(
+                    "dead-letter topic %s has not acknowledged yet; holding the batch uncommitted, partitions paused",
+                    self.dead_letters.topic,
+                )
+        elif (recovery := self.dead_letter_outage.recovered()) is not None:
+            log.info("dead-letter topic acknowledged after %.1fs; resuming", recovery.seconds)
+        return settled.done
+
+    def close(self) -> None:
+        self.dead_letters.close()
+        self.store.close()
+
+
+def _retry(attempt: Callable[[], bool], wait: Wait) -> bool:
+    """Run `attempt` until it succeeds, with exponential backoff and jitter; False when stopping first."""
+    delay = RETRY_INITIAL
+    while not attempt():
+        # Jitter keeps the consumers of a group from hammering a recovering server in step.
+        if not wait(random.uniform(delay / 2, delay)):
+            return False
+        delay = min(delay * 2, RETRY_MAX)
+    return True
