@@ -274,7 +274,8 @@ class PickyStore(MessageStore):
         refused = [index for index, document in enumerate(documents) if document["content"] == "refuse me"]
         if not refused:
             return super().insert_many(documents)
-        inserted = super().insert_many([d for index, d in enumerate(documents) if index not in refused])
+        kept = [d for index, d in enumerate(documents) if index not in refused]
+        inserted = super().insert_many(kept) if kept else 0
         errors = [{"index": index, "code": 121, "errmsg": "Document failed validation"} for index in refused]
         raise BulkWriteError({"nInserted": inserted, "writeErrors": errors, "writeConcernErrors": []})
 
