@@ -6,10 +6,21 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamd import config as config_module
 from streamd.config import Config, ConfigError
-from streamd.store import UNAVAILABLE, MessageStore, WriteOutcome, connect
+from streamd.store import (
+    DUPLICATE_KEY,
+    RETRYABLE_WRITE_CODES,
+    UNAVAILABLE,
+    MessageStore,
+    StoreBusy,
+    WriteOutcome,
+    connect,
+    write_outcome,
+)
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -120,3 +131,32 @@ def test_close_leaves_a_shared_client_open(pipeline_config: Config):
     MessageStore(pipeline_config.mongodb, client=client).close()
     client.admin.command("ping")
     client.close()
+
+
+# The codes a write error can carry: a duplicate, one the store refuses for good, and retryable ones.
+ERROR_CODES = st.sampled_from([DUPLICATE_KEY, 121, 2, *sorted(RETRYABLE_WRITE_CODES)[:3]])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 20).flatmap(lambda n: st.tuples(st.just(n), st.dictionaries(st.integers(0, n - 1), ERROR_CODES))))
+def test_every_failed_document_of_a_write_is_a_duplicate_or_a_refusal_unless_one_can_succeed_later(case):
+    size, codes = case
+    documents = [document(f"m-{n}", n) for n in range(size)]
+    errors = [{"index": index, "code": code, "errmsg": f"error {code}"} for index, code in sorted(codes.items())]
+    details = {"nInserted": size - len(errors), "writeErrors": errors}
+    if any(code in RETRYABLE_WRITE_CODES for code in codes.values()):
+        with pytest.raises(StoreBusy):
+            write_outcome(documents, details)
+        return
+    outcome = write_outcome(documents, details)
+    duplicated = {index for index, code in codes.items() if code == DUPLICATE_KEY}
+    assert outcome.inserted == size - len(codes)
+    assert outcome.duplicated == tuple(documents[index] for index in sorted(duplicated))
+    assert outcome.duplicates == len(duplicated)
+    assert set(outcome.refused) == set(codes) - duplicated
+    assert all(reason.startswith("the store refused the document: ") for reason in outcome.refused.values())
+
+
+def test_a_write_concern_error_is_a_retry_even_when_every_document_went_in():
+    with pytest.raises(StoreBusy, match="write concern"):
+        write_outcome([document("m-1")], {"nInserted": 1, "writeErrors": [], "writeConcernErrors": [{"code": 64}]})
