@@ -237,6 +237,7 @@ class MessageStore:
             yield from self.collection.find({"_id": {"$in": ids[first : first + batch]}}, fields)
 
     def is_ferretdb(self) -> bool:
+        """The store kind: FerretDB answers buildInfo with its own version beside the MongoDB one it mimics."""
         return "ferretdbVersion" in self.client.admin.command("buildInfo")
 
     def ping(self) -> None:
