@@ -87,20 +87,15 @@ class StatsResource:
         return stats
 
     def from_store(self, now: datetime) -> dict[str, Any]:
-        collection = self.backends.store.collection
+        store = self.backends.store
         limit = time_limit_ms(self.backends)
-        total = collection.count_documents({}, maxTimeMS=limit)
+        total = store.count(limit)
         rates = {
-            name: round(
-                collection.count_documents({"ingested_at": {"$gte": now - timedelta(seconds=seconds)}}, maxTimeMS=limit)
-                / seconds,
-                3,
-            )
+            name: round(store.count_since(now - timedelta(seconds=seconds), limit) / seconds, 3)
             for name, seconds in RATE_WINDOWS.items()
         }
-        groups = collection.aggregate([{"$group": {"_id": "$source", "count": {"$sum": 1}}}], maxTimeMS=limit)
         sources = sorted(
-            ({"source": group["_id"], "count": group["count"]} for group in groups),
+            ({"source": source, "count": count} for source, count in store.sources(limit)),
             key=lambda entry: (-entry["count"], str(entry["source"])),
         )
         return {"totals": {"messages": total}, "rates": rates, "sources": sources}

@@ -17,13 +17,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from streamd import config as config_module
 from streamd import control
 from streamd.bench.scratch import BenchError
 from streamd.config import Config
 from streamd.control import descendants
+from streamd.group_offsets import KafkaUnreadable, committed, partitions_of
 from streamd.kafka import make_client
 
 # Runs `streamd start` so that it gets SIGTERM (a graceful stop) should the bench die without
@@ -130,9 +131,10 @@ class CommitWatch:
 
     def __init__(self, config: Config, partitions: Iterable[int]) -> None:
         self.topic = config.kafka.topic
+        self.group = config.consumer.group
         self.partitions = sorted(partitions)
-        # Never subscribes, so it never joins the group it reads: offset fetches only.
-        self.consumer = make_client(Consumer, config.kafka, "bench", {"group.id": config.consumer.group})
+        # Offset fetches only: it never joins the group it reads.
+        self.admin = make_client(AdminClient, config.kafka, "bench")
         # Per partition: the times a new committed offset was first seen, and those offsets.
         self.seen_at: dict[int, list[float]] = {p: [] for p in self.partitions}
         self.offsets: dict[int, list[int]] = {p: [] for p in self.partitions}
@@ -142,20 +144,20 @@ class CommitWatch:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.consumer.close()
+        pass  # an AdminClient holds nothing to close
 
     def poll(self) -> int:
         """Read the committed offsets once; the number of messages committed so far (offsets start at 0)."""
         try:
-            committed = self.consumer.committed([TopicPartition(self.topic, p) for p in self.partitions], timeout=5)
-        except KafkaException:
+            positions = committed(self.admin, self.group, partitions_of(self.topic, self.partitions), timeout=5)
+        except KafkaUnreadable:
             return sum(self.current.values())
         now = time.time()
-        for tp in committed:
-            if tp.offset > self.current[tp.partition]:
-                self.current[tp.partition] = tp.offset
-                self.seen_at[tp.partition].append(now)
-                self.offsets[tp.partition].append(tp.offset)
+        for (_, partition), offset in positions.items():
+            if offset > self.current[partition]:
+                self.current[partition] = offset
+                self.seen_at[partition].append(now)
+                self.offsets[partition].append(offset)
         return sum(self.current.values())
 
     def stored_at(self, partition: int, offset: int) -> float | None:
