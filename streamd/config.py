@@ -194,6 +194,20 @@ class Config:
                 changed.add(name)
         return changed
 
+    def changed_settings(self, other: Config) -> set[str]:
+        """The changed sections plus every changed key in them as "section.key" (scale keys left out).
+
+        A child that reads a single key of another section (the API's consumer.group) declares just
+        that key, so tuning the rest of the section does not restart it.
+        """
+        changed = self.changed_sections(other)
+        for name in list(changed):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            for f in dataclasses.fields(mine):
+                if f.name != SCALE_KEYS.get(name) and getattr(mine, f.name) != getattr(theirs, f.name):
+                    changed.add(f"{name}.{f.name}")
+        return changed
+
 
 def section_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config) if _is_section(f)]

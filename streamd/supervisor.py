@@ -59,19 +59,10 @@ def plan_children(config: Config, services: Sequence[ChildSpec] = ()) -> list[Ch
 
     specs = list(services)
     if config.producer.enabled:
-        specs.append(
-            ChildSpec("producer", "streamd: producer", producer.run, frozenset({"kafka", "producer", "logging"}))
-        )
+        specs.append(ChildSpec("producer", "streamd: producer", producer.run, producer.SECTIONS))
     for index in range(1, config.consumer.processes + 1):
-        specs.append(
-            ChildSpec(
-                f"consumer-{index}",
-                f"streamd: consumer {index}",
-                consumer.run,
-                frozenset({"kafka", "mongodb", "consumer", "logging"}),
-            )
-        )
-    specs.append(ChildSpec("api", "streamd: api", api_server.run, frozenset({"kafka", "mongodb", "api", "logging"})))
+        specs.append(ChildSpec(f"consumer-{index}", f"streamd: consumer {index}", consumer.run, consumer.SECTIONS))
+    specs.append(ChildSpec("api", "streamd: api", api_server.run, api_server.SECTIONS))
     return specs
 
 
@@ -347,6 +338,7 @@ class Supervisor:
         self.reload_refused = None
         self.notifier.reloading()
         changed = self.config.changed_sections(new)
+        changed_keys = self.config.changed_settings(new)  # a child may declare a single key it reads
         if "stack" in changed or new.state_dir != self.config.state_dir:
             log.warning("changes to stack and state_dir take effect at the next `streamd start`")
         if "logging" in changed:
@@ -361,7 +353,7 @@ class Supervisor:
                 if child.unwanted(now, new.supervisor.graceful_timeout):
                     self.children.remove(child)
                 continue
-            restart = bool(child.spec.sections & changed)
+            restart = bool(child.spec.sections & changed_keys)
             if child.retiring:
                 log.info("keeping %s after all: it starts again once it has stopped", child.name)
             elif restart and child.is_alive:

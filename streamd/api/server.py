@@ -157,6 +157,11 @@ def worker_grace(supervisor_grace: float) -> int:
     return max(1, math.ceil(supervisor_grace) - 1)
 
 
+# What the api child reads of the config: a reload that changes one of these restarts it.  It reads
+# the consumers' group for lag, and the graceful timeout to size Gunicorn's.
+SECTIONS = frozenset({"kafka", "mongodb", "api", "logging", "consumer.group", "supervisor.graceful_timeout"})
+
+
 def run(config: Config, shutdown: Shutdown) -> int:
     """Serve the API until SIGTERM (graceful: in-flight requests finish), then return 0.
 
