@@ -13,7 +13,6 @@ What happens when a child dies is therefore `reap_children` plus `Child.exited` 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -31,23 +30,13 @@ from streamd import logs, metrics
 from streamd.children import AfterStop, Child, ChildSpec, ChildState, ChildTarget, RestartPolicy, Tier
 from streamd.config import Config, ConfigError
 from streamd.control import ControlServer
-from streamd.lifecycle import Shutdown
+from streamd.lifecycle import PR_SET_CHILD_SUBREAPER, Shutdown, die_with_parent, prctl
 from streamd.sdnotify import Notifier
 
 if TYPE_CHECKING:
     from streamd.stack import Service
 
 log = logging.getLogger("streamd.supervisor")
-
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
-
 
 Planner = Callable[[Config, Sequence[ChildSpec]], list[ChildSpec]]
 
@@ -299,9 +288,7 @@ class Supervisor:
         # Own process group: Ctrl-C in a terminal reaches only the supervisor, which stops the
         # children in order (consumers before Kafka) instead of all at once.
         os.setpgid(0, 0)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != self.pid:
-            os._exit(1)  # the supervisor died between fork() and prctl()
+        die_with_parent(signal.SIGKILL, self.pid)
         for signum in self.SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         os.close(self.wake_r)
