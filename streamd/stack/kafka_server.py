@@ -1,4 +1,5 @@
-"""The local Apache Kafka: jars from Maven Central, a single KRaft node bound to the configured loopback port.
+"""The local Apache Kafka broker (a server kind, see kind.py): jars from Maven Central, a single KRaft node
+bound to the configured loopback port.  Not to be confused with streamd/kafka.py, the client side.
 
 Kafka's release tarball is just its jars plus shell scripts; resolving the jars with Maven gets the
 same thing from a checksummed repository the JDK toolchain already trusts, and running `java` directly
@@ -245,3 +246,36 @@ def answers(brokers: str, client: Mapping[str, Any], timeout: float = 3.0) -> bo
     except KafkaException:
         return False
     return bool(metadata.brokers)
+
+
+class KafkaServer:
+    """The local Kafka broker as a `ServerKind`."""
+
+    name = "kafka"
+    endpoint_key = "kafka.brokers"
+    check_endpoint = staticmethod(broker_endpoint)
+    data_dir = staticmethod(data_dir)
+    provision = staticmethod(provision)
+    service = staticmethod(service)
+
+    def address(self, config: Config) -> str:
+        return config.kafka.brokers
+
+    def accepts_connections(self, config: Config) -> bool:
+        try:
+            return any(endpoint.answers() for endpoint in kafka_endpoints(config.kafka.brokers))
+        except ValueError:
+            return False
+
+    def answers(self, config: Config) -> bool:
+        return answers(config.kafka.brokers, config.kafka.client)
+
+    def preflight(self, config: Config) -> None:
+        if controller_endpoint(config).answers():
+            raise StackError(
+                f"stack.kafka_controller_port {config.stack.kafka_controller_port} is already in use on "
+                f"127.0.0.1; choose a free port for the local KRaft controller."
+            )
+
+
+KAFKA = KafkaServer()

@@ -1,4 +1,5 @@
-"""The local MongoDB-wire store: mongod when it is installed, otherwise FerretDB on SQLite, built from source.
+"""The local MongoDB-wire store (a server kind, see kind.py): mongod when it is installed, otherwise FerretDB
+on SQLite, built from source.  Not to be confused with streamd/store.py, the client side.
 
 FerretDB speaks the MongoDB wire protocol on top of SQLite, so a laptop without MongoDB packages still
 gets a real server for the consumers and the API; both are single processes bound to loopback.
@@ -211,3 +212,41 @@ def answers(uri: str, timeout_ms: int = 2000) -> bool:
         return False
     finally:
         client.close()
+
+
+class StoreServer:
+    """The local store as a `ServerKind`."""
+
+    name = "store"
+    endpoint_key = "mongodb.uri"
+    check_endpoint = staticmethod(store_endpoint)
+    data_dir = staticmethod(data_dir)
+    provision = staticmethod(provision)
+    service = staticmethod(service)
+
+    def address(self, config: Config) -> str:
+        uri = config.mongodb.uri
+        if is_srv_uri(uri):
+            return uri.split("@")[-1].split("/")[0]
+        try:
+            return ", ".join(map(str, mongodb_endpoints(uri)))
+        except ValueError:
+            return "unparsable mongodb.uri"
+
+    def accepts_connections(self, config: Config) -> bool:
+        uri = config.mongodb.uri
+        if is_srv_uri(uri):
+            return answers(uri)  # only DNS knows the hosts; ask the driver
+        try:
+            return any(endpoint.answers() for endpoint in mongodb_endpoints(uri))
+        except ValueError:
+            return False
+
+    def answers(self, config: Config) -> bool:
+        return answers(config.mongodb.uri)
+
+    def preflight(self, config: Config) -> None:
+        pass  # the store needs nothing but its endpoint
+
+
+STORE = StoreServer()
