@@ -9,6 +9,10 @@ a self-pipe; the loop then runs, in order:
     manage_children()    spawn what is due, promote STARTING to RUNNING, escalate overdue stops
 
 What happens when a child dies is therefore `reap_children` plus `Child.exited` in children.py.
+Which children there are is plan.py's; how each one behaves, children.py's.
+
+A little over 300 lines on purpose: the loop, the handlers, reaping, spawning and reload all act on
+one list of children and one self-pipe, and read best as one class, as in gunicorn's arbiter.
 """
 
 from __future__ import annotations
@@ -20,59 +24,20 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from setproctitle import setproctitle
 
 from streamd import config as config_module
 from streamd import logs, metrics
-from streamd.children import AfterStop, Child, ChildSpec, ChildState, ChildTarget, RestartPolicy, Tier
+from streamd.children import AfterStop, Child, ChildSpec, ChildState, RestartPolicy, Tier
 from streamd.config import Config, ConfigError
 from streamd.control import ControlServer
 from streamd.lifecycle import PR_SET_CHILD_SUBREAPER, Shutdown, die_with_parent, prctl
+from streamd.plan import Planner, plan_children
 from streamd.sdnotify import Notifier
 
-if TYPE_CHECKING:
-    from streamd.stack import Service
-
 log = logging.getLogger("streamd.supervisor")
-
-Planner = Callable[[Config, Sequence[ChildSpec]], list[ChildSpec]]
-
-
-def plan_children(config: Config, services: Sequence[ChildSpec] = ()) -> list[ChildSpec]:
-    """The children this config asks for, in start order.  Imports stay lazy so `streamd status` is quick."""
-    from streamd import consumer, producer
-    from streamd.api import server as api_server
-
-    specs = list(services)
-    if config.producer.enabled:
-        specs.append(ChildSpec("producer", "streamd: producer", producer.run, producer.SECTIONS))
-    for index in range(1, config.consumer.processes + 1):
-        specs.append(ChildSpec(f"consumer-{index}", f"streamd: consumer {index}", consumer.run, consumer.SECTIONS))
-    specs.append(ChildSpec("api", "streamd: api", api_server.run, api_server.SECTIONS))
-    return specs
-
-
-def service_children(services: Sequence[Service]) -> list[ChildSpec]:
-    """Local servers (Kafka, the store) run as children too, started first and stopped last."""
-    from streamd import stack
-
-    def runner(service: Service) -> ChildTarget:
-        return lambda config, shutdown: stack.run_service(service, shutdown)
-
-    return [
-        ChildSpec(
-            service.name,
-            f"streamd: {service.name}",
-            runner(service),
-            sections=frozenset(),
-            tier=Tier.SERVICE,
-            ready=service.ready,
-        )
-        for service in services
-    ]
 
 
 class Supervisor:

@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from streamd import config as config_module
 from streamd import control
 from streamd.children import ChildState
-from streamd.supervisor import Supervisor, plan_children
+from streamd.plan import plan_children
+from streamd.supervisor import Supervisor
 
 from .supervisor_process import REPO, SupervisorProcess, process_gone, wait_until
 from .toy_supervisor import toy_plan

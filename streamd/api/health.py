@@ -21,7 +21,7 @@ from streamd.api.single_flight import SingleFlight
 CHECK_TIMEOUT = 2.0
 # A flood of probes costs one round of checks per second per worker, not one per probe.
 READY_FRESH_SECONDS = 1.0
-# The supervisor names consumer children "consumer-<n>" (supervisor.plan_children).
+# The supervisor names consumer children "consumer-<n>" (plan.plan_children).
 CONSUMER_PREFIX = "consumer-"
 
 

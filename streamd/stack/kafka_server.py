@@ -22,8 +22,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from streamd.config import Config
-from streamd.stack.endpoint import Endpoint, kafka_endpoints
-from streamd.stack.pidfile import server_home
+from streamd.stack.endpoint import Endpoint, any_answers, kafka_endpoints
+from streamd.stack.pidfile import server_data, server_home
 from streamd.stack.provisioning import (
     INSTEAD,
     cache_lock,
@@ -75,7 +75,7 @@ def home_dir(config: Config) -> Path:
 
 
 def data_dir(config: Config) -> Path:
-    return home_dir(config) / "data"
+    return server_data(config, "kafka")
 
 
 def broker_endpoint(config: Config) -> Endpoint:
@@ -234,11 +234,8 @@ def _format_storage(config: Config, jvm: list[str], properties: Path) -> None:
 
 def answers(brokers: str, client: Mapping[str, Any], timeout: float = 3.0) -> bool:
     """True when a broker returns cluster metadata with at least one live broker in it."""
-    try:
-        if not any(endpoint.answers() for endpoint in kafka_endpoints(brokers)):
-            return False  # nothing listens: skip librdkafka's retries and its connection-refused noise
-    except ValueError:
-        return False
+    if not any_answers(kafka_endpoints, brokers):
+        return False  # nothing listens: skip librdkafka's retries and its connection-refused noise
     # log_level 0: a probe that fails is an answer here, not an error worth printing.
     admin = AdminClient({"log_level": 0, **client, "bootstrap.servers": brokers})
     try:
@@ -262,10 +259,7 @@ class KafkaServer:
         return config.kafka.brokers
 
     def accepts_connections(self, config: Config) -> bool:
-        try:
-            return any(endpoint.answers() for endpoint in kafka_endpoints(config.kafka.brokers))
-        except ValueError:
-            return False
+        return any_answers(kafka_endpoints, config.kafka.brokers)
 
     def answers(self, config: Config) -> bool:
         return answers(config.kafka.brokers, config.kafka.client)

@@ -19,8 +19,8 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from streamd.config import Config
-from streamd.stack.endpoint import Endpoint, is_srv_uri, mongodb_endpoints
-from streamd.stack.pidfile import server_home
+from streamd.stack.endpoint import Endpoint, any_answers, is_srv_uri, mongodb_endpoints
+from streamd.stack.pidfile import server_data, server_home
 from streamd.stack.provisioning import (
     INSTEAD,
     cache_lock,
@@ -41,7 +41,7 @@ def home_dir(config: Config) -> Path:
 
 
 def data_dir(config: Config) -> Path:
-    return home_dir(config) / "data"
+    return server_data(config, "store")
 
 
 def ferretdb_version(config: Config) -> str:
@@ -198,12 +198,8 @@ def service(config: Config) -> Service:
 
 def answers(uri: str, timeout_ms: int = 2000) -> bool:
     """True when the server answers a ping (FerretDB and mongod both do once they accept commands)."""
-    if not is_srv_uri(uri):
-        try:
-            if not any(endpoint.answers() for endpoint in mongodb_endpoints(uri)):
-                return False  # nothing listens: don't wait out the driver's server selection
-        except ValueError:
-            return False
+    if not is_srv_uri(uri) and not any_answers(mongodb_endpoints, uri):
+        return False  # nothing listens: don't wait out the driver's server selection
     client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
     try:
         client.admin.command("ping")
@@ -237,10 +233,7 @@ class StoreServer:
         uri = config.mongodb.uri
         if is_srv_uri(uri):
             return answers(uri)  # only DNS knows the hosts; ask the driver
-        try:
-            return any(endpoint.answers() for endpoint in mongodb_endpoints(uri))
-        except ValueError:
-            return False
+        return any_answers(mongodb_endpoints, uri)
 
     def answers(self, config: Config) -> bool:
         return answers(config.mongodb.uri)
