@@ -516,12 +516,16 @@ def streamd_modules(root: str) -> dict[str, ast.Module]:
         if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
             continue
         tree = seen[name] = ast.parse(Path(spec.origin).read_text())
+        package = (name if spec.origin.endswith("__init__.py") else name.rpartition(".")[0]).split(".")
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 todo.extend(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                todo.append(node.module)
-                todo.extend(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                # `from .offsets import x` in a package (the consumer may become one) counts too.
+                base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+                module = ".".join(part for part in (base, node.module) if part)
+                todo.append(module)
+                todo.extend(f"{module}.{alias.name}" for alias in node.names)
     return seen
 
 
