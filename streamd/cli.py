@@ -136,7 +136,8 @@ def load_to_reach_supervisor(args: argparse.Namespace) -> Config:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from streamd import stack
-    from streamd.supervisor import Supervisor, service_children
+    from streamd.plan import service_children
+    from streamd.supervisor import Supervisor
 
     config = load(args)
     logs.configure(config.logging, "supervisor")

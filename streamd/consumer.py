@@ -612,6 +612,10 @@ class BatchConsumer:
                 log.info("dropped %d unfinished messages of partitions that moved; their new owner has them", dropped)
 
 
+# What a consumer child reads of the config: a reload that changes one of these restarts it.
+SECTIONS = frozenset({"kafka", "mongodb", "consumer", "logging"})
+
+
 def run(config: Config, shutdown: Shutdown) -> int:
     """The consumer child's main; returns its exit status."""
     try:

@@ -101,13 +101,11 @@ class StatsResource:
         return {"totals": {"messages": total}, "rates": rates, "sources": sources}
 
     def from_supervisor(self, errors: dict[str, str]) -> dict[str, Any]:
-        try:
-            status = control.request_status(self.backends.config)
-        except control.NotRunning:
-            return {"supervisor": None, "children": []}  # an API run on its own, as in tests
-        except OSError as exc:
-            errors["supervisor"] = f"did not answer ({exc})"
-            return {"supervisor": None, "children": []}
+        status, problem = control.status_if_running(self.backends.config)
+        if problem is not None:
+            errors["supervisor"] = f"did not answer ({problem})"
+        if status is None:
+            return {"supervisor": None, "children": []}  # or an API run on its own, as in tests
         return {
             "supervisor": {"pid": status["pid"], "uptime": status["uptime"], "stopping": status["stopping"]},
             "children": status["children"],

@@ -27,13 +27,14 @@ from streamd.control import descendants
 from streamd.group_offsets import KafkaUnreadable, committed, partitions_of
 from streamd.kafka import make_client
 
-# Runs `streamd start` so that it gets SIGTERM (a graceful stop) should the bench die without
-# cleaning up; PR_SET_PDEATHSIG survives the exec, and ctypes is used as the supervisor uses it.
+# Runs `streamd start` so that it gets SIGTERM (a graceful stop) should the bench, whose pid is the
+# first argument, die without cleaning up.
 LAUNCHER = (
-    "import ctypes, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
+    "import signal, sys\n"
+    "from streamd.lifecycle import die_with_parent\n"
+    "die_with_parent(signal.SIGTERM, int(sys.argv[1]))\n"
     "from streamd.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
+    "sys.exit(main(sys.argv[2:]))\n"
 )
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -57,7 +58,7 @@ class SupervisedRun:
         env = {name: value for name, value in os.environ.items() if not name.startswith("STREAMD_")}
         with open(self.directory / "streamd.log", "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", LAUNCHER, "start", "-c", str(path)],
+                [sys.executable, "-c", LAUNCHER, str(os.getpid()), "start", "-c", str(path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -77,11 +78,8 @@ class SupervisedRun:
             raise BenchError(f"the scratch supervisor exited with status {code}; its log ends:\n{self.log_tail()}")
 
     def children(self) -> dict[str, dict]:
-        try:
-            answer = control.request_status(self.config)
-        except (control.NotRunning, OSError, ValueError):
-            return {}
-        return {child["name"]: child for child in answer["children"]}
+        answer = control.status_if_running(self.config).answer
+        return {child["name"]: child for child in answer["children"]} if answer else {}
 
     def wait_running(self, timeout: float = START_TIMEOUT) -> dict[str, dict]:
         deadline = time.monotonic() + timeout
