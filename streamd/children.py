@@ -66,7 +66,7 @@ class ChildSpec:
     name: str  # "consumer-2": log tag and status name
     title: str  # "streamd: consumer 2": the process title
     target: ChildTarget  # runs in the forked child; its return value is the exit code
-    sections: frozenset[str]  # config sections whose change restarts this child
+    sections: frozenset[str]  # config sections (or "section.key") whose change restarts this child
     tier: Tier = Tier.PIPELINE
     ready: Callable[[], bool] | None = None  # for servers: RUNNING once this answers
 

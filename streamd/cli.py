@@ -13,6 +13,7 @@ from datetime import datetime
 from streamd import config as config_module
 from streamd import control, logs
 from streamd.config import Config, ConfigError
+from streamd.group_offsets import KafkaUnreadable
 from streamd.kafka import KafkaUnavailable
 
 EXIT_USAGE = 2  # bad config or arguments: nothing was started
@@ -31,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"streamd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (CommandError, KafkaUnavailable) as exc:
+    # Kafka going away in the middle of a command is a sentence too, not a traceback.
+    except (CommandError, KafkaUnavailable, KafkaUnreadable) as exc:
         print(f"streamd: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -134,7 +136,8 @@ def load_to_reach_supervisor(args: argparse.Namespace) -> Config:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from streamd import stack
-    from streamd.supervisor import Supervisor, service_children
+    from streamd.plan import service_children
+    from streamd.supervisor import Supervisor
 
     config = load(args)
     logs.configure(config.logging, "supervisor")

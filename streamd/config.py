@@ -4,36 +4,26 @@ Each section is a frozen dataclass whose fields carry their default and their do
 else in streamd reads a raw YAML key.  Environment variables override keys: ``STREAMD_<SECTION>_<KEY>``
 (upper case), e.g. ``STREAMD_CONSUMER_PROCESSES=3``, and ``STREAMD_STATE_DIR`` for the top-level key.
 Their values are read as YAML scalars, so ``true``, ``3`` and ``0.5`` mean what they look like.
+
+`load` is the entry point; finding and reading the file within its bounds is config_file.py's job, and
+turning its data into typed, bounded fields config_values.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
-import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from streamd.config_file import ConfigError, clipped, find_config_path, parse_yaml, read_file
+from streamd.config_values import build, default_of, field_type
 
-SEARCH_PATHS = (Path("config.yaml"), Path("/etc/streamd/config.yaml"))
 ENV_PREFIX = "STREAMD_"
 # Keys that size the pipeline rather than configure a child: changing one adds or removes children.
 SCALE_KEYS = {"consumer": "processes"}
-# A streamd config is a few kilobytes; the bounds keep any file, even a hostile one, from taking the
-# supervisor's stack or memory while it reloads (PyYAML's composer recurses once per nesting level,
-# and merge keys can double a mapping per level).
-MAX_FILE_BYTES = 256 << 10  # parsing this much takes the supervisor ~2 s at worst; 1 MiB took 7 s
-MAX_NESTING = 50
-MAX_MERGED_KEYS = 10_000
-
-
-class ConfigError(Exception):
-    """A user-fixable problem in config.yaml or the environment; the message is one sentence."""
 
 
 def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None) -> Any:
@@ -194,22 +184,23 @@ class Config:
                 changed.add(name)
         return changed
 
+    def changed_settings(self, other: Config) -> set[str]:
+        """The changed sections plus every changed key in them as "section.key" (scale keys left out).
+
+        A child that reads a single key of another section (the API's consumer.group) declares just
+        that key, so tuning the rest of the section does not restart it.
+        """
+        changed = self.changed_sections(other)
+        for name in list(changed):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            for f in dataclasses.fields(mine):
+                if f.name != SCALE_KEYS.get(name) and getattr(mine, f.name) != getattr(theirs, f.name):
+                    changed.add(f"{name}.{f.name}")
+        return changed
+
 
 def section_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config) if _is_section(f)]
-
-
-def find_config_path(explicit: str | os.PathLike | None) -> Path | None:
-    """-c wins; else ./config.yaml; else /etc/streamd/config.yaml; else None (built-in defaults)."""
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file; pass an existing file with -c.")
-        return path.absolute()
-    for candidate in SEARCH_PATHS:
-        if candidate.is_file():
-            return candidate.absolute()
-    return None
 
 
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -227,7 +218,7 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
     if not isinstance(raw, dict):
         raise ConfigError(f"{label}: the top level must be a mapping of sections (kafka:, consumer:, ...).")
     raw = _with_env_overrides(raw, os.environ if environ is None else environ)
-    return _build(Config, raw, label, prefix="", extra={"source": source})
+    return build(Config, raw, label, prefix="", extra={"source": source})
 
 
 def locate_only(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -250,78 +241,9 @@ def locate_only(path: str | os.PathLike | None = None, environ: Mapping[str, str
     return Config(state_dir=state_dir, source=source) if state_dir else Config(source=source)
 
 
-def read_file(source: Path) -> Any:
-    """The file as plain YAML data, unvalidated (None when it holds nothing); bad content is a ConfigError."""
-    try:
-        with open(source, "rb") as file:
-            data = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot be read ({exc.strerror}).") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"{source}: is larger than {MAX_FILE_BYTES >> 10} KiB; a streamd config is a few lines.")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{source}: line {line} is not UTF-8 text; save the file as UTF-8.") from None
-    try:
-        return parse_yaml(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}:{where} is not valid YAML ({_one_line(exc.problem or exc)}).") from None
-    except Exception as exc:
-        # Everything here comes from the file's content (PyYAML raises ValueError for 2024-13-01,
-        # KeyError for `!!bool maybe`, RecursionError past our bounds): the user's to fix, not a bug.
-        raise ConfigError(f"{source}: is not valid YAML ({_one_line(f'{type(exc).__name__}: {exc}')}).") from None
-
-
-def parse_yaml(text: str) -> Any:
-    """yaml.safe_load with bounds on nesting and merge keys; raises yaml.YAMLError past them."""
-    loader = _BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        self.depth += 1
-        try:
-            if self.depth > MAX_NESTING:
-                raise yaml.composer.ComposerError(
-                    None, None, f"nested deeper than {MAX_NESTING} levels", self.peek_event().start_mark
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-    def flatten_mapping(self, node: yaml.MappingNode) -> None:
-        # Count what the merge would add before PyYAML builds it: sources are flattened first (each
-        # checked by this same bound), and flattening is idempotent, so this costs one pass.
-        merged = len(node.value)
-        merges = False
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                merges = True
-                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                for source in sources:
-                    if isinstance(source, yaml.MappingNode):
-                        self.flatten_mapping(source)
-                        merged += len(source.value)
-        if merges and merged > MAX_MERGED_KEYS:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"merge keys (<<) expand to more than {MAX_MERGED_KEYS} keys", node.start_mark
-            )
-        super().flatten_mapping(node)
-
-
 def from_mapping(raw: Mapping[str, Any], label: str = "<config>") -> Config:
     """Build a Config from an in-memory mapping (tests, tools); same validation as load()."""
-    return _build(Config, dict(raw), label, prefix="", extra={})
+    return build(Config, dict(raw), label, prefix="", extra={})
 
 
 def to_mapping(config: Config) -> dict[str, Any]:
@@ -335,10 +257,10 @@ def documented_keys() -> Iterator[tuple[str, Any, str]]:
         if top.metadata.get("internal"):
             continue
         if _is_section(top):
-            for f in dataclasses.fields(_field_type(Config, top.name)):
-                yield f"{top.name}.{f.name}", _default_of(f), f.metadata["doc"]
+            for f in dataclasses.fields(field_type(Config, top.name)):
+                yield f"{top.name}.{f.name}", default_of(f), f.metadata["doc"]
         else:
-            yield top.name, _default_of(top), top.metadata["doc"]
+            yield top.name, default_of(top), top.metadata["doc"]
 
 
 def env_name(dotted_key: str) -> str:
@@ -349,17 +271,7 @@ def env_name(dotted_key: str) -> str:
 
 
 def _is_section(f: dataclasses.Field) -> bool:
-    return dataclasses.is_dataclass(_field_type(Config, f.name))
-
-
-def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory()  # type: ignore[misc]
+    return dataclasses.is_dataclass(field_type(Config, f.name))
 
 
 def _with_env_overrides(raw: dict, environ: Mapping[str, str]) -> dict:
@@ -369,7 +281,7 @@ def _with_env_overrides(raw: dict, environ: Mapping[str, str]) -> dict:
         if not variable.startswith(ENV_PREFIX):
             continue
         if variable not in known:
-            shown = _clipped(variable if variable.isprintable() else repr(variable))
+            shown = clipped(variable if variable.isprintable() else repr(variable))
             raise ConfigError(
                 f"environment variable {shown} names no config key; "
                 f"the rule is STREAMD_<SECTION>_<KEY>, e.g. STREAMD_CONSUMER_PROCESSES."
@@ -387,117 +299,3 @@ def _with_env_overrides(raw: dict, environ: Mapping[str, str]) -> dict:
         else:
             merged[key] = value
     return merged
-
-
-def _build(cls: type, raw: dict, label: str, prefix: str, extra: dict) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    # Sorted by repr: YAML keys may be numbers, booleans or null mixed with names, which do not compare.
-    unknown = sorted((key for key in raw if key not in names), key=repr)
-    if unknown:
-        first = unknown[0]
-        key = _clipped(repr(prefix + first) if isinstance(first, str) else prefix + repr(first))
-        raise ConfigError(f"{label}: unknown key {key}; known keys here are {', '.join(sorted(names))}.")
-    values = dict(extra)
-    for name, f in names.items():
-        if name not in raw:
-            continue
-        key = prefix + name
-        expected = _field_type(cls, name)
-        if dataclasses.is_dataclass(expected):
-            section = raw[name]
-            if section is None:
-                section = {}
-            if not isinstance(section, dict):
-                raise ConfigError(f"{label}: {key} must be a mapping of keys, got {_shown(section)}.")
-            values[name] = _build(expected, section, label, prefix=key + ".", extra={})
-        else:
-            values[name] = _coerce(raw[name], expected, f, f"{label}: {key}")
-    return cls(**values)
-
-
-def _coerce(value: Any, expected: Any, f: dataclasses.Field, where: str) -> Any:
-    default = _default_of(f)
-    hint = f" (default {default!r})" if default not in (None, {}) else ""
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        options = [t for t in typing.get_args(expected) if t is not type(None)]
-        if value is None or value == "":
-            return None
-        return _coerce(value, options[0], f, where)
-    if origin is Literal:
-        choices = typing.get_args(expected)
-        for choice in choices:
-            if value == choice and type(value) is type(choice):
-                return choice
-            if isinstance(value, str) and isinstance(choice, str) and value.lower() == choice.lower():
-                return choice
-        shown = " | ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
-        raise ConfigError(f"{where}: expected one of {shown}, got {_shown(value)}{hint}.")
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {_shown(value)}{hint}.")
-    if expected is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected a whole number{_bounds(f)}, got {_shown(value)}{hint}.")
-        return _checked_range(value, f, where, hint)
-    if expected is float:
-        # .nan passes every bound check and .inf or 1e400 never elapse: only finite numbers are durations.
-        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
-            raise ConfigError(f"{where}: expected a finite number{_bounds(f)}, got {_shown(value)}{hint}.")
-        return _checked_range(float(value), f, where, hint)
-    if expected is str:
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{where}: expected a non-empty string, got {_shown(value)}{hint}.")
-        if "\0" in value:
-            raise ConfigError(f"{where}: expected a string without NUL characters, got {_shown(value)}.")
-        return value
-    if expected is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict) or not all(isinstance(v, str | int | float | bool) for v in value.values()):
-            raise ConfigError(f"{where}: expected a mapping of property names to scalar values, got {_shown(value)}.")
-        return {str(k): v for k, v in value.items()}
-    raise TypeError(f"config schema has an unsupported type {expected!r} at {where}")  # our bug, not the user's
-
-
-def _checked_range(value: float, f: dataclasses.Field, where: str, hint: str) -> Any:
-    low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigError(f"{where}: expected a value{_bounds(f)}, got {value!r}{hint}.")
-    return value
-
-
-def _bounds(f: dataclasses.Field) -> str:
-    low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
-    if low is not None and high is not None:
-        return f" from {low} to {high}"
-    if low is not None:
-        return f" of at least {low}"
-    return ""
-
-
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return _clipped(repr(value))
-
-
-def _one_line(problem: object) -> str:
-    return _clipped(" ".join(str(problem).split()))
-
-
-def _clipped(text: str, limit: int = 80) -> str:
-    """Keep a sentence one sentence when the file holds a megabyte-long value."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"

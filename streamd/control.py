@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -132,3 +133,20 @@ def request_status(config: Config) -> dict:
                 raise NotRunning(f"no streamd supervisor is running for state directory {config.state_path}") from None
             raise
     return orjson.loads(b"".join(chunks))
+
+
+class Status(NamedTuple):
+    """The supervisor's status for readers that carry on without it (the API, the bench)."""
+
+    answer: dict | None  # None when no supervisor runs or it did not answer
+    problem: str | None  # why it did not answer; None when it answered or none runs
+
+
+def status_if_running(config: Config) -> Status:
+    try:
+        return Status(request_status(config), None)
+    except NotRunning:
+        return Status(None, None)
+    except (OSError, ValueError) as exc:
+        # ValueError: an answer cut short (the supervisor stopping mid-reply) is no answer either.
+        return Status(None, str(exc))

@@ -150,6 +150,10 @@ def generate(sender: Sender, source: str, rate: float | None, count: int | None,
         sender.poll(min(max(wait, 0.0), POLL_INTERVAL))
 
 
+# What the producer child reads of the config: a reload that changes one of these restarts it.
+SECTIONS = frozenset({"kafka", "producer", "logging", "supervisor.graceful_timeout"})
+
+
 def run(config: Config, shutdown: Shutdown) -> int:
     """The producer child's main: generate until stopped, then flush within the graceful timeout."""
     try:

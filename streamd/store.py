@@ -1,4 +1,4 @@
-"""The MongoDB side: the connection, the indexes the API's queries need, and the idempotent batch write.
+"""The MongoDB side: the connection, the idempotent batch write, and every query, beside the indexes serving them.
 
 A stored message looks like this (the API reads exactly these fields)::
 
@@ -11,8 +11,10 @@ second document: that is what makes a Kafka replay harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
 
 import pymongo
 from bson.errors import InvalidDocument
@@ -39,13 +41,68 @@ class StoreBusy(Exception):
     """The store answered but could not take some of the documents right now; the batch is written again."""
 
 
+# Each index names the queries it serves (the read side of MessageStore, below). Every collection also has
+# the unique `_id` index: by_id, conflicts, kafka_of and contents_of. On FerretDB 1.x no query uses any
+# index (see all_kafka); they cost writes there and are kept for MongoDB, where every one is used.
 INDEXES = [
-    # Newest first, with _id as the tie-breaker that makes the API's cursor pagination stable.
+    # newest() without a source (GET /messages, GET /stream): newest first, with _id as the tie-breaker that
+    # makes the API's cursor pagination stable.
     IndexModel([("timestamp", DESCENDING), ("_id", DESCENDING)]),
+    # newest() with a source: equality on source, then the same order.
     IndexModel([("source", ASCENDING), ("timestamp", DESCENDING), ("_id", DESCENDING)]),
-    # /stats counts what arrived in the last 1, 5 and 15 minutes.
+    # count_since(): /stats counts what arrived in the last 1, 5 and 15 minutes.
     IndexModel([("ingested_at", DESCENDING)]),
 ]
+# Exactly the key of the ("timestamp", "_id") index, and its suffix after `source` in the other one:
+# sorting any other way would make MongoDB sort in memory instead of walking an index.
+NEWEST_FIRST = [("timestamp", DESCENDING), ("_id", DESCENDING)]
+# Named fields only: whatever else a future consumer stores does not leak out of the API unreviewed.
+MESSAGE_FIELDS = {"content": True, "timestamp": True, "source": True, "ingested_at": True, "kafka": True}
+
+
+class Position(Protocol):
+    """Where a page ended: the sort key of its last message (the API's Cursor)."""
+
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def id(self) -> str: ...
+
+
+class Narrowing(Protocol):
+    """What a list of the newest messages is narrowed to (the API's MessageQuery)."""
+
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def since(self) -> datetime | None: ...  # inclusive
+    @property
+    def until(self) -> datetime | None: ...  # exclusive
+    @property
+    def before(self) -> Position | None: ...
+
+
+def newest_filter(query: Narrowing) -> dict[str, Any]:
+    """The find() filter of newest(): equality on source first, then a range on the sort key."""
+    selector: dict[str, Any] = {}
+    if query.source is not None:
+        selector["source"] = query.source
+    timestamp: dict[str, datetime] = {}
+    if query.since is not None:
+        timestamp["$gte"] = query.since
+    if query.until is not None:
+        timestamp["$lt"] = query.until
+    if query.before is not None:
+        # (timestamp, _id) < cursor in sort order. The plain `$lte` bound is redundant with the `$or`
+        # but is what lets the planner bound the index scan instead of filtering the whole index.
+        timestamp["$lte"] = query.before.timestamp
+        selector["$or"] = [
+            {"timestamp": {"$lt": query.before.timestamp}},
+            {"_id": {"$lt": query.before.id}},
+        ]
+    if timestamp:
+        selector["timestamp"] = timestamp
+    return selector
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +245,53 @@ class MessageStore:
             for stored in found
             if not same_message(stored, wanted[stored["_id"]])
         ]
+
+    # --- The read side: the queries of the API and of `streamd verify`. The API's pass `max_time_ms`, after
+    # which the server stops the query: its request threads must not hang on a slow store.
+
+    def newest(self, query: Narrowing, limit: int, max_time_ms: int) -> list[dict]:
+        """Up to `limit` messages matching `query`, newest first (MESSAGE_FIELDS only)."""
+        cursor = self.collection.find(newest_filter(query), MESSAGE_FIELDS).sort(NEWEST_FIRST)
+        return list(cursor.limit(limit).max_time_ms(max_time_ms))
+
+    def by_id(self, message_id: str, max_time_ms: int) -> dict | None:
+        return self.collection.find_one({"_id": message_id}, MESSAGE_FIELDS, max_time_ms=max_time_ms)
+
+    def count(self, max_time_ms: int) -> int:
+        return self.collection.count_documents({}, maxTimeMS=max_time_ms)
+
+    def count_since(self, moment: datetime, max_time_ms: int) -> int:
+        """Messages ingested at or after `moment`."""
+        return self.collection.count_documents({"ingested_at": {"$gte": moment}}, maxTimeMS=max_time_ms)
+
+    def sources(self, max_time_ms: int) -> list[tuple[Any, int]]:
+        """(source, number of messages) per source, None included, in no particular order."""
+        by_source = [{"$group": {"_id": "$source", "count": {"$sum": 1}}}]
+        groups = self.collection.aggregate(by_source, maxTimeMS=max_time_ms)
+        return [(group["_id"], group["count"]) for group in groups]
+
+    def kafka_of(self, ids: list[str], batch: int) -> Iterator[dict]:
+        """The `_id` and `kafka` of the stored ones among `ids`, asked `batch` ids per `$in` (the _id index)."""
+        return self._among(ids, batch, {"kafka": 1})
+
+    def all_kafka(self) -> Iterator[dict]:
+        """The `_id` and `kafka` of every document, in one pass.
+
+        For FerretDB 1.x, where every `$in` on `_id` reads the whole collection anyway.
+        """
+        return iter(self.collection.find({}, {"kafka": 1}))
+
+    def contents_of(self, ids: list[str], batch: int) -> Iterator[dict]:
+        """The `_id`, `content` and `source` of the stored ones among `ids`, `batch` ids per `$in`."""
+        return self._among(ids, batch, {"content": 1, "source": 1})
+
+    def _among(self, ids: list[str], batch: int, fields: dict[str, int]) -> Iterator[dict]:
+        for first in range(0, len(ids), batch):
+            yield from self.collection.find({"_id": {"$in": ids[first : first + batch]}}, fields)
+
+    def is_ferretdb(self) -> bool:
+        """The store kind: FerretDB answers buildInfo with its own version beside the MongoDB one it mimics."""
+        return "ferretdbVersion" in self.client.admin.command("buildInfo")
 
     def ping(self) -> None:
         self.client.admin.command("ping")

@@ -9,11 +9,14 @@ a self-pipe; the loop then runs, in order:
     manage_children()    spawn what is due, promote STARTING to RUNNING, escalate overdue stops
 
 What happens when a child dies is therefore `reap_children` plus `Child.exited` in children.py.
+Which children there are is plan.py's; how each one behaves, children.py's.
+
+A little over 300 lines on purpose: the loop, the handlers, reaping, spawning and reload all act on
+one list of children and one self-pipe, and read best as one class, as in gunicorn's arbiter.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -21,78 +24,20 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from setproctitle import setproctitle
 
 from streamd import config as config_module
 from streamd import logs, metrics
-from streamd.children import AfterStop, Child, ChildSpec, ChildState, ChildTarget, RestartPolicy, Tier
+from streamd.children import AfterStop, Child, ChildSpec, ChildState, RestartPolicy, Tier
 from streamd.config import Config, ConfigError
 from streamd.control import ControlServer
-from streamd.lifecycle import Shutdown
+from streamd.lifecycle import PR_SET_CHILD_SUBREAPER, Shutdown, die_with_parent, prctl
+from streamd.plan import Planner, plan_children
 from streamd.sdnotify import Notifier
 
-if TYPE_CHECKING:
-    from streamd.stack import Service
-
 log = logging.getLogger("streamd.supervisor")
-
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
-
-
-Planner = Callable[[Config, Sequence[ChildSpec]], list[ChildSpec]]
-
-
-def plan_children(config: Config, services: Sequence[ChildSpec] = ()) -> list[ChildSpec]:
-    """The children this config asks for, in start order.  Imports stay lazy so `streamd status` is quick."""
-    from streamd import consumer, producer
-    from streamd.api import server as api_server
-
-    specs = list(services)
-    if config.producer.enabled:
-        specs.append(
-            ChildSpec("producer", "streamd: producer", producer.run, frozenset({"kafka", "producer", "logging"}))
-        )
-    for index in range(1, config.consumer.processes + 1):
-        specs.append(
-            ChildSpec(
-                f"consumer-{index}",
-                f"streamd: consumer {index}",
-                consumer.run,
-                frozenset({"kafka", "mongodb", "consumer", "logging"}),
-            )
-        )
-    specs.append(ChildSpec("api", "streamd: api", api_server.run, frozenset({"kafka", "mongodb", "api", "logging"})))
-    return specs
-
-
-def service_children(services: Sequence[Service]) -> list[ChildSpec]:
-    """Local servers (Kafka, the store) run as children too, started first and stopped last."""
-    from streamd import stack
-
-    def runner(service: Service) -> ChildTarget:
-        return lambda config, shutdown: stack.run_service(service, shutdown)
-
-    return [
-        ChildSpec(
-            service.name,
-            f"streamd: {service.name}",
-            runner(service),
-            sections=frozenset(),
-            tier=Tier.SERVICE,
-            ready=service.ready,
-        )
-        for service in services
-    ]
 
 
 class Supervisor:
@@ -308,9 +253,7 @@ class Supervisor:
         # Own process group: Ctrl-C in a terminal reaches only the supervisor, which stops the
         # children in order (consumers before Kafka) instead of all at once.
         os.setpgid(0, 0)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != self.pid:
-            os._exit(1)  # the supervisor died between fork() and prctl()
+        die_with_parent(signal.SIGKILL, self.pid)
         for signum in self.SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         os.close(self.wake_r)
@@ -347,6 +290,7 @@ class Supervisor:
         self.reload_refused = None
         self.notifier.reloading()
         changed = self.config.changed_sections(new)
+        changed_keys = self.config.changed_settings(new)  # a child may declare a single key it reads
         if "stack" in changed or new.state_dir != self.config.state_dir:
             log.warning("changes to stack and state_dir take effect at the next `streamd start`")
         if "logging" in changed:
@@ -361,7 +305,7 @@ class Supervisor:
                 if child.unwanted(now, new.supervisor.graceful_timeout):
                     self.children.remove(child)
                 continue
-            restart = bool(child.spec.sections & changed)
+            restart = bool(child.spec.sections & changed_keys)
             if child.retiring:
                 log.info("keeping %s after all: it starts again once it has stopped", child.name)
             elif restart and child.is_alive:

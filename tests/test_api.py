@@ -30,11 +30,10 @@ import pytest
 
 from streamd import config as config_module
 from streamd.api.health import ReadyResource
-from streamd.api.messages import NEWEST_FIRST, list_filter
 from streamd.api.params import Cursor, MessageQuery
 from streamd.api.worker import probe_of
 from streamd.config import Config
-from streamd.store import INDEXES, MessageStore
+from streamd.store import INDEXES, NEWEST_FIRST, MessageStore, newest_filter
 
 from .conftest import REPO, api_client, free_port
 from .supervisor_process import descendants, process_gone, start_streamd, wait_until
@@ -246,7 +245,7 @@ def test_list_queries_walk_a_store_index_in_its_own_order():
         MessageQuery(source="sensor-a"),
         MessageQuery(source="sensor-a", since=T0, before=cursor),
     ):
-        selector = list_filter(query)
+        selector = newest_filter(query)
         equality = [(field, 1) for field, value in selector.items() if isinstance(value, str)]
         assert equality + NEWEST_FIRST in index_keys, query
 

@@ -109,3 +109,17 @@ def test_stop_and_reload_without_a_supervisor_say_so(tmp_path):
         result = streamd(command, "-c", str(config))
         assert result.returncode == 1
         assert "no streamd supervisor is running for state directory" in result.stderr
+
+
+def test_kafka_going_away_in_the_middle_of_verify_is_a_sentence_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from streamd import cli, verify
+    from streamd.group_offsets import KafkaUnreadable
+
+    def unreadable(*args, **kwargs):
+        raise KafkaUnreadable("Kafka did not give the topics' offsets (Local: Timed out)")
+
+    monkeypatch.setattr(verify, "verify", unreadable)
+    (tmp_path / "config.yaml").write_text("stack:\n  local: false\n")
+    assert cli.main(["verify", "-c", str(tmp_path / "config.yaml")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("streamd: Kafka did not give the topics' offsets") and "Traceback" not in error

@@ -22,9 +22,10 @@ from streamd import config as config_module
 from streamd import stack
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
-from streamd.stack import kafka
+from streamd.stack import kafka_server
 from streamd.stack.pidfile import pid_path
 from streamd.stack.provisioning import MARKER
+from streamd.stack.store_server import STORE
 
 from .conftest import STACK_STATE_DIR, free_port
 
@@ -97,7 +98,7 @@ def test_server_properties_bind_the_configured_broker_and_controller(tmp_path: P
     settings = config_module.from_mapping(
         {"state_dir": str(tmp_path), "kafka": {"brokers": "127.0.0.1:19092"}, "stack": {"kafka_controller_port": 19093}}
     )
-    properties = parse_properties(kafka.server_properties(settings))
+    properties = parse_properties(kafka_server.server_properties(settings))
 
     assert properties["process.roles"] == "broker,controller"
     assert properties["node.id"] == "1"
@@ -114,7 +115,7 @@ def test_server_properties_bind_the_configured_broker_and_controller(tmp_path: P
 
 def test_localhost_broker_binds_ipv4_loopback_and_advertises_the_configured_name(tmp_path: Path) -> None:
     settings = config_module.from_mapping({"state_dir": str(tmp_path), "kafka": {"brokers": "localhost:9192"}})
-    properties = parse_properties(kafka.server_properties(settings))
+    properties = parse_properties(kafka_server.server_properties(settings))
 
     assert properties["listeners"].startswith("PLAINTEXT://127.0.0.1:9192,")
     assert properties["advertised.listeners"] == "PLAINTEXT://localhost:9192"
@@ -122,7 +123,7 @@ def test_localhost_broker_binds_ipv4_loopback_and_advertises_the_configured_name
 
 def test_cluster_ids_are_kafka_uuids_that_never_look_like_an_option() -> None:
     for _ in range(500):
-        cluster_id = kafka.new_cluster_id()
+        cluster_id = kafka_server.new_cluster_id()
         assert len(cluster_id) == 22 and "=" not in cluster_id
         assert not cluster_id.startswith("-")
         assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
@@ -380,3 +381,8 @@ def test_the_session_stack_is_reused_rather_than_started_again(local_stack: Conf
     assert [entry.answering for entry in stack.status(local_stack)] == [True, True]
     assert kafka_brokers(local_stack)
     assert store_ping(local_stack)["ok"] == 1.0
+
+
+def test_status_and_messages_name_the_store_by_host_never_by_its_uri_with_the_password():
+    settings = config_module.from_mapping({"mongodb": {"uri": "mongodb://app:s3cret@127.0.0.1:27999/db"}})
+    assert STORE.address(settings) == "127.0.0.1:27999"

@@ -489,3 +489,19 @@ def test_a_reload_that_fails_while_applying_does_not_take_the_supervisor_down(tm
     assert sorted(c.name for c in paper.sup.children) == ["consumer-1", "consumer-2", "producer"]
     assert paper.sup.config.consumer.processes == 2 and paper.sup.config.producer.interval == 1.0
     assert "ImportError" in paper.sup.status()["reload_refused"], "`streamd status` tells the reload failed"
+
+
+def test_a_reload_that_changes_the_consumer_group_restarts_the_api(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state")}))
+    sup = Supervisor(config_module.load(path, environ={}))
+    sup.adopt(sup.plan(sup.config, ()))
+    for pid, child in enumerate(sup.children, start=10_000_000):
+        child.spawned(pid, 0.0)
+        child.proven(100.0)
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "consumer": {"group": "renamed"}}))
+    with mock.patch.object(os, "kill"):
+        sup.reload()
+    states = {child.name: child.state for child in sup.children}
+    assert states.pop("producer") is ChildState.RUNNING, "the producer does not read the group"
+    assert set(states.values()) == {ChildState.STOPPING}, "consumers and the API restart with the new group"

@@ -183,8 +183,8 @@ def test_a_message_both_stored_and_dead_lettered_is_a_duplicate(consumed: Config
 
 @pytest.mark.integration
 def test_long_topics_are_checked_in_bounded_windows_with_progress_on_stderr(consumed: Config, monkeypatch, capsys):
-    monkeypatch.setattr(verify, "WINDOW", 7)
-    monkeypatch.setattr(verify, "PROGRESS_EVERY", 0)
+    monkeypatch.setattr(verify.topic, "WINDOW", 7)
+    monkeypatch.setattr(verify.report, "PROGRESS_EVERY", 0)
     held: list[int] = []
     real_classify = verify._classify
     monkeypatch.setattr(
@@ -252,15 +252,15 @@ def test_since_takes_iso_dates_with_or_without_offset():
 @pytest.mark.integration
 def test_a_slow_store_is_not_taken_for_kafka_stalling(consumed: Config, monkeypatch):
     """The stall timer times Kafka only: a store lookup longer than STALL_TIMEOUT between two reads is fine."""
-    monkeypatch.setattr(verify, "STALL_TIMEOUT", 2.0)
-    monkeypatch.setattr(verify, "WINDOW", 7)  # several windows, so reading resumes after a slow lookup
+    monkeypatch.setattr(verify.topic, "STALL_TIMEOUT", 2.0)
+    monkeypatch.setattr(verify.topic, "WINDOW", 7)  # several windows, so reading resumes after a slow lookup
     real_lookup_for = verify._lookup_for
 
     def slow_lookup_for(message_store):
         lookup = real_lookup_for(message_store)
 
         def slow(*args):
-            time.sleep(verify.STALL_TIMEOUT + 1.5)
+            time.sleep(verify.topic.STALL_TIMEOUT + 1.5)
             return lookup(*args)
 
         return slow

@@ -21,7 +21,7 @@ from streamd.api.single_flight import SingleFlight
 CHECK_TIMEOUT = 2.0
 # A flood of probes costs one round of checks per second per worker, not one per probe.
 READY_FRESH_SECONDS = 1.0
-# The supervisor names consumer children "consumer-<n>" (supervisor.plan_children).
+# The supervisor names consumer children "consumer-<n>" (plan.plan_children).
 CONSUMER_PREFIX = "consumer-"
 
 
@@ -61,12 +61,11 @@ class ReadyResource:
 
     def check_consumers(self) -> str | None:
         """`ok` while a consumer runs; None for an API run without a supervisor, which has no consumers."""
-        try:
-            status = control.request_status(self.backends.config)
-        except control.NotRunning:
+        status, problem = control.status_if_running(self.backends.config)
+        if problem is not None:
+            return f"unknown (the supervisor did not answer: {problem})"
+        if status is None:
             return None
-        except OSError as exc:
-            return f"unknown (the supervisor did not answer: {exc})"
         consumers = [child for child in status["children"] if child["name"].startswith(CONSUMER_PREFIX)]
         # Messages are stored while any consumer runs (the group hands it every partition); with none,
         # the pipeline has stopped even though Kafka and the store answer.

@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from streamd.config import Config
+from streamd.group_offsets import KafkaUnreadable, committed, partitions_of, watermarks
 
 # A probe, a scrape and a dashboard refresh must all answer within a few seconds, Kafka down or not.
 KAFKA_TIMEOUT = 2.0
@@ -75,10 +76,6 @@ class KafkaReading:
         return [p.problem for p in self.partitions if p.problem]
 
 
-class KafkaUnreadable(Exception):
-    """The brokers did not answer in time; the message says which question failed."""
-
-
 class GroupLag:
     """Reads (and briefly keeps) the consumer group's lag and the dead-letter topic's size."""
 
@@ -115,45 +112,23 @@ class GroupLag:
             admin.poll(0)  # hands librdkafka's queued log lines to the logger
         partitions = _partitions(metadata, self.topic)
         dead = _partitions(metadata, self.dead_letter_topic)
-        end = _offsets(admin, partitions + dead, OffsetSpec.latest())
-        start = _offsets(admin, partitions + dead, OffsetSpec.earliest())
-        committed = self._committed(admin, partitions)
+        marks = watermarks(admin, partitions + dead, KAFKA_TIMEOUT)
+        positions = committed(admin, self.group, partitions, KAFKA_TIMEOUT)
         lags = []
         for tp in partitions:
-            key = (tp.topic, tp.partition)
-            position = committed.get(key)
-            beyond = position is not None and position > end[key]
+            start, end = marks[(tp.topic, tp.partition)]
+            position = positions.get((tp.topic, tp.partition))
+            beyond = position is not None and position > end
             # Retention may have deleted what the group never read; those messages are gone, not lagging.
             # Beyond the end, the consumers start again from the earliest offset: all of the log is to come.
-            consumed_to = start[key] if position is None or beyond else max(position, start[key])
-            lags.append(PartitionLag(tp.topic, tp.partition, position, end[key], end[key] - consumed_to, beyond))
-        dead_letters = sum(end[(tp.topic, tp.partition)] - start[(tp.topic, tp.partition)] for tp in dead)
+            consumed_to = start if position is None or beyond else max(position, start)
+            lags.append(PartitionLag(tp.topic, tp.partition, position, end, end - consumed_to, beyond))
+        dead_letters = sum(high - low for low, high in (marks[(tp.topic, tp.partition)] for tp in dead))
         return KafkaReading(lags, dead_letters)
-
-    def _committed(self, admin: AdminClient, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
-        if not partitions:
-            return {}
-        request = [ConsumerGroupTopicPartitions(self.group, partitions)]
-        try:
-            answer = admin.list_consumer_group_offsets(request, request_timeout=KAFKA_TIMEOUT)[self.group].result()
-        except KafkaException as exc:
-            raise KafkaUnreadable(f"Kafka did not say where group {self.group} is ({exc.args[0].str()})") from None
-        # A negative offset (OFFSET_INVALID) means nothing was committed for that partition.
-        return {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions if tp.offset >= 0}
 
 
 def _partitions(metadata, topic: str) -> list[TopicPartition]:
     described = metadata.topics.get(topic)
     if described is None or described.error is not None:
         return []  # not created yet: nothing to lag behind
-    return [TopicPartition(topic, number) for number in sorted(described.partitions)]
-
-
-def _offsets(admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
-    if not partitions:
-        return {}
-    futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=KAFKA_TIMEOUT)
-    try:
-        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
-    except KafkaException as exc:
-        raise KafkaUnreadable(f"Kafka did not give the topics' offsets ({exc.args[0].str()})") from None
+    return partitions_of(topic, described.partitions)

@@ -7,40 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import falcon
-from pymongo import DESCENDING
 
 from streamd.api.backends import Backends
 from streamd.api.errors import MessageNotFound
 from streamd.api.params import Cursor, MessageQuery, parse_id, reject_unknown
-
-# Exactly the key of store.INDEXES' ("timestamp", "_id") index, and its suffix after `source` in the
-# other one: sorting any other way would make MongoDB sort in memory instead of walking an index.
-NEWEST_FIRST = [("timestamp", DESCENDING), ("_id", DESCENDING)]
-# Named fields only: whatever else a future consumer stores does not leak out of the API unreviewed.
-PROJECTION = {"content": True, "timestamp": True, "source": True, "ingested_at": True, "kafka": True}
-
-
-def list_filter(query: MessageQuery) -> dict[str, Any]:
-    """The find() filter of a list query: equality on source first, then a range on the sort key."""
-    selector: dict[str, Any] = {}
-    if query.source is not None:
-        selector["source"] = query.source
-    timestamp: dict[str, datetime] = {}
-    if query.since is not None:
-        timestamp["$gte"] = query.since
-    if query.until is not None:
-        timestamp["$lt"] = query.until
-    if query.before is not None:
-        # (timestamp, _id) < cursor in sort order. The plain `$lte` bound is redundant with the `$or`
-        # but is what lets the planner bound the index scan instead of filtering the whole index.
-        timestamp["$lte"] = query.before.timestamp
-        selector["$or"] = [
-            {"timestamp": {"$lt": query.before.timestamp}},
-            {"_id": {"$lt": query.before.id}},
-        ]
-    if timestamp:
-        selector["timestamp"] = timestamp
-    return selector
 
 
 def iso(value: object) -> str | None:
@@ -80,13 +50,8 @@ class MessagesResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = MessageQuery.from_params(req.params)
-        cursor = (
-            self.backends.store.collection.find(list_filter(query), PROJECTION)
-            .sort(NEWEST_FIRST)
-            .limit(query.limit + 1)  # one more than asked tells whether another page exists
-            .max_time_ms(time_limit_ms(self.backends))
-        )
-        documents = list(cursor)
+        # One more than asked tells whether another page exists.
+        documents = self.backends.store.newest(query, query.limit + 1, time_limit_ms(self.backends))
         page = documents[: query.limit]
         following = None
         if len(documents) > query.limit:
@@ -101,9 +66,7 @@ class MessageResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, message_id: str) -> None:
         reject_unknown(req.params, ())
-        document = self.backends.store.collection.find_one(
-            {"_id": parse_id(message_id)}, PROJECTION, max_time_ms=time_limit_ms(self.backends)
-        )
+        document = self.backends.store.by_id(parse_id(message_id), time_limit_ms(self.backends))
         if document is None:
             raise MessageNotFound(message_id)
         resp.media = render(document)

@@ -65,13 +65,11 @@ class SupervisorCollector(Collector):
         self.config = config
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            status = control.request_status(self.config)
-        except control.NotRunning:
+        status, problem = control.status_if_running(self.config)
+        if problem is not None:
+            log.warning("/metrics without child states: the supervisor did not answer (%s)", problem)
+        if status is None:
             return  # an API run on its own has no children to report
-        except OSError as exc:
-            log.warning("/metrics without child states: the supervisor did not answer (%s)", exc)
-            return
         restarts = CounterMetricFamily(
             "streamd_child_restarts", "Times the supervisor restarted the child after it died.", labels=["child"]
         )

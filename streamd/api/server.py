@@ -10,7 +10,6 @@ does; BaseApplication does not).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -32,10 +31,9 @@ from streamd.api.backends import Backends
 from streamd.api.stream import LiveStreams
 from streamd.api.worker import ApiWorker
 from streamd.config import Config
-from streamd.lifecycle import Shutdown
+from streamd.lifecycle import Shutdown, die_with_parent
 
 PROC_NAME = "streamd: api"
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 log = logging.getLogger("streamd.api")
 
@@ -121,11 +119,10 @@ class ApiServer(BaseApplication):
     def post_fork(self, server: Arbiter, worker: Worker) -> None:
         # The kernel sends SIGTERM (a graceful stop) when the master dies, even by SIGKILL; the
         # master is a single-threaded process, so "the thread that forked us" is the master itself.
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
-        if os.getppid() != server.pid:
-            os._exit(1)  # the master died between fork() and prctl()
+        try:
+            die_with_parent(signal.SIGTERM, server.pid)
+        except OSError as exc:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", exc.errno)
         name = f"api worker {worker.slot}"
         setproctitle(f"streamd: {name}")
         logs.configure(self.config.logging, name)
@@ -155,6 +152,11 @@ def worker_grace(supervisor_grace: float) -> int:
     time to reap its workers and exit 0 instead of being killed with them still running.
     """
     return max(1, math.ceil(supervisor_grace) - 1)
+
+
+# What the api child reads of the config: a reload that changes one of these restarts it.  It reads
+# the consumers' group for lag, and the graceful timeout to size Gunicorn's.
+SECTIONS = frozenset({"kafka", "mongodb", "api", "logging", "consumer.group", "supervisor.graceful_timeout"})
 
 
 def run(config: Config, shutdown: Shutdown) -> int:

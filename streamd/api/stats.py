@@ -87,32 +87,25 @@ class StatsResource:
         return stats
 
     def from_store(self, now: datetime) -> dict[str, Any]:
-        collection = self.backends.store.collection
+        store = self.backends.store
         limit = time_limit_ms(self.backends)
-        total = collection.count_documents({}, maxTimeMS=limit)
+        total = store.count(limit)
         rates = {
-            name: round(
-                collection.count_documents({"ingested_at": {"$gte": now - timedelta(seconds=seconds)}}, maxTimeMS=limit)
-                / seconds,
-                3,
-            )
+            name: round(store.count_since(now - timedelta(seconds=seconds), limit) / seconds, 3)
             for name, seconds in RATE_WINDOWS.items()
         }
-        groups = collection.aggregate([{"$group": {"_id": "$source", "count": {"$sum": 1}}}], maxTimeMS=limit)
         sources = sorted(
-            ({"source": group["_id"], "count": group["count"]} for group in groups),
+            ({"source": source, "count": count} for source, count in store.sources(limit)),
             key=lambda entry: (-entry["count"], str(entry["source"])),
         )
         return {"totals": {"messages": total}, "rates": rates, "sources": sources}
 
     def from_supervisor(self, errors: dict[str, str]) -> dict[str, Any]:
-        try:
-            status = control.request_status(self.backends.config)
-        except control.NotRunning:
-            return {"supervisor": None, "children": []}  # an API run on its own, as in tests
-        except OSError as exc:
-            errors["supervisor"] = f"did not answer ({exc})"
-            return {"supervisor": None, "children": []}
+        status, problem = control.status_if_running(self.backends.config)
+        if problem is not None:
+            errors["supervisor"] = f"did not answer ({problem})"
+        if status is None:
+            return {"supervisor": None, "children": []}  # or an API run on its own, as in tests
         return {
             "supervisor": {"pid": status["pid"], "uptime": status["uptime"], "stopping": status["stopping"]},
             "children": status["children"],

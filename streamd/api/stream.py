@@ -31,7 +31,7 @@ from pymongo.errors import PyMongoError
 
 from streamd.api.backends import Backends
 from streamd.api.errors import InvalidParameter
-from streamd.api.messages import NEWEST_FIRST, PROJECTION, list_filter, render, time_limit_ms
+from streamd.api.messages import render, time_limit_ms
 from streamd.api.params import Cursor, MessageQuery, parse_cursor, reject_unknown, single
 from streamd.config import ApiConfig
 from streamd.metrics import series
@@ -116,13 +116,7 @@ class StreamResource:
 
     def newest(self, source: str | None) -> list[dict]:
         query = MessageQuery(limit=BACKLOG, source=source)
-        cursor = (
-            self.backends.store.collection.find(list_filter(query), PROJECTION)
-            .sort(NEWEST_FIRST)
-            .limit(BACKLOG)
-            .max_time_ms(time_limit_ms(self.backends))
-        )
-        return list(cursor)
+        return self.backends.store.newest(query, BACKLOG, time_limit_ms(self.backends))
 
 
 class EventStream:

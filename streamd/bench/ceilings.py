@@ -13,11 +13,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
-from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, TopicPartition
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer
+from confluent_kafka.admin import AdminClient
 from pymongo.collection import Collection
 
 from streamd.bench.scratch import BenchError
 from streamd.config import Config
+from streamd.group_offsets import partitions_of, watermarks
 from streamd.kafka import make_client
 from streamd.pipeline import to_document
 from streamd.producer import Sender, new_message
@@ -40,12 +42,10 @@ def prefill(config: Config, topic: str, messages: list[tuple[bytes, bytes]]) -> 
         sender.send(key, value)
     if sender.flush(60) != 0:
         raise BenchError(f"Kafka did not acknowledge the {len(messages)} messages of {topic} within 60 s.")
-    consumer = make_client(Consumer, config.kafka, "bench", {"group.id": f"{topic}-offsets"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-    finally:
-        consumer.close()
+    admin = make_client(AdminClient, config.kafka, "bench")
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    marks = watermarks(admin, partitions_of(topic, partitions), timeout=10)
+    ends = {partition: high for (_, partition), (_, high) in marks.items()}
     if sum(ends.values()) != len(messages):
         raise BenchError(f"{topic} holds {sum(ends.values())} messages after producing {len(messages)}.")
     return ends

@@ -17,22 +17,24 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from streamd import config as config_module
 from streamd import control
 from streamd.bench.scratch import BenchError
 from streamd.config import Config
 from streamd.control import descendants
+from streamd.group_offsets import KafkaUnreadable, committed, partitions_of
 from streamd.kafka import make_client
 
-# Runs `streamd start` so that it gets SIGTERM (a graceful stop) should the bench die without
-# cleaning up; PR_SET_PDEATHSIG survives the exec, and ctypes is used as the supervisor uses it.
+# Runs `streamd start` so that it gets SIGTERM (a graceful stop) should the bench, whose pid is the
+# first argument, die without cleaning up.
 LAUNCHER = (
-    "import ctypes, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
+    "import signal, sys\n"
+    "from streamd.lifecycle import die_with_parent\n"
+    "die_with_parent(signal.SIGTERM, int(sys.argv[1]))\n"
     "from streamd.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
+    "sys.exit(main(sys.argv[2:]))\n"
 )
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -56,7 +58,7 @@ class SupervisedRun:
         env = {name: value for name, value in os.environ.items() if not name.startswith("STREAMD_")}
         with open(self.directory / "streamd.log", "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", LAUNCHER, "start", "-c", str(path)],
+                [sys.executable, "-c", LAUNCHER, str(os.getpid()), "start", "-c", str(path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -76,11 +78,8 @@ class SupervisedRun:
             raise BenchError(f"the scratch supervisor exited with status {code}; its log ends:\n{self.log_tail()}")
 
     def children(self) -> dict[str, dict]:
-        try:
-            answer = control.request_status(self.config)
-        except (control.NotRunning, OSError, ValueError):
-            return {}
-        return {child["name"]: child for child in answer["children"]}
+        answer = control.status_if_running(self.config).answer
+        return {child["name"]: child for child in answer["children"]} if answer else {}
 
     def wait_running(self, timeout: float = START_TIMEOUT) -> dict[str, dict]:
         deadline = time.monotonic() + timeout
@@ -130,9 +129,10 @@ class CommitWatch:
 
     def __init__(self, config: Config, partitions: Iterable[int]) -> None:
         self.topic = config.kafka.topic
+        self.group = config.consumer.group
         self.partitions = sorted(partitions)
-        # Never subscribes, so it never joins the group it reads: offset fetches only.
-        self.consumer = make_client(Consumer, config.kafka, "bench", {"group.id": config.consumer.group})
+        # Offset fetches only: it never joins the group it reads.
+        self.admin = make_client(AdminClient, config.kafka, "bench")
         # Per partition: the times a new committed offset was first seen, and those offsets.
         self.seen_at: dict[int, list[float]] = {p: [] for p in self.partitions}
         self.offsets: dict[int, list[int]] = {p: [] for p in self.partitions}
@@ -142,20 +142,20 @@ class CommitWatch:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.consumer.close()
+        pass  # an AdminClient holds nothing to close
 
     def poll(self) -> int:
         """Read the committed offsets once; the number of messages committed so far (offsets start at 0)."""
         try:
-            committed = self.consumer.committed([TopicPartition(self.topic, p) for p in self.partitions], timeout=5)
-        except KafkaException:
+            positions = committed(self.admin, self.group, partitions_of(self.topic, self.partitions), timeout=5)
+        except KafkaUnreadable:
             return sum(self.current.values())
         now = time.time()
-        for tp in committed:
-            if tp.offset > self.current[tp.partition]:
-                self.current[tp.partition] = tp.offset
-                self.seen_at[tp.partition].append(now)
-                self.offsets[tp.partition].append(tp.offset)
+        for (_, partition), offset in positions.items():
+            if offset > self.current[partition]:
+                self.current[partition] = offset
+                self.seen_at[partition].append(now)
+                self.offsets[partition].append(offset)
         return sum(self.current.values())
 
     def stored_at(self, partition: int, offset: int) -> float | None:

@@ -39,9 +39,13 @@ from streamd.consumer.loop import BatchConsumer
 from streamd.kafka import KafkaUnavailable
 from streamd.lifecycle import Shutdown
 
-__all__ = ["BatchConsumer", "ConsumerCounters", "run"]
+__all__ = ["SECTIONS", "BatchConsumer", "ConsumerCounters", "run"]
 
 log = logging.getLogger(__name__)
+
+
+# What a consumer child reads of the config: a reload that changes one of these restarts it.
+SECTIONS = frozenset({"kafka", "mongodb", "consumer", "logging"})
 
 
 def run(config: Config, shutdown: Shutdown) -> int:

@@ -4,6 +4,9 @@ When the configured endpoints answer, streamd uses them; otherwise (per `stack.l
 Apache Kafka from Maven Central and mongod or FerretDB, and runs them bound to loopback, either as
 supervised children (`services_to_run` + `run_service`) or detached (`ensure_running` / `down`).
 All data lives under `config.state_path`, all downloaded or built artifacts under `config.cache_path`.
+
+Each kind of server implements `kind.ServerKind`: `kafka_server.KAFKA` and `store_server.STORE` (the
+clients of the same servers are streamd/kafka.py and streamd/store.py); `plan.KINDS` lists them.
 """
 
 from streamd.stack.detached import ServiceStatus, down, ensure_running, print_status, status

@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import TextIO
 
 from streamd.config import Config
-from streamd.stack import kafka, store
-from streamd.stack.endpoint import is_srv_uri, mongodb_endpoints
 from streamd.stack.pidfile import is_alive, log_path, owned_pid, remove_pid, stack_dir, write_pid
-from streamd.stack.plan import SERVICE_NAMES, needed, provision, services_to_run
+from streamd.stack.plan import KINDS, SERVICE_NAMES, needed, provision, services_to_run
 from streamd.stack.provisioning import say
 from streamd.stack.service import Service, StackError, wait_ready
 
@@ -81,25 +79,17 @@ def down(config: Config) -> None:
 def status(config: Config) -> list[ServiceStatus]:
     """Each server: where the config points, whether it answers its protocol, and whether it is ours."""
     statuses = []
-    for name in SERVICE_NAMES:
-        pid = owned_pid(config, name)
-        if name == "kafka":
-            endpoint = config.kafka.brokers
-            answering = kafka.answers(config.kafka.brokers, config.kafka.client)
-            data = kafka.data_dir(config)
-        else:
-            endpoint = ", ".join(_store_hosts(config))
-            answering = store.answers(config.mongodb.uri)
-            data = store.data_dir(config)
+    for kind in KINDS:
+        pid = owned_pid(config, kind.name)
         ours = pid is not None
         statuses.append(
             ServiceStatus(
-                name,
-                endpoint,
-                answering,
+                kind.name,
+                kind.address(config),
+                kind.answers(config),
                 pid,
-                data if ours else None,
-                log_path(config, name) if ours else None,
+                kind.data_dir(config) if ours else None,
+                log_path(config, kind.name) if ours else None,
             )
         )
     return statuses
@@ -194,16 +184,6 @@ def _log_tail(config: Config, name: str) -> str:
     except OSError:
         return f"(no log at {log})"
     return f"Last lines of {log}:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def _store_hosts(config: Config) -> Iterator[str]:
-    if is_srv_uri(config.mongodb.uri):
-        yield config.mongodb.uri.split("@")[-1].split("/")[0]
-        return
-    try:
-        yield from map(str, mongodb_endpoints(config.mongodb.uri))
-    except ValueError:
-        yield "unparsable mongodb.uri"
 
 
 @contextmanager

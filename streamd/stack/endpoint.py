@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 KAFKA_DEFAULT_PORT = 9092
@@ -80,3 +81,11 @@ def mongodb_endpoints(uri: str) -> list[Endpoint]:
     rest = uri.split("://", 1)[1] if "://" in uri else uri
     hosts = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
     return [parse_hostport(entry, MONGODB_DEFAULT_PORT) for entry in hosts.split(",") if entry.strip()]
+
+
+def any_answers(endpoints: Callable[[str], list[Endpoint]], address: str) -> bool:
+    """True when any host of `address` accepts a connection; False, not an error, when it does not parse."""
+    try:
+        return any(endpoint.answers() for endpoint in endpoints(address))
+    except ValueError:
+        return False

@@ -21,6 +21,10 @@ def server_home(config: Config, name: str) -> Path:
     return stack_dir(config) / name
 
 
+def server_data(config: Config, name: str) -> Path:
+    return server_home(config, name) / "data"
+
+
 def pid_path(config: Config, name: str) -> Path:
     return server_home(config, name) / "server.pid"
 

@@ -7,7 +7,6 @@ supervisor's stop request into the server's own clean shutdown.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -19,9 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamd.lifecycle import Shutdown
+from streamd.lifecycle import Shutdown, die_with_parent
 
-PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 0.2
 # Levels as the servers print them: Kafka's log4j pattern starts with "%p", FerretDB's console format
 # carries the level word in its second field, and mongod's JSON lines say "s":"W".
@@ -98,8 +96,6 @@ def run_service(service: Service, shutdown: Shutdown) -> int:
     """
     log = logging.getLogger(f"streamd.stack.{service.name}")
     parent = os.getpid()
-    # Looked up here, not after fork: dlopen in a forked child of a threaded process can deadlock.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
     process = subprocess.Popen(
         service.argv,
         cwd=service.cwd,
@@ -110,7 +106,8 @@ def run_service(service: Service, shutdown: Shutdown) -> int:
         # Its own process group: a Ctrl-C on the terminal reaches the supervisor, which stops children in
         # order, instead of hitting the server directly in the middle of that.
         process_group=0,
-        preexec_fn=lambda: _die_with_parent(prctl, parent),
+        # Runs in the forked server before exec: if this child is SIGKILLed, the kernel kills the server too.
+        preexec_fn=lambda: die_with_parent(signal.SIGKILL, parent),
     )
     log.info("started %s (pid %d) for %s", service.argv[0], process.pid, service.endpoint or service.name)
     relay = threading.Thread(target=_relay, args=(process, log), name=f"{service.name}-output", daemon=True)
@@ -124,17 +121,6 @@ def run_service(service: Service, shutdown: Shutdown) -> int:
         log.warning("exited by itself with code %d", code)
     relay.join(timeout=2.0)
     return code
-
-
-def _die_with_parent(prctl: Callable[..., int], parent: int) -> None:
-    """Runs in the forked server before exec: if this child is SIGKILLed, the kernel kills the server too.
-
-    PDEATHSIG fires when the *thread* that forked exits, so run_service must run on the child's main
-    thread; the getppid check closes the race where the parent died before prctl took effect.
-    """
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _relay(process: subprocess.Popen, log: logging.Logger) -> None:

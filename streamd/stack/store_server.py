@@ -1,4 +1,5 @@
-"""The local MongoDB-wire store: mongod when it is installed, otherwise FerretDB on SQLite, built from source.
+"""The local MongoDB-wire store (a server kind, see kind.py): mongod when it is installed, otherwise FerretDB
+on SQLite, built from source.  Not to be confused with streamd/store.py, the client side.
 
 FerretDB speaks the MongoDB wire protocol on top of SQLite, so a laptop without MongoDB packages still
 gets a real server for the consumers and the API; both are single processes bound to loopback.
@@ -18,8 +19,8 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from streamd.config import Config
-from streamd.stack.endpoint import Endpoint, is_srv_uri, mongodb_endpoints
-from streamd.stack.pidfile import server_home
+from streamd.stack.endpoint import Endpoint, any_answers, is_srv_uri, mongodb_endpoints
+from streamd.stack.pidfile import server_data, server_home
 from streamd.stack.provisioning import (
     INSTEAD,
     cache_lock,
@@ -40,7 +41,7 @@ def home_dir(config: Config) -> Path:
 
 
 def data_dir(config: Config) -> Path:
-    return home_dir(config) / "data"
+    return server_data(config, "store")
 
 
 def ferretdb_version(config: Config) -> str:
@@ -197,12 +198,8 @@ def service(config: Config) -> Service:
 
 def answers(uri: str, timeout_ms: int = 2000) -> bool:
     """True when the server answers a ping (FerretDB and mongod both do once they accept commands)."""
-    if not is_srv_uri(uri):
-        try:
-            if not any(endpoint.answers() for endpoint in mongodb_endpoints(uri)):
-                return False  # nothing listens: don't wait out the driver's server selection
-        except ValueError:
-            return False
+    if not is_srv_uri(uri) and not any_answers(mongodb_endpoints, uri):
+        return False  # nothing listens: don't wait out the driver's server selection
     client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
     try:
         client.admin.command("ping")
@@ -211,3 +208,38 @@ def answers(uri: str, timeout_ms: int = 2000) -> bool:
         return False
     finally:
         client.close()
+
+
+class StoreServer:
+    """The local store as a `ServerKind`."""
+
+    name = "store"
+    endpoint_key = "mongodb.uri"
+    check_endpoint = staticmethod(store_endpoint)
+    data_dir = staticmethod(data_dir)
+    provision = staticmethod(provision)
+    service = staticmethod(service)
+
+    def address(self, config: Config) -> str:
+        uri = config.mongodb.uri
+        if is_srv_uri(uri):
+            return uri.split("@")[-1].split("/")[0]
+        try:
+            return ", ".join(map(str, mongodb_endpoints(uri)))
+        except ValueError:
+            return "unparsable mongodb.uri"
+
+    def accepts_connections(self, config: Config) -> bool:
+        uri = config.mongodb.uri
+        if is_srv_uri(uri):
+            return answers(uri)  # only DNS knows the hosts; ask the driver
+        return any_answers(mongodb_endpoints, uri)
+
+    def answers(self, config: Config) -> bool:
+        return answers(config.mongodb.uri)
+
+    def preflight(self, config: Config) -> None:
+        pass  # the store needs nothing but its endpoint
+
+
+STORE = StoreServer()

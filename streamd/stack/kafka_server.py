@@ -1,4 +1,5 @@
-"""The local Apache Kafka: jars from Maven Central, a single KRaft node bound to the configured loopback port.
+"""The local Apache Kafka broker (a server kind, see kind.py): jars from Maven Central, a single KRaft node
+bound to the configured loopback port.  Not to be confused with streamd/kafka.py, the client side.
 
 Kafka's release tarball is just its jars plus shell scripts; resolving the jars with Maven gets the
 same thing from a checksummed repository the JDK toolchain already trusts, and running `java` directly
@@ -21,8 +22,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from streamd.config import Config
-from streamd.stack.endpoint import Endpoint, kafka_endpoints
-from streamd.stack.pidfile import server_home
+from streamd.stack.endpoint import Endpoint, any_answers, kafka_endpoints
+from streamd.stack.pidfile import server_data, server_home
 from streamd.stack.provisioning import (
     INSTEAD,
     cache_lock,
@@ -74,7 +75,7 @@ def home_dir(config: Config) -> Path:
 
 
 def data_dir(config: Config) -> Path:
-    return home_dir(config) / "data"
+    return server_data(config, "kafka")
 
 
 def broker_endpoint(config: Config) -> Endpoint:
@@ -233,11 +234,8 @@ def _format_storage(config: Config, jvm: list[str], properties: Path) -> None:
 
 def answers(brokers: str, client: Mapping[str, Any], timeout: float = 3.0) -> bool:
     """True when a broker returns cluster metadata with at least one live broker in it."""
-    try:
-        if not any(endpoint.answers() for endpoint in kafka_endpoints(brokers)):
-            return False  # nothing listens: skip librdkafka's retries and its connection-refused noise
-    except ValueError:
-        return False
+    if not any_answers(kafka_endpoints, brokers):
+        return False  # nothing listens: skip librdkafka's retries and its connection-refused noise
     # log_level 0: a probe that fails is an answer here, not an error worth printing.
     admin = AdminClient({"log_level": 0, **client, "bootstrap.servers": brokers})
     try:
@@ -245,3 +243,33 @@ def answers(brokers: str, client: Mapping[str, Any], timeout: float = 3.0) -> bo
     except KafkaException:
         return False
     return bool(metadata.brokers)
+
+
+class KafkaServer:
+    """The local Kafka broker as a `ServerKind`."""
+
+    name = "kafka"
+    endpoint_key = "kafka.brokers"
+    check_endpoint = staticmethod(broker_endpoint)
+    data_dir = staticmethod(data_dir)
+    provision = staticmethod(provision)
+    service = staticmethod(service)
+
+    def address(self, config: Config) -> str:
+        return config.kafka.brokers
+
+    def accepts_connections(self, config: Config) -> bool:
+        return any_answers(kafka_endpoints, config.kafka.brokers)
+
+    def answers(self, config: Config) -> bool:
+        return answers(config.kafka.brokers, config.kafka.client)
+
+    def preflight(self, config: Config) -> None:
+        if controller_endpoint(config).answers():
+            raise StackError(
+                f"stack.kafka_controller_port {config.stack.kafka_controller_port} is already in use on "
+                f"127.0.0.1; choose a free port for the local KRaft controller."
+            )
+
+
+KAFKA = KafkaServer()
