@@ -1,4 +1,8 @@
-"""The `streamd` command: start the supervisor, talk to a running one, and the one-shot tools."""
+"""The `streamd` command: start the supervisor, talk to a running one, and the one-shot tools.
+
+Over 300 lines on purpose: the parser and one short `cmd_*` function per command read best side by
+side, as one table of what the command line offers; the work itself lives in the modules they call.
+"""
 
 from __future__ import annotations
 
