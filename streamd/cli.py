@@ -109,7 +109,7 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def iso_time(text: str) -> datetime:
-    from streamd.pipeline import parse_timestamp
+    from streamd.message_schema import parse_timestamp
 
     try:
         return parse_timestamp(text)

@@ -13,7 +13,8 @@ from streamd.consumer import BatchConsumer, ConsumerCounters
 from streamd.consumer.book import OffsetBook
 from streamd.consumer.sink import Sink
 from streamd.lifecycle import Shutdown
-from streamd.pipeline import PayloadSchema, Pipeline
+from streamd.message_schema import PayloadSchema
+from streamd.pipeline import Pipeline
 from streamd.quarantine import Quarantine
 from streamd.store import WriteOutcome
 

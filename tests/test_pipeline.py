@@ -21,19 +21,8 @@ from jsonschema import Draft202012Validator
 
 from streamd import config as config_module
 from streamd.config import ConfigError
-from streamd.pipeline import (
-    BUILTIN_SCHEMA,
-    EPOCH,
-    FORMATS,
-    Invalid,
-    PayloadSchema,
-    Pipeline,
-    document_id,
-    kafka_time,
-    parse,
-    parse_timestamp,
-    to_document,
-)
+from streamd.message_schema import BUILTIN_SCHEMA, EPOCH, FORMATS, Invalid, PayloadSchema, kafka_time, parse_timestamp
+from streamd.pipeline import Pipeline, document_id, parse, to_document
 
 TOPIC = "orders"
 NOW = datetime(2024, 6, 1, 12, 0, 30, tzinfo=UTC)
