@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -18,17 +18,26 @@ from prometheus_client import REGISTRY
 from pymongo.errors import BulkWriteError, DocumentTooLarge
 
 from streamd.config import Config
-from streamd.consumer import BatchConsumer, StoreBusy, run
+from streamd.consumer import BatchConsumer, StoreBusy
 from streamd.dead_letter import DeadLetterQueue
 from streamd.lifecycle import Shutdown
 from streamd.pipeline import Pipeline
 from streamd.producer import produce_once
 from streamd.quarantine import Quarantine
 from streamd.store import MessageStore, WriteOutcome
-from tests.conftest import api_client, free_port
 from tests.fault_stack import relay_to
-
-pytestmark = pytest.mark.integration
+from tests.probes import (
+    all_committed,
+    api_client,
+    committed,
+    consumer_running,
+    end_offsets,
+    free_port,
+    read_all,
+    stored,
+    stored_count,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -38,66 +47,6 @@ def settings(pipeline_config: Config, caplog) -> Iterator[Config]:
     yield settings
     with contextlib.closing(MessageStore(settings.mongodb)) as store:
         store.client.drop_database(settings.mongodb.database)
-
-
-@contextlib.contextmanager
-def consumer_running(settings: Config) -> Iterator[list[int]]:
-    """consumer.run in a thread, stopped like a SIGTERM would at the end; yields where its exit code lands."""
-    shutdown, outcome = Shutdown(), []
-    child = threading.Thread(target=lambda: outcome.append(run(settings, shutdown)), name="consumer")
-    child.start()
-    try:
-        yield outcome
-    finally:
-        shutdown.request()
-        child.join(timeout=15)
-        assert not child.is_alive(), "the consumer did not stop within 15 s of the stop request"
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def partitions(settings: Config) -> list[TopicPartition]:
-    with contextlib.closing(Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": "unused"})) as reader:
-        topic = reader.list_topics(settings.kafka.topic, timeout=10).topics[settings.kafka.topic]
-        return [TopicPartition(settings.kafka.topic, p) for p in sorted(topic.partitions)]
-
-
-def end_offsets(settings: Config) -> dict[int, int]:
-    with contextlib.closing(Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": "unused"})) as reader:
-        return {tp.partition: reader.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions(settings)}
-
-
-def committed(settings: Config) -> dict[int, int]:
-    """The group's committed offset per partition; partitions it never committed are left out."""
-    group = {"bootstrap.servers": settings.kafka.brokers, "group.id": settings.consumer.group}
-    with contextlib.closing(Consumer(group)) as reader:
-        return {tp.partition: tp.offset for tp in reader.committed(partitions(settings), timeout=10) if tp.offset >= 0}
-
-
-def stored(settings: Config) -> list[dict]:
-    with contextlib.closing(MessageStore(settings.mongodb)) as store:
-        return list(store.collection.find())
-
-
-def stored_count(settings: Config) -> int:
-    with contextlib.closing(MessageStore(settings.mongodb)) as store:
-        return store.collection.count_documents({})
-
-
-def all_committed(settings: Config) -> bool:
-    """Every message consumed and committed; an empty partition needs no commit. False while the group
-    coordinator cannot answer yet (a broker just started), so waiting on it simply goes on."""
-    try:
-        done = committed(settings)
-        return all(done.get(partition, 0) == end for partition, end in end_offsets(settings).items())
-    except KafkaException:
-        return False
 
 
 def produce_raw(settings: Config, *values: bytes) -> None:
@@ -218,22 +167,6 @@ def test_a_stop_mid_stream_finishes_and_commits_the_batch_in_hand(settings: Conf
 # --- dead letters -------------------------------------------------------------------------------------
 
 
-def read_all(brokers: str, topic: str) -> list[Message]:
-    """Every message of `topic`, read without a consumer group."""
-    reader = Consumer({"bootstrap.servers": brokers, "group.id": "unused", "enable.partition.eof": True})
-    try:
-        metadata = reader.list_topics(topic, timeout=10).topics[topic]
-        reader.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
-        ends = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
-        messages: list[Message] = []
-        deadline = time.monotonic() + 20
-        while sum(ends.values()) > len(messages) and time.monotonic() < deadline:
-            messages += [m for m in reader.consume(1000, timeout=0.5) if m.error() is None]
-        return messages
-    finally:
-        reader.close()
-
-
 def test_a_rejected_message_is_committed_only_once_the_dead_letter_topic_acknowledged_it(settings: Config, caplog):
     # All eleven in one batch, however loaded the machine: the batch waits up to 3 s to fill.
     settings = replace(settings, consumer=replace(settings.consumer, batch_timeout_ms=3000))
@@ -306,10 +239,10 @@ def test_documents_the_store_refuses_are_dead_lettered_at_the_store_stage_and_th
     assert batches.counters.dead_lettered == {"store_rejected": 2}
 
 
-def test_write_errors_of_single_documents_become_store_rejections_and_transient_ones_a_retry(settings: Config):
-    pipeline = Pipeline.from_config(settings)
+def test_write_errors_of_single_documents_become_store_rejections_and_transient_ones_a_retry(offline: Config):
+    pipeline = Pipeline.from_config(offline)
     batches = BatchConsumer(
-        settings.consumer, pipeline, None, None, None, Shutdown(), Quarantine(settings.state_path / "consumers")
+        offline.consumer, pipeline, None, None, None, Shutdown(), Quarantine(offline.state_path / "consumers")
     )  # type: ignore[arg-type]
     messages = [Message(topic="t", partition=0, offset=n, value=b'{"text": "%d"}' % n) for n in range(4)]
     batch = pipeline.batch(messages)
@@ -497,7 +430,7 @@ def test_a_committed_offset_beyond_a_recreated_topics_end_is_reported_then_resta
         assert not partition["beyond_end"] and partition["lag"] == 0
 
 
-def test_telling_replays_from_conflicts_takes_at_most_its_share_of_the_consumers_time(settings: Config, monkeypatch):
+def test_telling_replays_from_conflicts_takes_at_most_its_share_of_the_consumers_time(offline: Config, monkeypatch):
     """On FerretDB each lookup scans the collection: a replay must not turn into minutes of lookups."""
     clock = [1000.0]
     monkeypatch.setattr("streamd.consumer.time.monotonic", lambda: clock[0])
@@ -511,7 +444,7 @@ def test_telling_replays_from_conflicts_takes_at_most_its_share_of_the_consumers
             return []
 
     batches = BatchConsumer(
-        settings.consumer, None, None, SlowStore(), None, Shutdown(), Quarantine(settings.state_path / "consumers")
+        offline.consumer, None, None, SlowStore(), None, Shutdown(), Quarantine(offline.state_path / "consumers")
     )  # type: ignore[arg-type]
     unchecked = REGISTRY.get_sample_value("streamd_consumer_duplicates_unchecked_total") or 0.0
     replayed = ({"_id": "user-1", "kafka": {"topic": "t", "partition": 0, "offset": 1}},)

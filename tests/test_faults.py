@@ -32,10 +32,8 @@ from streamd.store import MessageStore
 from streamd.verify import verify
 
 from .fault_stack import KnownProducer, kill_server, poison_count, private_stack_config, restart_servers
-from .supervisor_process import SupervisorProcess, start_streamd, wait_until
-from .test_consumer import all_committed, committed, consumer_running, read_all
-
-pytestmark = pytest.mark.integration
+from .probes import all_committed, committed, consumer_running, read_all, stored_count, wait_until
+from .supervisor_process import SupervisorProcess, start_streamd
 
 
 @pytest.fixture
@@ -45,11 +43,6 @@ def scale(request: pytest.FixtureRequest) -> float:
 
 def count_for(base: int, scale: float) -> int:
     return max(500, int(base * scale))
-
-
-def stored_count(settings: Config) -> int:
-    with contextlib.closing(MessageStore(settings.mongodb)) as store:
-        return store.collection.count_documents({})
 
 
 def progress(settings: Config) -> int:

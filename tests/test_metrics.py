@@ -33,9 +33,8 @@ from streamd.consumer import ConsumerCounters
 from streamd.metrics import exposition, series
 from streamd.producer import ProduceReport
 
-from .conftest import REPO, free_port
-from .supervisor_process import start_streamd, wait_until
-from .test_pipeline_flow import PIPELINE, api_url
+from .probes import REPO, free_port, wait_until
+from .supervisor_process import PIPELINE, api_url, start_streamd
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -12,32 +12,17 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Message
 
 from streamd import config as config_module
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
 from streamd.producer import Sender, produce_once, run
-from tests.conftest import free_port
-
-pytestmark = pytest.mark.integration
+from tests.probes import free_port, read_all
 
 
-def read_topic(settings: Config) -> list:
-    """Every message in the topic, read from the start without a consumer group."""
-    reader = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": "unused", "enable.auto.commit": False})
-    try:
-        metadata = reader.list_topics(settings.kafka.topic, timeout=10).topics[settings.kafka.topic]
-        partitions = [TopicPartition(settings.kafka.topic, p, 0) for p in metadata.partitions]
-        expected = sum(reader.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions)
-        reader.assign(partitions)
-        messages: list = []
-        deadline = time.monotonic() + 20
-        while len(messages) < expected and time.monotonic() < deadline:
-            messages += [m for m in reader.consume(1000, timeout=0.5) if m.error() is None]
-        return messages
-    finally:
-        reader.close()
+def read_topic(settings: Config) -> list[Message]:
+    return read_all(settings.kafka.brokers, settings.kafka.topic)
 
 
 def test_produce_once_sends_count_messages_in_the_tutorial_shape(pipeline_config: Config):

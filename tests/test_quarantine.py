@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Message, Producer
 
 from streamd import config as config_module
 from streamd import verify
@@ -20,8 +18,8 @@ from streamd.dead_letter import DeadLetter
 from streamd.producer import produce_once
 from streamd.quarantine import QUARANTINE_DEATHS, Quarantine
 from streamd.verify import Reconciliation
-from tests.supervisor_process import SupervisorProcess, wait_until
-from tests.test_consumer import all_committed
+from tests.probes import all_committed, read_all, wait_until
+from tests.supervisor_process import SupervisorProcess
 
 DEADLY = Path(__file__).with_name("deadly_supervisor.py")
 
@@ -166,32 +164,7 @@ def produce_around_one_deadly(settings: Config) -> None:
 
 
 def dead_letters(settings: Config) -> list[DeadLetter]:
-    reader = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.brokers,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        topic = settings.kafka.dead_letter_topic
-        partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
-        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        found, ended = [], set()
-        deadline = time.monotonic() + 30
-        while len(ended) < len(partitions) and time.monotonic() < deadline:
-            message = reader.poll(0.5)
-            if message is None:
-                continue
-            if message.error() is not None:
-                ended.add(message.partition())
-                continue
-            found.append(DeadLetter.read(message))
-        assert len(ended) == len(partitions), "the dead-letter topic could not be read to its end"
-        return found
-    finally:
-        reader.close()
+    return [DeadLetter.read(message) for message in read_all(settings.kafka.brokers, settings.kafka.dead_letter_topic)]
 
 
 def states(sup: SupervisorProcess) -> set[str]:

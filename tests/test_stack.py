@@ -26,7 +26,7 @@ from streamd.stack import kafka
 from streamd.stack.pidfile import pid_path
 from streamd.stack.provisioning import MARKER
 
-from .conftest import STACK_STATE_DIR, free_port
+from .probes import STACK_STATE_DIR, free_port
 
 SHARED_CACHE = STACK_STATE_DIR / "cache"
 

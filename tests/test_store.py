@@ -11,9 +11,7 @@ from pymongo.errors import BulkWriteError
 from streamd import config as config_module
 from streamd.config import Config, ConfigError
 from streamd.store import UNAVAILABLE, MessageStore, WriteOutcome, connect
-from tests.conftest import free_port
-
-pytestmark = pytest.mark.integration
+from tests.probes import free_port
 
 
 @pytest.fixture

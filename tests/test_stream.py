@@ -14,9 +14,7 @@ from streamd.api.params import Cursor
 from streamd.api.stream import LiveStreams
 from streamd.config import Config
 
-from .conftest import api_client, free_port, stored_document
-
-pytestmark = pytest.mark.integration
+from .probes import api_client, free_port, stored_document
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 
