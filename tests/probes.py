@@ -1,17 +1,18 @@
 """What a test observes of the pipeline under test, one function per question, shared by every test module.
 
-How many documents are stored, what the group has committed, every message of a topic, the API in-process,
-a consumer in a thread, and `wait_until` to wait for any of it. Fixtures live in conftest.py; the
-supervisor as a process lives in supervisor_process.py.
+What the log says in stable words, how many documents are stored, what the group has committed, every
+message of a topic, the API and a consumer in-process, and `wait_until` to wait for any of it. Fixtures
+live in conftest.py; the supervisor as a process lives in supervisor_process.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,18 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.05)
+
+
+def logged(messages: Iterable[str], *fragments: str) -> int:
+    """How many log messages hold every one of `fragments`. Tests name the stable words of a line (the key,
+    the reason, the number), never its whole sentence, so rewording a log line fails no test."""
+    return sum(all(fragment in message for fragment in fragments) for message in messages)
+
+
+def summaries(messages: Iterable[str], word: str = "stopped") -> list[dict[str, int]]:
+    """The counts of each `<word>: name 1, name 2…` summary line, by name, e.g. {"consumed": 42, "stored": 41}."""
+    lines = [message for message in messages if message.startswith(f"{word}:")]
+    return [{name: int(number) for name, number in re.findall(r"([\w-]+) (\d+)", line)} for line in lines]
 
 
 def free_port() -> int:

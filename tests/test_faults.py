@@ -32,7 +32,7 @@ from streamd.store import MessageStore
 from streamd.verify import verify
 
 from .fault_stack import KnownProducer, kill_server, poison_count, private_stack_config, restart_servers
-from .probes import all_committed, committed, consumer_running, read_all, stored_count, wait_until
+from .probes import all_committed, committed, consumer_running, logged, read_all, stored_count, wait_until
 from .supervisor_process import SupervisorProcess, start_streamd
 
 
@@ -286,8 +286,8 @@ def test_the_store_killed_and_restarted_mid_stream_pauses_the_consumers_without_
         assert_all_delivered(private_flow, producer, sup)
         assert all(child["restarts"] == 0 for child in consumers(sup).values()), "no consumer crashed"
         lines = [line for line in sup.log().splitlines() if "[consumer-" in line]
-        assert 1 <= sum("store unavailable (" in line for line in lines) <= 2, "once per consumer, not per retry"
-        assert any("store is back after" in line for line in lines)
+        assert 1 <= logged(lines, "store unavailable", "holding") <= 2, "once per consumer, not per retry"
+        assert logged(lines, "store", "back")
     finally:
         sup.kill()
 

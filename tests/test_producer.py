@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ from streamd import config as config_module
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
 from streamd.producer import Sender, produce_once, run
-from tests.probes import free_port, read_all
+from tests.probes import free_port, read_all, summaries
 
 
 def read_topic(settings: Config) -> list[Message]:
@@ -78,9 +77,9 @@ def test_the_generator_keeps_its_pace_and_flushes_everything_on_shutdown(
 
     assert outcome == [0]
     assert time.monotonic() - stop_requested < 3, "a stop is noticed quickly and the flush ignores linger.ms"
-    [summary] = [m for m in caplog.messages if m.startswith("stopped:")]
-    sent, acked, failed = map(int, re.fullmatch(r"stopped: sent (\d+), acked (\d+), failed (\d+)", summary).groups())
-    assert acked == sent and failed == 0
+    [summary] = summaries(caplog.messages)
+    sent = summary["sent"]
+    assert (summary["acked"], summary["failed"]) == (sent, 0)
     assert len(read_topic(settings)) == sent
     # Topic creation comes before the first message, so the generator ran a little under 1.5 s.
     assert 0.8 * per_second <= sent <= 1.5 * per_second + 1
@@ -98,7 +97,7 @@ def test_failed_deliveries_are_counted_and_logged_once_per_error(caplog):
     failures = [r for r in caplog.records if r.name == "streamd.producer" and "delivery" in r.getMessage()]
     assert len(failures) == 1
     assert "timed out" in failures[0].getMessage()
-    assert failures[0].getMessage().startswith("delivery of k0 to "), "names the first message that failed"
+    assert "k0" in failures[0].getMessage(), "names the first message that failed"
 
 
 def test_a_stop_cuts_in_while_the_queue_is_full_and_no_broker_answers():
