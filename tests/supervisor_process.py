@@ -106,6 +106,11 @@ class SupervisorProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def messages(self, child: str) -> list[str]:
+        """The log messages of one child, without the line's time and name prefix."""
+        marker = f"[{child}] "
+        return [line.split(marker, 1)[1] for line in self.log().splitlines() if marker in line]
+
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
 

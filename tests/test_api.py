@@ -593,10 +593,9 @@ def test_sigusr2_does_not_start_a_second_server(pipeline_config, server):
     workers = started(process, pipeline_config.api.port, log_path)
 
     process.send_signal(signal.SIGUSR2)
-    time.sleep(2)
+    wait_until(lambda: "ignoring SIGUSR2" in log_path.read_text(), "the master to handle SIGUSR2")
 
     assert descendants(process.pid) == workers
-    assert "ignoring SIGUSR2" in log_path.read_text()
 
 
 @pytest.mark.integration
@@ -792,8 +791,9 @@ def test_a_burst_of_idle_connections_holds_no_request_thread(busy_server):
     assert [status for status, _ in answers] == [200] * 4
     assert answers[0][1] == answers[2][1] == {"status": "ok"}
     assert ids(answers[1][1]) == ids(answers[3][1]) == ["m-1"]
-    # gthread parks each new connection on a request thread until its request comes (up to 5 s).
-    assert elapsed < 4, f"/health and /messages took {elapsed:.1f} s behind 200 idle connections"
+    # gthread parks each new connection on a request thread until its request comes (up to 5 s): 4 threads
+    # behind 200 idle connections would take minutes, so a generous bound still tells the two apart.
+    assert elapsed < 15, f"/health and /messages took {elapsed:.1f} s behind 200 idle connections"
 
 
 @pytest.mark.integration
@@ -812,8 +812,8 @@ def test_clients_that_never_hang_up_do_not_hold_the_probes(busy_server):
             sock.close()
 
     assert health == (200, {"status": "ok"})
-    # gthread lingers up to 2 s per closing connection on the loop that hands out every request.
-    assert elapsed < 4, f"/health took {elapsed:.1f} s behind 10 clients that keep their sockets open"
+    # gthread lingers up to 2 s per closing connection on the loop that hands out every request: 20 s for these 10.
+    assert elapsed < 10, f"/health took {elapsed:.1f} s behind 10 clients that keep their sockets open"
 
 
 @pytest.mark.integration

@@ -131,7 +131,7 @@ def test_a_document_deleted_by_hand_is_reported_missing_with_exit_one(consumed: 
 
 @pytest.mark.integration
 def test_messages_after_the_groups_commit_are_not_consumed_yet_and_until_leaves_them_out(consumed: Config):
-    time.sleep(0.05)
+    time.sleep(0.05)  # the cut falls strictly between the consumed messages' timestamps and the new ones
     cut = datetime.now(UTC)
     time.sleep(0.05)
     send(consumed, good(100), good(101))
