@@ -34,6 +34,7 @@ from tests.probes import (
     end_offsets,
     free_port,
     logged,
+    partitions,
     read_all,
     stored,
     stored_count,
@@ -387,6 +388,8 @@ def offset_resets(topic: str) -> float:
 def test_a_topic_recreated_under_a_running_consumer_has_every_new_message_stored(settings: Config):
     settings = one_partition(settings)
     with consumer_running(settings):
+        # Produced to before the consumer creates it, the broker would create the topic with 3 partitions.
+        wait_until(lambda: partitions(settings), "the consumer to create its one-partition topic")
         produce_ids(settings, "old", 20)
         wait_until(lambda: all_committed(settings), "the old topic consumed")
         recreate_topic(settings)
@@ -401,6 +404,8 @@ def test_a_committed_offset_beyond_a_recreated_topics_end_is_reported_then_resta
     settings = one_partition(settings)
     topic = settings.kafka.topic
     with consumer_running(settings):
+        # Produced to before the consumer creates it, the broker would create the topic with 3 partitions.
+        wait_until(lambda: partitions(settings), "the consumer to create its one-partition topic")
         produce_ids(settings, "old", 20)
         wait_until(lambda: all_committed(settings), "the old topic consumed")
     recreate_topic(settings)
