@@ -377,6 +377,14 @@ def produce_ids(settings: Config, prefix: str, count: int) -> None:
     produce_raw(settings, *(orjson.dumps({"id": f"{prefix}-{n}", "text": "x"}) for n in range(count)))
 
 
+def consume_the_old_topic(settings: Config) -> None:
+    """With the consumer running: 20 messages in the one-partition topic it creates, all consumed."""
+    # Produced to before the consumer creates it, the broker would create the topic with 3 partitions.
+    wait_until(lambda: partitions(settings), "the consumer to create its one-partition topic")
+    produce_ids(settings, "old", 20)
+    wait_until(lambda: all_committed(settings), "the old topic consumed")
+
+
 def stored_ids(settings: Config) -> set[str]:
     return {d["_id"] for d in stored(settings)}
 
@@ -388,10 +396,7 @@ def offset_resets(topic: str) -> float:
 def test_a_topic_recreated_under_a_running_consumer_has_every_new_message_stored(settings: Config):
     settings = one_partition(settings)
     with consumer_running(settings):
-        # Produced to before the consumer creates it, the broker would create the topic with 3 partitions.
-        wait_until(lambda: partitions(settings), "the consumer to create its one-partition topic")
-        produce_ids(settings, "old", 20)
-        wait_until(lambda: all_committed(settings), "the old topic consumed")
+        consume_the_old_topic(settings)
         recreate_topic(settings)
         produce_ids(settings, "new", 5)
         wait_until(lambda: {f"new-{n}" for n in range(5)} <= stored_ids(settings), "the new topic stored", 60)
@@ -404,10 +409,7 @@ def test_a_committed_offset_beyond_a_recreated_topics_end_is_reported_then_resta
     settings = one_partition(settings)
     topic = settings.kafka.topic
     with consumer_running(settings):
-        # Produced to before the consumer creates it, the broker would create the topic with 3 partitions.
-        wait_until(lambda: partitions(settings), "the consumer to create its one-partition topic")
-        produce_ids(settings, "old", 20)
-        wait_until(lambda: all_committed(settings), "the old topic consumed")
+        consume_the_old_topic(settings)
     recreate_topic(settings)
     produce_ids(settings, "new", 5)
     # What a consumer holding a batch across the recreation does: commits the old topic's offset to the new one.
