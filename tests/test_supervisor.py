@@ -116,7 +116,7 @@ def test_a_crash_looping_child_becomes_fatal_while_the_others_keep_running(toy):
     children = sup.children()
     assert children["producer"]["restarts"] == 2
     assert children["consumer-1"]["state"] == children["consumer-2"]["state"] == "RUNNING"
-    assert "producer is FATAL" in sup.log()
+    assert logged(sup.messages("supervisor"), "producer", "FATAL"), "the supervisor says which child gave up"
 
 
 def test_a_child_ignoring_sigterm_is_killed_after_the_graceful_timeout(toy):
