@@ -1,27 +1,24 @@
-"""Shared fixtures: one real local stack per test session, and an isolated pipeline config per test."""
+"""Shared fixtures: one real local stack per test session, and an isolated pipeline config per test.
+
+A test that requests the stack (directly, or through `pipeline_config` or `store`) is marked `integration`
+here, so `pytest -m "not integration"` runs everything else without starting or reaching any server.
+Shared functions live in probes.py.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 
-import falcon.testing
 import pytest
 
 from streamd import config as config_module
-from streamd.api import create_app
-from streamd.api.backends import Backends
 from streamd.config import Config
 from streamd.store import MessageStore
 
-REPO = Path(__file__).resolve().parent.parent
-# The test session shares the developer's cache, so provisioning happens once per machine, not per run.
-STACK_STATE_DIR = REPO / ".streamd"
+from .probes import STACK_STATE_DIR, free_port
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,10 +30,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "local_stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +68,12 @@ def pipeline_config(local_stack: Config, tmp_path: Path) -> Config:
 
 
 @pytest.fixture
+def offline(tmp_path: Path) -> Config:
+    """A config for parts tested without servers: its state is this test's own and nothing is ever contacted."""
+    return config_module.from_mapping({"state_dir": str(tmp_path / "state")}, label="offline test config")
+
+
+@pytest.fixture
 def store(pipeline_config: Config) -> Iterator[MessageStore]:
     """This test's message collection, indexed as the consumer would, dropped afterwards."""
     messages = MessageStore(pipeline_config.mongodb)
@@ -77,25 +81,3 @@ def store(pipeline_config: Config) -> Iterator[MessageStore]:
     yield messages
     messages.client.drop_database(pipeline_config.mongodb.database)
     messages.close()
-
-
-@contextmanager
-def api_client(config: Config, streams=None) -> Iterator[falcon.testing.TestClient]:
-    """The API app in-process, its Kafka and store clients closed afterwards."""
-    backends = Backends(config)
-    try:
-        yield falcon.testing.TestClient(create_app(config, backends, streams))
-    finally:
-        backends.close()
-
-
-def stored_document(message_id: str, moment: datetime, source: str | None, offset: int = 0) -> dict:
-    """A message as the consumer stores it."""
-    return {
-        "_id": message_id,
-        "content": f"content of {message_id}",
-        "timestamp": moment,
-        "source": source,
-        "ingested_at": moment,
-        "kafka": {"topic": "data-stream", "partition": 0, "offset": offset},
-    }

@@ -23,7 +23,7 @@ from streamd import stack
 from streamd.config import Config
 from streamd.stack.pidfile import owned_pid
 
-from .conftest import STACK_STATE_DIR, free_port
+from .probes import STACK_STATE_DIR, free_port
 
 # Every POISON_EVERY-th known message is poison: valid JSON without `text`, so it must be dead-lettered.
 POISON_EVERY = 250

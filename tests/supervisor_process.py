@@ -1,14 +1,15 @@
-"""A supervisor under test, run as a real process: start it, ask its status, signal it, read its log."""
+"""A supervisor under test, run as a real process: start it, ask its status and its API, signal it, read its log."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -17,7 +18,10 @@ from streamd import control
 from streamd.config import Config
 from streamd.control import descendants
 
-REPO = Path(__file__).resolve().parent.parent
+from .probes import REPO, wait_until
+
+# The children of `streamd start` with the repository's config.yaml, in start order.
+PIPELINE = ("producer", "consumer-1", "consumer-2", "api")
 
 
 def start_streamd(tmp_path: Path, settings: Config, **sections: dict) -> SupervisorProcess:
@@ -31,18 +35,23 @@ def start_streamd(tmp_path: Path, settings: Config, **sections: dict) -> Supervi
     return SupervisorProcess(path, command, tmp_path / "streamd.log").start()
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def process_gone(pid: int) -> bool:
     return not control.process_alive(pid)
+
+
+def api_url(sup: SupervisorProcess, path: str) -> str:
+    return f"http://127.0.0.1:{sup.config.api.port}{path}"
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    """The status and JSON body of a GET; (0, {}) while nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except OSError:
+        return 0, {}
 
 
 class SupervisorProcess:
@@ -84,7 +93,7 @@ class SupervisorProcess:
                 return children
             return None
 
-        return wait_until(all_running, timeout, f"{', '.join(names)} RUNNING; log:\n{self.log_tail()}")
+        return wait_until(all_running, f"{', '.join(names)} RUNNING; log:\n{self.log_tail()}", timeout)
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -96,6 +105,11 @@ class SupervisorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def messages(self, child: str) -> list[str]:
+        """The log messages of one child, without the line's time and name prefix."""
+        marker = f"[{child}] "
+        return [line.split(marker, 1)[1] for line in self.log().splitlines() if marker in line]
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log().splitlines()[-lines:])

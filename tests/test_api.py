@@ -35,9 +35,8 @@ from streamd.api.worker import probe_of
 from streamd.config import Config
 from streamd.store import INDEXES, NEWEST_FIRST, MessageStore, newest_filter
 
-from .conftest import REPO, api_client, free_port
-from .supervisor_process import descendants, process_gone, start_streamd, wait_until
-from .test_pipeline_flow import api_url, get_json
+from .probes import REPO, api_client, free_port, wait_until
+from .supervisor_process import api_url, descendants, get_json, process_gone, start_streamd
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 ITEM_KEYS = {"id", "content", "timestamp", "source", "ingested_at", "kafka"}
@@ -454,7 +453,7 @@ def test_ready_is_503_naming_the_consumers_once_none_of_them_runs(pipeline_confi
     )
     try:
         children = sup.wait_running("consumer-1", "consumer-2", "api", timeout=60)
-        status, body = wait_until(lambda: (r := get_json(api_url(sup, "/ready")))[0] and r, 30, "/ready")
+        status, body = wait_until(lambda: (r := get_json(api_url(sup, "/ready")))[0] and r, "/ready", 30)
         assert (status, body["checks"]) == (200, {"kafka": "ok", "store": "ok", "offsets": "ok", "consumers": "ok"})
 
         # A consumer restarted without its schema file exits at once: both crash-loop to FATAL.
@@ -462,9 +461,9 @@ def test_ready_is_503_naming_the_consumers_once_none_of_them_runs(pipeline_confi
         for name in ("consumer-1", "consumer-2"):
             os.kill(children[name]["pid"], signal.SIGKILL)
         fatal = {"consumer-1": "FATAL", "consumer-2": "FATAL"}
-        wait_until(lambda: {n: sup.children()[n]["state"] for n in fatal} == fatal, 60, f"FATAL; {sup.log_tail()}")
+        wait_until(lambda: {n: sup.children()[n]["state"] for n in fatal} == fatal, f"FATAL; {sup.log_tail()}", 60)
 
-        status, body = wait_until(lambda: (r := get_json(api_url(sup, "/ready")))[0] == 503 and r, 10, "a 503")
+        status, body = wait_until(lambda: (r := get_json(api_url(sup, "/ready")))[0] == 503 and r, "a 503", 10)
         assert body["status"] == "unavailable"
         assert body["checks"]["kafka"] == "ok" and body["checks"]["store"] == "ok"
         assert "consumer-1 FATAL" in body["checks"]["consumers"] and "consumer-2 FATAL" in body["checks"]["consumers"]
@@ -547,9 +546,9 @@ def kill_server(process: subprocess.Popen) -> None:
 
 def started(process: subprocess.Popen, port: int, log_path: Path) -> set[int]:
     """The worker pids, once the API answers over HTTP."""
-    wait_until(lambda: answers(port) or process.poll() is not None, 30, "the API to answer")
+    wait_until(lambda: answers(port) or process.poll() is not None, "the API to answer", 30)
     assert process.poll() is None, log_path.read_text()
-    return wait_until(lambda: workers_of(process), 10, "2 workers")
+    return wait_until(lambda: workers_of(process), "2 workers", 10)
 
 
 @pytest.mark.integration
@@ -581,7 +580,7 @@ def test_a_replacement_worker_takes_over_its_predecessors_number(pipeline_config
     first = next(pid for pid in workers if title(pid) == "streamd: api worker 1")
 
     os.kill(first, signal.SIGKILL)
-    replacement = wait_until(lambda: (workers_of(process) or workers) - workers, 10, "a replacement worker")
+    replacement = wait_until(lambda: (workers_of(process) or workers) - workers, "a replacement worker", 10)
 
     assert [title(pid) for pid in replacement] == ["streamd: api worker 1"]
 
@@ -593,10 +592,9 @@ def test_sigusr2_does_not_start_a_second_server(pipeline_config, server):
     workers = started(process, pipeline_config.api.port, log_path)
 
     process.send_signal(signal.SIGUSR2)
-    time.sleep(2)
+    wait_until(lambda: "ignoring SIGUSR2" in log_path.read_text(), "the master to handle SIGUSR2")
 
     assert descendants(process.pid) == workers
-    assert "ignoring SIGUSR2" in log_path.read_text()
 
 
 @pytest.mark.integration
@@ -607,7 +605,7 @@ def test_workers_stop_when_the_master_is_killed(pipeline_config, server):
     process.kill()
     process.wait()
 
-    wait_until(lambda: all(process_gone(pid) for pid in workers), 15, "the orphaned workers to exit")
+    wait_until(lambda: all(process_gone(pid) for pid in workers), "the orphaned workers to exit", 15)
 
 
 def workers_of(process: subprocess.Popen) -> set[int] | None:
@@ -639,7 +637,7 @@ def test_a_worker_is_signalled_the_moment_its_master_dies():
         master.kill()
         master.wait()
 
-        wait_until(lambda: process_gone(worker), 5, "the stand-in worker to get SIGTERM")
+        wait_until(lambda: process_gone(worker), "the stand-in worker to get SIGTERM", 5)
     finally:
         if not process_gone(worker):
             os.kill(worker, signal.SIGKILL)
@@ -656,7 +654,7 @@ def busy_server(pipeline_config, store, tmp_path) -> Iterator[tuple[Config, subp
     store.insert_batch([stored("m-1", T0)])
     process = start_server(config, tmp_path, workers=1)
     try:
-        wait_until(lambda: answers(api.port) or process.poll() is not None, 30, "the API to answer")
+        wait_until(lambda: answers(api.port) or process.poll() is not None, "the API to answer", 30)
         assert process.poll() is None, (tmp_path / "api.log").read_text()
         yield config, process
     finally:
@@ -792,8 +790,9 @@ def test_a_burst_of_idle_connections_holds_no_request_thread(busy_server):
     assert [status for status, _ in answers] == [200] * 4
     assert answers[0][1] == answers[2][1] == {"status": "ok"}
     assert ids(answers[1][1]) == ids(answers[3][1]) == ["m-1"]
-    # gthread parks each new connection on a request thread until its request comes (up to 5 s).
-    assert elapsed < 4, f"/health and /messages took {elapsed:.1f} s behind 200 idle connections"
+    # gthread parks each new connection on a request thread until its request comes (up to 5 s): 4 threads
+    # behind 200 idle connections would take minutes, so a generous bound still tells the two apart.
+    assert elapsed < 15, f"/health and /messages took {elapsed:.1f} s behind 200 idle connections"
 
 
 @pytest.mark.integration
@@ -812,8 +811,8 @@ def test_clients_that_never_hang_up_do_not_hold_the_probes(busy_server):
             sock.close()
 
     assert health == (200, {"status": "ok"})
-    # gthread lingers up to 2 s per closing connection on the loop that hands out every request.
-    assert elapsed < 4, f"/health took {elapsed:.1f} s behind 10 clients that keep their sockets open"
+    # gthread lingers up to 2 s per closing connection on the loop that hands out every request: 20 s for these 10.
+    assert elapsed < 10, f"/health took {elapsed:.1f} s behind 10 clients that keep their sockets open"
 
 
 @pytest.mark.integration

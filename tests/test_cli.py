@@ -11,7 +11,7 @@ import pytest
 
 from streamd import config as config_module
 
-from .conftest import free_port
+from .probes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from streamd import config as config_module
 from streamd.config import ConfigError
+from tests.hostile_files import merge_bomb
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,12 +45,6 @@ def test_an_empty_mapping_means_all_defaults(tmp_path):
 def test_an_empty_file_is_an_error_not_a_silent_switch_to_default_endpoints(tmp_path, text):
     with pytest.raises(ConfigError, match=r"holds no settings.*write \{\} in it or delete it"):
         load_text(tmp_path, text)
-
-
-def merge_bomb(levels: int) -> str:
-    lines = ["l0: &l0 {a: 1, b: 2}"]
-    lines += [f"l{i}: &l{i} {{<<: [*l{i - 1}, *l{i - 1}]}}" for i in range(1, levels)]
-    return "\n".join(lines) + "\n"
 
 
 # Each of these raised something other than ConfigError (or hung) before the loader was bounded.

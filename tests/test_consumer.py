@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -18,17 +18,29 @@ from prometheus_client import REGISTRY
 from pymongo.errors import BulkWriteError, DocumentTooLarge
 
 from streamd.config import Config
-from streamd.consumer import BatchConsumer, ConsumerCounters, run
+from streamd.consumer import BatchConsumer, ConsumerCounters
 from streamd.consumer.conflicts import ConflictCheck
 from streamd.dead_letter import DeadLetterQueue
 from streamd.lifecycle import Shutdown
 from streamd.pipeline import Pipeline
 from streamd.producer import produce_once
 from streamd.store import MessageStore, StoreBusy, write_outcome
-from tests.conftest import api_client, free_port
 from tests.fault_stack import relay_to
-
-pytestmark = pytest.mark.integration
+from tests.probes import (
+    all_committed,
+    api_client,
+    committed,
+    consumer_running,
+    end_offsets,
+    free_port,
+    logged,
+    partitions,
+    read_all,
+    stored,
+    stored_count,
+    summaries,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -38,66 +50,6 @@ def settings(pipeline_config: Config, caplog) -> Iterator[Config]:
     yield settings
     with contextlib.closing(MessageStore(settings.mongodb)) as store:
         store.client.drop_database(settings.mongodb.database)
-
-
-@contextlib.contextmanager
-def consumer_running(settings: Config) -> Iterator[list[int]]:
-    """consumer.run in a thread, stopped like a SIGTERM would at the end; yields where its exit code lands."""
-    shutdown, outcome = Shutdown(), []
-    child = threading.Thread(target=lambda: outcome.append(run(settings, shutdown)), name="consumer")
-    child.start()
-    try:
-        yield outcome
-    finally:
-        shutdown.request()
-        child.join(timeout=15)
-        assert not child.is_alive(), "the consumer did not stop within 15 s of the stop request"
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def partitions(settings: Config) -> list[TopicPartition]:
-    with contextlib.closing(Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": "unused"})) as reader:
-        topic = reader.list_topics(settings.kafka.topic, timeout=10).topics[settings.kafka.topic]
-        return [TopicPartition(settings.kafka.topic, p) for p in sorted(topic.partitions)]
-
-
-def end_offsets(settings: Config) -> dict[int, int]:
-    with contextlib.closing(Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": "unused"})) as reader:
-        return {tp.partition: reader.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions(settings)}
-
-
-def committed(settings: Config) -> dict[int, int]:
-    """The group's committed offset per partition; partitions it never committed are left out."""
-    group = {"bootstrap.servers": settings.kafka.brokers, "group.id": settings.consumer.group}
-    with contextlib.closing(Consumer(group)) as reader:
-        return {tp.partition: tp.offset for tp in reader.committed(partitions(settings), timeout=10) if tp.offset >= 0}
-
-
-def stored(settings: Config) -> list[dict]:
-    with contextlib.closing(MessageStore(settings.mongodb)) as store:
-        return list(store.collection.find())
-
-
-def stored_count(settings: Config) -> int:
-    with contextlib.closing(MessageStore(settings.mongodb)) as store:
-        return store.collection.count_documents({})
-
-
-def all_committed(settings: Config) -> bool:
-    """Every message consumed and committed; an empty partition needs no commit. False while the group
-    coordinator cannot answer yet (a broker just started), so waiting on it simply goes on."""
-    try:
-        done = committed(settings)
-        return all(done.get(partition, 0) == end for partition, end in end_offsets(settings).items())
-    except KafkaException:
-        return False
 
 
 def produce_raw(settings: Config, *values: bytes) -> None:
@@ -139,8 +91,9 @@ def test_produced_messages_are_stored_exactly_once_in_the_stored_shape(settings:
     everything = sorted((p, o) for p, end in end_offsets(settings).items() for o in range(end))
     [rejected] = sorted(set(everything) - set(coordinates))
     assert len(coordinates) == len(set(coordinates)) == len(everything) - 1
-    assert f"{settings.kafka.topic}[{rejected[0]}]@{rejected[1]} rejected at parse (not_json)" in caplog.text
-    assert "stopped: consumed 42, stored 41, duplicates 0, rejected 1, dead-lettered 1 (not_json 1)" in caplog.messages
+    assert logged(caplog.messages, f"{settings.kafka.topic}[{rejected[0]}]@{rejected[1]}", "not_json")
+    stopped = {"consumed": 42, "stored": 41, "duplicates": 0, "rejected": 1, "dead-lettered": 1, "not_json": 1}
+    assert stopped in summaries(caplog.messages)
 
 
 def test_a_message_cannot_claim_the_id_of_a_message_without_one(settings: Config, caplog):
@@ -179,7 +132,8 @@ def test_a_replay_into_the_same_collection_stores_nothing_twice(settings: Config
         wait_until(lambda: all_committed(replay), "the second group to commit everything")
 
     assert stored_count(settings) == 30
-    assert "stopped: consumed 30, stored 0, duplicates 30, rejected 0, dead-lettered 0" in caplog.messages
+    replayed = {"consumed": 30, "stored": 0, "duplicates": 30, "rejected": 0, "dead-lettered": 0}
+    assert replayed in summaries(caplog.messages)
 
 
 def test_nothing_is_committed_while_the_store_is_unreachable_and_the_batch_is_replayed_later(settings: Config, caplog):
@@ -189,12 +143,12 @@ def test_nothing_is_committed_while_the_store_is_unreachable_and_the_batch_is_re
     )
 
     with consumer_running(unreachable) as outcome:
-        wait_until(lambda: "holding 20 messages uncommitted" in caplog.text, "the consumer to hold the batch")
+        wait_until(lambda: logged(caplog.messages, "holding", "20", "uncommitted"), "the consumer to hold the batch")
         time.sleep(1)  # a few retries
         assert committed(settings) == {}
     assert outcome == [0]
     assert committed(settings) == {}, "stopping with an unwritten batch commits nothing"
-    assert sum("store unavailable (" in m for m in caplog.messages) == 1, "logged once, not once per retry"
+    assert logged(caplog.messages, "store unavailable", "holding") == 1, "logged once, not once per retry"
 
     with consumer_running(settings):
         wait_until(lambda: all_committed(settings), "the replayed batch to be stored and committed")
@@ -212,26 +166,10 @@ def test_a_stop_mid_stream_finishes_and_commits_the_batch_in_hand(settings: Conf
     count = stored_count(settings)
     assert count < 5000, "stopped mid-stream"
     assert sum(committed(settings).values()) == count, "everything stored is committed, nothing else"
-    assert any(m.startswith("revoked ") for m in caplog.messages), "closed: it left the group"
+    assert logged(caplog.messages, "revoked"), "closed: it left the group"
 
 
 # --- dead letters -------------------------------------------------------------------------------------
-
-
-def read_all(brokers: str, topic: str) -> list[Message]:
-    """Every message of `topic`, read without a consumer group."""
-    reader = Consumer({"bootstrap.servers": brokers, "group.id": "unused", "enable.partition.eof": True})
-    try:
-        metadata = reader.list_topics(topic, timeout=10).topics[topic]
-        reader.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
-        ends = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
-        messages: list[Message] = []
-        deadline = time.monotonic() + 20
-        while sum(ends.values()) > len(messages) and time.monotonic() < deadline:
-            messages += [m for m in reader.consume(1000, timeout=0.5) if m.error() is None]
-        return messages
-    finally:
-        reader.close()
 
 
 def test_a_rejected_message_is_committed_only_once_the_dead_letter_topic_acknowledged_it(settings: Config, caplog):
@@ -247,8 +185,8 @@ def test_a_rejected_message_is_committed_only_once_the_dead_letter_topic_acknowl
             replace(settings, kafka=replace(settings.kafka, brokers=f"127.0.0.1:{relay.port}"))
         )
         with batches_running(batches):
-            wait_until(lambda: "has not acknowledged yet" in caplog.text, "the consumer to hold the batch")
-            time.sleep(1)
+            wait_until(lambda: logged(caplog.messages, "not acknowledged"), "the consumer to hold the batch")
+            time.sleep(1)  # the scenario: time for a wrong early commit to show
             assert committed(settings) == {}, "nothing of a batch is committed before its dead letters are acked"
             assert stored_count(settings) == 10, "the documents are stored meanwhile"
             assert read_all(settings.kafka.brokers, dlq) == []
@@ -258,8 +196,8 @@ def test_a_rejected_message_is_committed_only_once_the_dead_letter_topic_acknowl
 
     [letter] = read_all(settings.kafka.brokers, dlq)
     assert letter.value() == b"not json"
-    assert sum("has not acknowledged yet" in m for m in caplog.messages) == 1, "logged once per state change"
-    assert sum(m.startswith("dead-letter topic acknowledged after") for m in caplog.messages) == 1
+    assert logged(caplog.messages, "not acknowledged") == 1, "logged once per state change"
+    assert logged(caplog.messages, "acknowledged after") == 1
     assert batches.counters.dead_lettered == {"not_json": 1}
 
 
@@ -307,8 +245,8 @@ def test_documents_the_store_refuses_are_dead_lettered_at_the_store_stage_and_th
     assert batches.counters.dead_lettered == {"store_rejected": 2}
 
 
-def test_write_errors_of_single_documents_become_store_rejections_and_transient_ones_a_retry(settings: Config):
-    pipeline = Pipeline.from_config(settings)
+def test_write_errors_of_single_documents_become_store_rejections_and_transient_ones_a_retry(offline: Config):
+    pipeline = Pipeline.from_config(offline)
     messages = [Message(topic="t", partition=0, offset=n, value=b'{"text": "%d"}' % n) for n in range(4)]
     batch = pipeline.batch(messages)
     details = {
@@ -363,23 +301,23 @@ def test_a_held_batch_pauses_fetching_and_keeps_the_consumer_in_the_group(settin
     produce_once(settings, count=30, rate=None, source=None)
     batches = BatchConsumer.open(store_away(settings), Shutdown())
     with batches_running(batches):
-        wait_until(lambda: "partitions paused" in caplog.text, "the consumer to hold its batch")
+        wait_until(lambda: logged(caplog.messages, "paused"), "the consumer to hold its batch")
         produce_once(settings, count=30, rate=None, source=None)
-        time.sleep(1.5)
+        time.sleep(1.5)  # the scenario: time for a paused partition to hand out the new messages, were it not paused
         assert batches.hold.paused
         assert batches.counters.consumed == 30 and batches.hold.strays == [], "paused partitions hand out nothing more"
         batches.sink.store = MessageStore(settings.mongodb)  # the store answers again
         wait_until(lambda: all_committed(settings), "everything stored and committed after the store came back")
     assert stored_count(settings) == 60
-    assert sum("store unavailable (" in m for m in caplog.messages) == 1
-    assert sum(m.startswith("store is back after") for m in caplog.messages) == 1
+    assert logged(caplog.messages, "store unavailable", "holding") == 1
+    assert logged(caplog.messages, "store is back") == 1
 
 
 def test_a_partition_taken_away_from_a_held_batch_is_neither_lost_nor_written_twice(settings: Config, caplog):
     produce_once(settings, count=300, rate=None, source=None)
     held = BatchConsumer.open(store_away(settings), Shutdown())
     with batches_running(held):
-        wait_until(lambda: "partitions paused" in caplog.text, "the first consumer to hold all 300 messages")
+        wait_until(lambda: logged(caplog.messages, "paused"), "the first consumer to hold all 300 messages")
         assert held.counters.consumed == 300
         helper = BatchConsumer.open(settings, Shutdown())
         with batches_running(helper):
@@ -390,7 +328,7 @@ def test_a_partition_taken_away_from_a_held_batch_is_neither_lost_nor_written_tw
     assert stored_count(settings) == 300
     assert held.counters.stored + helper.counters.stored == 300
     assert held.counters.duplicates + helper.counters.duplicates == 0, "no message was written by both"
-    assert any(m.startswith("dropped ") for m in caplog.messages)
+    assert logged(caplog.messages, "dropped")
 
 
 def test_finished_batches_whose_commit_is_still_pending_are_committed_when_the_partitions_go(settings: Config):
@@ -438,6 +376,14 @@ def produce_ids(settings: Config, prefix: str, count: int) -> None:
     produce_raw(settings, *(orjson.dumps({"id": f"{prefix}-{n}", "text": "x"}) for n in range(count)))
 
 
+def consume_the_old_topic(settings: Config) -> None:
+    """With the consumer running: 20 messages in the one-partition topic it creates, all consumed."""
+    # Produced to before the consumer creates it, the broker would create the topic with 3 partitions.
+    wait_until(lambda: partitions(settings), "the consumer to create its one-partition topic")
+    produce_ids(settings, "old", 20)
+    wait_until(lambda: all_committed(settings), "the old topic consumed")
+
+
 def stored_ids(settings: Config) -> set[str]:
     return {d["_id"] for d in stored(settings)}
 
@@ -449,8 +395,7 @@ def offset_resets(topic: str) -> float:
 def test_a_topic_recreated_under_a_running_consumer_has_every_new_message_stored(settings: Config):
     settings = one_partition(settings)
     with consumer_running(settings):
-        produce_ids(settings, "old", 20)
-        wait_until(lambda: all_committed(settings), "the old topic consumed")
+        consume_the_old_topic(settings)
         recreate_topic(settings)
         produce_ids(settings, "new", 5)
         wait_until(lambda: {f"new-{n}" for n in range(5)} <= stored_ids(settings), "the new topic stored", 60)
@@ -463,8 +408,7 @@ def test_a_committed_offset_beyond_a_recreated_topics_end_is_reported_then_resta
     settings = one_partition(settings)
     topic = settings.kafka.topic
     with consumer_running(settings):
-        produce_ids(settings, "old", 20)
-        wait_until(lambda: all_committed(settings), "the old topic consumed")
+        consume_the_old_topic(settings)
     recreate_topic(settings)
     produce_ids(settings, "new", 5)
     # What a consumer holding a batch across the recreation does: commits the old topic's offset to the new one.
@@ -496,7 +440,7 @@ def test_a_committed_offset_beyond_a_recreated_topics_end_is_reported_then_resta
         assert not partition["beyond_end"] and partition["lag"] == 0
 
 
-def test_telling_replays_from_conflicts_takes_at_most_its_share_of_the_consumers_time(settings: Config, monkeypatch):
+def test_telling_replays_from_conflicts_takes_at_most_its_share_of_the_consumers_time(offline: Config, monkeypatch):
     """On FerretDB each lookup scans the collection: a replay must not turn into minutes of lookups."""
     clock = [1000.0]
     monkeypatch.setattr("streamd.consumer.conflicts.time.monotonic", lambda: clock[0])

@@ -21,9 +21,8 @@ from streamd.api.dashboard import STATIC
 from streamd.config import Config
 from streamd.producer import produce_once
 
-from .conftest import REPO, free_port
-from .supervisor_process import SupervisorProcess, descendants, process_gone, start_streamd, wait_until
-from .test_pipeline_flow import PIPELINE, api_url
+from .probes import REPO, free_port, wait_until
+from .supervisor_process import PIPELINE, SupervisorProcess, api_url, descendants, process_gone, start_streamd
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

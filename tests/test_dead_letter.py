@@ -6,12 +6,14 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamd.config import Config
 from streamd.dead_letter import DeadLetter, DeadLetterQueue, headers_for
 from streamd.pipeline import Rejection
+
+from .probes import read_all
 
 NOW = datetime(2024, 6, 1, 12, 0, 30, 250_000, tzinfo=UTC)
 
@@ -71,19 +73,8 @@ def test_a_message_without_streamd_coordinates_is_not_a_dead_letter(headers):
 # --- on the real broker ---------------------------------------------------------------------------------
 
 
-def read_dead_letters(settings: Config, expected: int) -> list[Message]:
-    topic = settings.kafka.dead_letter_topic
-    reader = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": "unused"})
-    try:
-        partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
-        reader.assign([TopicPartition(topic, p, 0) for p in partitions])
-        messages: list[Message] = []
-        deadline = time.monotonic() + 20
-        while len(messages) < expected and time.monotonic() < deadline:
-            messages += [m for m in reader.consume(100, timeout=0.5) if m.error() is None]
-        return messages
-    finally:
-        reader.close()
+def read_dead_letters(settings: Config) -> list[Message]:
+    return read_all(settings.kafka.brokers, settings.kafka.dead_letter_topic)
 
 
 def settle(queue: DeadLetterQueue, timeout: float = 20) -> list[Rejection]:
@@ -107,7 +98,7 @@ def test_dead_letters_keep_the_original_key_value_and_headers_and_are_acknowledg
 
     assert acknowledged == [rejection(), tombstone]
     assert queue.settle(0.1).acknowledged == [], "each acknowledgement is handed out once"
-    letters = sorted(read_dead_letters(pipeline_config, 2), key=lambda m: dict(m.headers())["streamd.original.offset"])
+    letters = sorted(read_dead_letters(pipeline_config), key=lambda m: dict(m.headers())["streamd.original.offset"])
     assert [(m.key(), m.value()) for m in letters] == [(b"order-1", b"not json"), (b"order-1", None)]
     first = dict(letters[0].headers())
     assert first["trace"] == b"abc"
@@ -128,7 +119,7 @@ def test_a_value_too_large_for_the_dead_letter_topic_is_dropped_and_its_size_kep
     queue.submit([huge])
     acknowledged = settle(queue)
 
-    [letter] = read_dead_letters(pipeline_config, 1)
+    [letter] = read_dead_letters(pipeline_config)
     headers = dict(letter.headers())
     assert letter.value() == b""
     assert headers["streamd.error.value_dropped"] == b"50000"

@@ -11,8 +11,7 @@ from confluent_kafka.admin import AdminClient
 from streamd.config import Config
 from streamd.group_offsets import KafkaUnreadable, committed, partitions_of, watermarks
 from streamd.kafka import ensure_topic
-
-from .conftest import free_port
+from tests.probes import free_port
 
 
 @pytest.mark.integration

@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient
 from streamd import config as config_module
 from streamd.config import Config, ConfigError
 from streamd.kafka import REPEAT_WINDOW, KafkaUnavailable, client_settings, ensure_topic, make_client
-from tests.conftest import free_port
+from tests.probes import free_port
 
 
 def test_client_settings_add_kafka_client_extras_but_the_role_has_the_last_word():

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,9 +34,8 @@ from streamd.pipeline import Rejection
 from streamd.producer import ProduceReport
 from streamd.store import WriteOutcome
 
-from .conftest import REPO, free_port
-from .supervisor_process import start_streamd, wait_until
-from .test_pipeline_flow import PIPELINE, api_url
+from .probes import REPO, free_port, wait_until
+from .supervisor_process import PIPELINE, api_url, start_streamd
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -284,11 +282,11 @@ def test_metrics_cover_every_child_and_move_while_messages_flow(pipeline_config:
             timeout=60,
             what=f"messages stored; log:\n{sup.log_tail()}",
         )
-        time.sleep(2)
-        second = scrape(url)
-
-        for name in MOVING:
-            assert total(second, name) > total(first, name), f"{name} did not move while messages flowed"
+        second = wait_until(
+            lambda: (s := scrape(url)) and all(total(s, name) > total(first, name) for name in MOVING) and s,
+            timeout=60,
+            what=f"every one of {MOVING} to move while messages flow",
+        )
         names = {name for name, _ in second}
         assert not [name for name in PRESENT if name not in names]
         partitions = {dict(ls)["partition"] for n, ls in second if n == "streamd_consumer_lag_messages"}

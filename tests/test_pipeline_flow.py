@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import pymongo
 import pytest
 
 from streamd.config import Config
 
-from .conftest import STACK_STATE_DIR, free_port
-from .supervisor_process import SupervisorProcess, descendants, process_gone, start_streamd, wait_until
-
-pytestmark = pytest.mark.integration
-
-PIPELINE = ("producer", "consumer-1", "consumer-2", "api")
-
-
-def get_json(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-    except OSError:
-        return 0, {}
+from .probes import STACK_STATE_DIR, free_port, stored_count, wait_until
+from .supervisor_process import PIPELINE, api_url, descendants, get_json, process_gone, start_streamd
 
 
 @pytest.fixture
@@ -42,15 +24,6 @@ def pipeline(pipeline_config: Config, tmp_path: Path):
     )
     yield sup
     sup.kill()
-
-
-def api_url(sup: SupervisorProcess, path: str) -> str:
-    return f"http://127.0.0.1:{sup.config.api.port}{path}"
-
-
-def stored_count(settings: Config) -> int:
-    with pymongo.MongoClient(settings.mongodb.uri, serverSelectionTimeoutMS=3000) as client:
-        return client[settings.mongodb.database][settings.mongodb.collection].count_documents({})
 
 
 def test_messages_flow_from_the_producer_through_kafka_and_the_store_to_the_api(pipeline):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import uuid
@@ -12,32 +11,17 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Message
 
 from streamd import config as config_module
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
 from streamd.producer import Sender, produce_once, run
-from tests.conftest import free_port
-
-pytestmark = pytest.mark.integration
+from tests.probes import free_port, logged, read_all, summaries, wait_until
 
 
-def read_topic(settings: Config) -> list:
-    """Every message in the topic, read from the start without a consumer group."""
-    reader = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": "unused", "enable.auto.commit": False})
-    try:
-        metadata = reader.list_topics(settings.kafka.topic, timeout=10).topics[settings.kafka.topic]
-        partitions = [TopicPartition(settings.kafka.topic, p, 0) for p in metadata.partitions]
-        expected = sum(reader.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions)
-        reader.assign(partitions)
-        messages: list = []
-        deadline = time.monotonic() + 20
-        while len(messages) < expected and time.monotonic() < deadline:
-            messages += [m for m in reader.consume(1000, timeout=0.5) if m.error() is None]
-        return messages
-    finally:
-        reader.close()
+def read_topic(settings: Config) -> list[Message]:
+    return read_all(settings.kafka.brokers, settings.kafka.topic)
 
 
 def test_produce_once_sends_count_messages_in_the_tutorial_shape(pipeline_config: Config):
@@ -72,33 +56,39 @@ def test_produce_once_paces_messages_at_rate(pipeline_config: Config):
     report = produce_once(pipeline_config, count=21, rate=40.0, source=None)
     elapsed = time.monotonic() - started
     assert report.acked == 21
-    assert 0.5 <= elapsed < 3, "21 messages at 40/s: the last one is due 0.5 s after the first"
+    # Only the lower bound is the pace; the upper one is far off, for a loaded machine.
+    assert 0.5 <= elapsed < 10, "21 messages at 40/s: the last one is due 0.5 s after the first"
 
 
 @pytest.mark.parametrize(("producer", "per_second"), [({"rate": 50.0}, 50), ({"interval": 0.1}, 10)])
 def test_the_generator_keeps_its_pace_and_flushes_everything_on_shutdown(
     pipeline_config: Config, caplog, producer: dict, per_second: float
 ):
-    # A linger longer than the run: without the final flush most messages would still be queued.
-    settings = replace(pipeline_config, producer=replace(pipeline_config.producer, linger_ms=5000, **producer))
+    # A linger far longer than the run: without the final flush every message would still be queued.
+    settings = replace(pipeline_config, producer=replace(pipeline_config.producer, linger_ms=30_000, **producer))
     shutdown = Shutdown()
     outcome: list[int] = []
     caplog.set_level(logging.INFO, logger="streamd.producer")
     child = threading.Thread(target=lambda: outcome.append(run(settings, shutdown)))
     child.start()
-    time.sleep(1.5)
+    wait_until(lambda: logged(caplog.messages, "producing to"), "the generator to start, its topic created")
+    time.sleep(1.5)  # the scenario: generate for 1.5 s
     shutdown.request()
     stop_requested = time.monotonic()
-    child.join(timeout=10)
+    child.join(timeout=30)
 
     assert outcome == [0]
-    assert time.monotonic() - stop_requested < 3, "a stop is noticed quickly and the flush ignores linger.ms"
-    [summary] = [m for m in caplog.messages if m.startswith("stopped:")]
-    sent, acked, failed = map(int, re.fullmatch(r"stopped: sent (\d+), acked (\d+), failed (\d+)", summary).groups())
-    assert acked == sent and failed == 0
-    assert len(read_topic(settings)) == sent
-    # Topic creation comes before the first message, so the generator ran a little under 1.5 s.
-    assert 0.8 * per_second <= sent <= 1.5 * per_second + 1
+    assert time.monotonic() - stop_requested < 10, "a stop is noticed quickly and the flush ignores linger.ms"
+    [summary] = summaries(caplog.messages)
+    sent = summary["sent"]
+    assert (summary["acked"], summary["failed"]) == (sent, 0)
+    messages = read_topic(settings)
+    assert len(messages) == sent
+    # The pace, read from the send times: message n goes out at n / rate, late ones in a catching-up burst.
+    moments = sorted(datetime.fromisoformat(orjson.loads(m.value())["timestamp"]) for m in messages)
+    span = (moments[-1] - moments[0]).total_seconds()
+    assert span >= 1.0, "it generated until the stop"
+    assert 0.8 * per_second <= (sent - 1) / span <= 1.2 * per_second
 
 
 def test_failed_deliveries_are_counted_and_logged_once_per_error(caplog):
@@ -113,7 +103,7 @@ def test_failed_deliveries_are_counted_and_logged_once_per_error(caplog):
     failures = [r for r in caplog.records if r.name == "streamd.producer" and "delivery" in r.getMessage()]
     assert len(failures) == 1
     assert "timed out" in failures[0].getMessage()
-    assert failures[0].getMessage().startswith("delivery of k0 to "), "names the first message that failed"
+    assert "k0" in failures[0].getMessage(), "names the first message that failed"
 
 
 def test_a_stop_cuts_in_while_the_queue_is_full_and_no_broker_answers():
@@ -126,5 +116,5 @@ def test_a_stop_cuts_in_while_the_queue_is_full_and_no_broker_answers():
     threading.Timer(0.5, shutdown.request).start()
     started = time.monotonic()
     assert sender.send(b"k1", b"{}") is False, "the queue never frees up: the stop request ends the wait"
-    assert 0.4 < time.monotonic() - started < 3
+    assert 0.4 < time.monotonic() - started < 10, "the send waits until the stop request (0.5 s), no longer"
     assert sender.report.sent == 1

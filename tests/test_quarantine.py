@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
-import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Message, Producer
 
 from streamd import config as config_module
 from streamd import verify
@@ -20,8 +20,8 @@ from streamd.dead_letter import DeadLetter
 from streamd.producer import produce_once
 from streamd.quarantine import QUARANTINE_DEATHS, Quarantine
 from streamd.verify import Reconciliation
-from tests.supervisor_process import SupervisorProcess, wait_until
-from tests.test_consumer import all_committed
+from tests.probes import all_committed, read_all, wait_until
+from tests.supervisor_process import SupervisorProcess
 
 DEADLY = Path(__file__).with_name("deadly_supervisor.py")
 
@@ -144,8 +144,10 @@ def test_a_recreated_topic_forgets_every_suspect_of_its_partitions(tmp_path: Pat
 # --- for real: a supervised pipeline with a message that kills its consumer ---------------------------
 
 
-def supervised(tmp_path: Path, settings: Config, mode: str) -> SupervisorProcess:
-    """Two consumers under the real supervisor (tests/deadly_supervisor.py), dying on b"deadly" as `mode` says."""
+@contextmanager
+def supervised(tmp_path: Path, settings: Config, mode: str) -> Iterator[SupervisorProcess]:
+    """Two consumers under the real supervisor (tests/deadly_supervisor.py), dying on b"deadly" as `mode` says;
+    stopped with SIGTERM at the end (killed if that takes over 30 s)."""
     raw = config_module.to_mapping(settings)
     raw["consumer"] = {**raw["consumer"], "processes": 2, "batch_timeout_ms": 200}
     # The broker's smallest session timeout: a dead consumer's partitions move after 6 s, not 10.
@@ -154,7 +156,15 @@ def supervised(tmp_path: Path, settings: Config, mode: str) -> SupervisorProcess
     path.write_text(yaml.safe_dump(raw))
     environment = {"DEADLY_MODE": mode, "DEADLY_MARK": str(tmp_path / "hanging-consumer.pid")}
     command = [sys.executable, str(DEADLY), str(path)]
-    return SupervisorProcess(path, command, tmp_path / "supervisor.log", env=environment).start()
+    sup = SupervisorProcess(path, command, tmp_path / "supervisor.log", env=environment).start()
+    try:
+        yield sup
+    finally:
+        sup.signal(signal.SIGTERM)
+        try:
+            sup.wait_exit(30)
+        finally:
+            sup.kill()
 
 
 def produce_around_one_deadly(settings: Config) -> None:
@@ -166,32 +176,7 @@ def produce_around_one_deadly(settings: Config) -> None:
 
 
 def dead_letters(settings: Config) -> list[DeadLetter]:
-    reader = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.brokers,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        topic = settings.kafka.dead_letter_topic
-        partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
-        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        found, ended = [], set()
-        deadline = time.monotonic() + 30
-        while len(ended) < len(partitions) and time.monotonic() < deadline:
-            message = reader.poll(0.5)
-            if message is None:
-                continue
-            if message.error() is not None:
-                ended.add(message.partition())
-                continue
-            found.append(DeadLetter.read(message))
-        assert len(ended) == len(partitions), "the dead-letter topic could not be read to its end"
-        return found
-    finally:
-        reader.close()
+    return [DeadLetter.read(message) for message in read_all(settings.kafka.brokers, settings.kafka.dead_letter_topic)]
 
 
 def states(sup: SupervisorProcess) -> set[str]:
@@ -212,18 +197,11 @@ def reconciled(settings: Config) -> Reconciliation:
 @pytest.mark.integration
 def test_a_message_that_kills_every_consumer_is_quarantined_and_the_pipeline_goes_on(tmp_path, pipeline_config, store):
     produce_around_one_deadly(pipeline_config)
-    sup = supervised(tmp_path, pipeline_config, "exit")
-    try:
+    with supervised(tmp_path, pipeline_config, "exit") as sup:
         sup.wait_running("consumer-1", "consumer-2", timeout=30)
         wait_until(lambda: finished(sup, pipeline_config), timeout=180, what="every offset committed, or a FATAL")
         assert "FATAL" not in states(sup), sup.log_tail()
         assert all_committed(pipeline_config)
-    finally:
-        sup.signal(signal.SIGTERM)
-        try:
-            sup.wait_exit(30)
-        finally:
-            sup.kill()
 
     [quarantined] = dead_letters(pipeline_config)
     assert (quarantined.reason, quarantined.stage) == ("crash", "consume")
@@ -237,19 +215,12 @@ def test_a_message_that_kills_every_consumer_is_quarantined_and_the_pipeline_goe
 @pytest.mark.integration
 def test_one_kill_in_the_middle_of_a_batch_quarantines_nothing(tmp_path, pipeline_config, store):
     produce_around_one_deadly(pipeline_config)
-    sup = supervised(tmp_path, pipeline_config, "hang-once")
     mark = tmp_path / "hanging-consumer.pid"
-    try:
+    with supervised(tmp_path, pipeline_config, "hang-once") as sup:
         wait_until(mark.exists, timeout=60, what="a consumer to hang in the middle of a batch")
         os.kill(int(mark.read_text()), signal.SIGKILL)
         wait_until(lambda: finished(sup, pipeline_config), timeout=180, what="every offset committed, or a FATAL")
         assert "FATAL" not in states(sup), sup.log_tail()
-    finally:
-        sup.signal(signal.SIGTERM)
-        try:
-            sup.wait_exit(30)
-        finally:
-            sup.kill()
 
     assert dead_letters(pipeline_config) == []
     assert store.collection.count_documents({}) == 301

@@ -27,7 +27,7 @@ from streamd.stack.pidfile import pid_path
 from streamd.stack.provisioning import MARKER
 from streamd.stack.store_server import STORE
 
-from .conftest import STACK_STATE_DIR, free_port
+from .probes import STACK_STATE_DIR, free_port, wait_until
 
 SHARED_CACHE = STACK_STATE_DIR / "cache"
 
@@ -250,11 +250,14 @@ def test_run_service_returns_the_code_of_a_server_that_exits_by_itself(tmp_path:
     assert stack.run_service(python_service(tmp_path, killed), Shutdown()) == 128 + signal.SIGKILL
 
 
-def test_run_service_kills_a_server_that_ignores_sigterm_after_its_bound(tmp_path: Path) -> None:
+def test_run_service_kills_a_server_that_ignores_sigterm_after_its_bound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     shutdown = Shutdown()
+    caplog.set_level(logging.INFO, logger="streamd.stack")
     thread, result = run_in_thread(python_service(tmp_path, code, stop_timeout=0.5), shutdown)
-    time.sleep(0.5)
+    wait_until(lambda: "up" in caplog.messages, "the server to ignore SIGTERM")
     started = time.monotonic()
     shutdown.request()
     thread.join(timeout=10)

@@ -9,7 +9,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamd import config as config_module
@@ -21,11 +20,8 @@ from streamd.kafka import ensure_topic
 from streamd.producer import produce_once
 from streamd.store import MessageStore
 
-from .conftest import api_client, free_port, stored_document
-from .supervisor_process import start_streamd, wait_until
-from .test_pipeline_flow import api_url, get_json
-
-pytestmark = pytest.mark.integration
+from .probes import api_client, free_port, stored_document, wait_until
+from .supervisor_process import api_url, get_json, start_streamd
 
 
 def stored(message_id: str, ingested_ago: timedelta, source: str | None) -> dict:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pymongo.errors import InvalidOperation
 
 from streamd import config as config_module
 from streamd.config import Config, ConfigError
@@ -21,9 +23,7 @@ from streamd.store import (
     connect,
     write_outcome,
 )
-from tests.conftest import free_port
-
-pytestmark = pytest.mark.integration
+from tests.probes import free_port
 
 
 @pytest.fixture
@@ -106,8 +106,12 @@ def test_ensure_indexes_creates_the_indexes_the_api_queries_need_and_can_run_aga
     assert [("source", 1), ("timestamp", -1), ("_id", -1)] in keys
 
 
-def test_ping_answers_when_the_store_is_up(message_store):
-    message_store.ping()
+def test_ping_answers_when_the_store_is_up_and_raises_unavailable_when_it_is_not(message_store):
+    message_store.ping()  # raises unless the server answered
+
+    away = config_module.from_mapping({"mongodb": {"uri": f"mongodb://127.0.0.1:{free_port()}", "timeout_ms": 200}})
+    with contextlib.closing(MessageStore(away.mongodb)) as unreachable, pytest.raises(UNAVAILABLE):
+        unreachable.ping()
 
 
 def test_an_unreachable_store_fails_within_timeout_ms_with_an_unavailable_error():
@@ -126,11 +130,16 @@ def test_a_malformed_uri_is_a_config_error_naming_the_key():
         connect(settings.mongodb)
 
 
-def test_close_leaves_a_shared_client_open(pipeline_config: Config):
+def test_close_leaves_a_shared_client_open_and_closes_its_own(pipeline_config: Config):
     client = connect(pipeline_config.mongodb)
     MessageStore(pipeline_config.mongodb, client=client).close()
-    client.admin.command("ping")
+    assert client.admin.command("ping")["ok"] == 1, "the shared client still answers"
     client.close()
+
+    own = MessageStore(pipeline_config.mongodb)
+    own.close()
+    with pytest.raises(InvalidOperation):
+        own.client.admin.command("ping")
 
 
 # The codes a write error can carry: a duplicate, one the store refuses for good, and retryable ones.

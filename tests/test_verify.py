@@ -23,8 +23,7 @@ from streamd.dead_letter import headers_for
 from streamd.pipeline import Rejection
 from streamd.store import MessageStore
 from streamd.verify import DeadLetterIndex, Reconciliation
-from tests.conftest import free_port
-from tests.test_consumer import all_committed, consumer_running, wait_until
+from tests.probes import all_committed, consumer_running, free_port, wait_until
 
 # --- without servers ------------------------------------------------------------------------------------
 
@@ -76,11 +75,6 @@ def send(settings: Config, *messages: tuple[bytes | None, bytes | None]) -> None
 def good(n: int) -> tuple[bytes, bytes]:
     message_id = f"v-{n:04d}"
     return message_id.encode(), orjson.dumps({"id": message_id, "text": f"message {n}"})
-
-
-def document_count(settings: Config) -> int:
-    with contextlib.closing(MessageStore(settings.mongodb)) as store:
-        return store.collection.count_documents({})
 
 
 @pytest.fixture
@@ -137,7 +131,7 @@ def test_a_document_deleted_by_hand_is_reported_missing_with_exit_one(consumed: 
 
 @pytest.mark.integration
 def test_messages_after_the_groups_commit_are_not_consumed_yet_and_until_leaves_them_out(consumed: Config):
-    time.sleep(0.05)
+    time.sleep(0.05)  # the cut falls strictly between the consumed messages' timestamps and the new ones
     cut = datetime.now(UTC)
     time.sleep(0.05)
     send(consumed, good(100), good(101))
