@@ -22,6 +22,7 @@ from streamd.kafka import KafkaUnavailable
 
 EXIT_USAGE = 2  # bad config or arguments: nothing was started
 EXIT_NOT_RUNNING = 3  # the LSB status code for "program is not running"
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command ended by SIGPIPE
 
 
 class CommandError(Exception):
@@ -40,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, KafkaUnavailable, KafkaUnreadable) as exc:
         print(f"streamd: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`streamd status | head -3`): stop quietly, as a shell tool killed by
+        # SIGPIPE would, and keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return 130
 

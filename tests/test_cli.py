@@ -123,3 +123,17 @@ def test_kafka_going_away_in_the_middle_of_verify_is_a_sentence_not_a_traceback(
     assert cli.main(["verify", "-c", str(tmp_path / "config.yaml")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("streamd: Kafka did not give the topics' offsets") and "Traceback" not in error
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`streamd config --keys | head -1`: no traceback, and the shell's exit code for SIGPIPE."""
+    command = subprocess.Popen(
+        [sys.executable, "-m", "streamd", "config", "--keys"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    command.stdout.close()  # before the command has printed anything: every write of it fails
+    error = command.stderr.read().decode()
+    assert command.wait(timeout=60) == 141
+    assert "Traceback" not in error and "Exception ignored" not in error, error
