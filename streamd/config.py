@@ -153,7 +153,10 @@ class Config:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     stack: StackConfig = field(default_factory=StackConfig)
-    state_dir: str = setting(".streamd", "Directory for the pid file, control socket, local server data and cache.")
+    state_dir: str = setting(
+        ".streamd",
+        "Directory for the pid file, control socket, the consumers' in-flight records, local server data and cache.",
+    )
     # Where the values came from, for messages and for resolving relative paths; not a config key.
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 

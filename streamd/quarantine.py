@@ -37,6 +37,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Message
 
+from streamd.config import ConfigError
 from streamd.pipeline import Rejection
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,18 @@ class Quarantine:
 
     @classmethod
     def open(cls, state_path: Path) -> Quarantine:
-        """This consumer's record, after taking over the records of consumers that died."""
-        quarantine = cls(state_path / "consumers")
+        """This consumer's record, after taking over the records of consumers that died.
+
+        A state dir the consumer cannot write is the operator's to fix: a ConfigError sentence, not a traceback.
+        """
+        directory = state_path / "consumers"
+        try:
+            quarantine = cls(directory)
+        except OSError as exc:
+            raise ConfigError(
+                f"state_dir: {directory} cannot hold the consumers' in-flight records ({exc.strerror}); "
+                "point state_dir at a directory streamd can write."
+            ) from None
         quarantine.adopt_dead_records()
         return quarantine
 

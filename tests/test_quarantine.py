@@ -15,7 +15,7 @@ from confluent_kafka import Message, Producer
 
 from streamd import config as config_module
 from streamd import verify
-from streamd.config import Config
+from streamd.config import Config, ConfigError
 from streamd.dead_letter import DeadLetter
 from streamd.producer import produce_once
 from streamd.quarantine import QUARANTINE_DEATHS, Quarantine
@@ -226,3 +226,10 @@ def test_one_kill_in_the_middle_of_a_batch_quarantines_nothing(tmp_path, pipelin
     assert store.collection.count_documents({}) == 301
     report = reconciled(pipeline_config)
     assert (report.stored, report.dead_lettered) == (301, 0)
+
+
+def test_a_state_dir_that_cannot_be_written_is_a_config_error_sentence(tmp_path: Path):
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the state directory should be")
+    with pytest.raises(ConfigError, match=r"state_dir: .*consumers cannot hold the consumers' in-flight records"):
+        Quarantine.open(blocked)
