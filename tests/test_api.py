@@ -475,7 +475,8 @@ def test_ready_checks_are_bounded_when_both_are_down(offline_client):
     started = time.monotonic()
     response = offline_client.simulate_get("/ready")
 
-    assert time.monotonic() - started < 5
+    # Each check gives up after 2 s; unbounded, librdkafka alone would wait out its 60 s socket timeout.
+    assert time.monotonic() - started < 10
     assert response.status_code == 503
     assert set(response.json["checks"]) == {"kafka", "store"}
     assert all(result.startswith("unreachable") for result in response.json["checks"].values())
