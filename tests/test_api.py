@@ -8,6 +8,7 @@ a 503 instead of the expected 400.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -869,3 +870,31 @@ def test_requests_gunicorn_cannot_parse_get_a_json_error(busy_server, request_by
     error = json.loads(body)
     assert error["status"] == status
     assert error["title"] and error["description"].endswith(".")
+
+
+def status_line(sock: socket.socket) -> bytes:
+    head = b""
+    while b"\r\n" not in head:
+        chunk = sock.recv(1024)
+        if not chunk:
+            break
+        head += chunk
+    return head.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.integration
+def test_a_viewer_who_switched_feeds_is_not_refused_because_of_the_feeds_it_left(busy_server):
+    """A feed notices its viewer left only when it next writes; a worker at its limit must look first."""
+    config, _ = busy_server
+    feed = b"GET /stream HTTP/1.1\r\nHost: streamd\r\n\r\n"
+    held = [connect(config.api.port, feed) for _ in range(config.api.streams_per_worker)]
+    assert [status_line(sock) for sock in held] == [b"HTTP/1.1 200 OK"] * len(held)
+
+    with contextlib.closing(connect(config.api.port, feed)) as one_too_many:
+        assert status_line(one_too_many) == b"HTTP/1.1 503 Service Unavailable", "every viewer is still there"
+
+    held.pop().close()  # the page switched its source filter: it closed this feed and asks for another
+    with contextlib.closing(connect(config.api.port, feed)) as switched:
+        assert status_line(switched) == b"HTTP/1.1 200 OK"
+    for sock in held:
+        sock.close()

@@ -138,6 +138,9 @@ def test_the_dashboard_shows_the_pipeline_live_in_a_browser(pipeline, browser, p
     problems: list[str] = []
     page.on("console", lambda message: message.type in ("error", "warning") and problems.append(message.text))
     page.on("pageerror", lambda error: problems.append(str(error)))
+    # The console names no URL for a failed request; this says which one it was.
+    refused: list[str] = []
+    page.on("response", lambda response: response.status >= 400 and refused.append(f"{response.status} {response.url}"))
     outside: list[str] = []
     page.on("request", lambda request: request.url.startswith(base) or outside.append(request.url))
 
@@ -196,7 +199,7 @@ def test_the_dashboard_shows_the_pipeline_live_in_a_browser(pipeline, browser, p
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
 
-    assert not problems, f"the browser console reported: {problems}"
+    assert not problems, f"the browser console reported: {problems}; failed requests: {refused}"
     assert not outside, f"the page reached beyond streamd: {outside}"
 
     # A graceful stop does not wait for an open feed to run out: open a fresh one, then stop.

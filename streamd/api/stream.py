@@ -9,6 +9,9 @@ threads for as long as it lasts. So a live feed must be bounded, in time and in 
   bounded time, and a worker being stopped ends its feeds within a poll instead of waiting for them;
 - a worker serves at most `api.streams_per_worker` feeds at once, and never on its last thread;
   past that it answers 503 and the dashboard polls /messages instead until a feed is free again.
+  A feed whose viewer has gone (the page switched source or closed) only notices on its next writes,
+  a second or two later; a worker at its limit therefore first looks for such feeds (their socket
+  reads end-of-file), ends them, and waits for their slots instead of refusing the viewer's new feed.
 
 The store has no change feed streamd can rely on (FerretDB has no change streams), so each feed asks
 the store for the newest messages once per POLL_SECONDS, walking the same (timestamp, _id) index as
@@ -20,6 +23,8 @@ newest BACKLOG. The event id is the /messages cursor of the newest message sent 
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +47,8 @@ BACKLOG = 50  # messages sent when a feed opens, and how far down the newest a l
 POLL_SECONDS = 1.0
 RETRY_MS = 1000  # the EventSource's reconnection delay once a response ends
 BUSY_RETRY_SECONDS = 10
+VANISHED_WAIT = 2.0  # longest a new feed waits for the slot of a feed whose viewer has gone
+HUNG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 class LiveStreams:
@@ -52,22 +59,36 @@ class LiveStreams:
         self.limit = max(0, min(settings.streams_per_worker, settings.threads - 1))
         self.seconds = settings.stream_seconds
         self.open = 0
-        self._lock = threading.Lock()
+        self.feeds: set[EventStream] = set()
+        self._freed = threading.Condition()
         # Gunicorn's post_worker_init hook points this at the worker's `alive` flag.
         self.serving: Callable[[], bool] = lambda: True
 
     def acquire(self) -> bool:
-        with self._lock:
+        with self._freed:
             if self.open >= self.limit:
-                return False
+                vanished = [feed for feed in self.feeds if feed.viewer_gone()]
+                for feed in vanished:
+                    feed.end()
+                if not vanished or not self._freed.wait_for(lambda: self.open < self.limit, VANISHED_WAIT):
+                    return False
             self.open += 1
         series.OPEN_STREAMS.inc()
         return True
 
     def release(self) -> None:
-        with self._lock:
+        with self._freed:
             self.open -= 1
+            self._freed.notify_all()
         series.OPEN_STREAMS.dec()
+
+    def track(self, feed: EventStream) -> None:
+        with self._freed:
+            self.feeds.add(feed)
+
+    def forget(self, feed: EventStream) -> None:
+        with self._freed:
+            self.feeds.discard(feed)
 
 
 class StreamsBusy(falcon.HTTPServiceUnavailable):
@@ -101,7 +122,7 @@ class StreamResource:
         resp.content_type = "text/event-stream"
         resp.cache_control = ["no-store"]
         resp.set_header("X-Accel-Buffering", "no")  # a reverse proxy must pass events on as they come
-        resp.stream = EventStream(self, source, resume, first)
+        resp.stream = EventStream(self, source, resume, first, req.env.get("gunicorn.socket"))
 
     def last_event(self, req: falcon.Request) -> Cursor | None:
         value = req.get_header("Last-Event-ID")
@@ -126,12 +147,41 @@ class EventStream:
     when iteration never started, which a generator's `finally` alone would miss.
     """
 
-    def __init__(self, resource: StreamResource, source: str | None, resume: Cursor | None, first: list[dict]) -> None:
+    def __init__(
+        self,
+        resource: StreamResource,
+        source: str | None,
+        resume: Cursor | None,
+        first: list[dict],
+        client: socket.socket | None = None,
+    ) -> None:
         self.resource = resource
         self.source = source
         self.resume = resume
         self.first = first
+        self.client = client  # the viewer's connection, when the server says which (Gunicorn does)
+        self.ended = threading.Event()
         self.closed = False
+        resource.streams.track(self)
+
+    def viewer_gone(self) -> bool:
+        """Whether the viewer hung up: the kernel already knows (FIN or reset), and says so without a wait.
+
+        poll() and not a peeking recv(): the socket belongs to the thread serving the feed, and Python's
+        recv() on a socket with a timeout would first wait for data an EventSource never sends.
+        """
+        if self.client is None:
+            return False
+        poller = select.poll()
+        try:
+            poller.register(self.client.fileno(), select.POLLRDHUP)
+        except ValueError:
+            return True  # already closed: the feed is ending anyway
+        return any(events & HUNG_UP for _, events in poller.poll(0))
+
+    def end(self) -> None:
+        """Stop at the next poll instead of at the next failed write."""
+        self.ended.set()
 
     def __iter__(self) -> Iterator[bytes]:
         streams = self.resource.streams
@@ -151,7 +201,8 @@ class EventStream:
                 yield b":\n\n"  # a comment: finds a vanished client on the next write, within seconds
             if time.monotonic() + POLL_SECONDS > deadline or not streams.serving():
                 return
-            time.sleep(POLL_SECONDS)
+            if self.ended.wait(POLL_SECONDS):
+                return
             try:
                 documents = self.resource.newest(self.source)
             except PyMongoError as exc:
@@ -163,6 +214,7 @@ class EventStream:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.resource.streams.forget(self)
             self.resource.streams.release()
 
 
