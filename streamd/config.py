@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,12 +25,26 @@ from streamd.config_values import build, default_of, field_type
 ENV_PREFIX = "STREAMD_"
 # Keys that size the pipeline rather than configure a child: changing one adds or removes children.
 SCALE_KEYS = {"consumer": "processes"}
+# Top-level keys that are lists rather than sections, but that children read as a whole (see section_names).
+LIST_SECTIONS = {"stages"}
 
 
-def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None) -> Any:
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    check: Callable[[Any], Any] | None = None,
+) -> Any:
+    """A config key: its default, its documentation, and its bounds or its `check`.
+
+    `check` takes the value as written (after the type check) and returns it, normalised, or raises
+    ValueError with what is wrong; the loader names the file and the key.
+    """
     if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc, "minimum": minimum, "maximum": maximum})
+        return field(default_factory=lambda: dict(default), metadata={"doc": doc, "check": check})
+    return field(default=default, metadata={"doc": doc, "minimum": minimum, "maximum": maximum, "check": check})
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,12 @@ class ConsumerConfig:
     schema: str | None = setting(
         None, "Path to a JSON Schema file for message payloads; empty uses the built-in schema."
     )
+    id_field: str | None = setting(
+        "id",
+        "Payload field holding the message id (stored as _id, so a replay is skipped); "
+        "empty: every message is stored under its Kafka coordinates.",
+        check=lambda name: _field_name(name),
+    )
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,33 @@ class ApiConfig:
         "Most live feeds one worker serves at once; each holds a thread, and one thread always stays free.",
         minimum=0,
         maximum=255,
+    )
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    enabled: bool = setting(True, "Run the analyzer: live tumbling-window aggregates in its own consumer group.")
+    group: str = setting("message-analytics-group", "Kafka consumer group of the analyzer.")
+    collection: str = setting("aggregates", "Collection holding one document per window and group.")
+    windows: tuple[str, ...] = setting(
+        ("1m", "1h"),
+        "Tumbling window lengths, in event time: a number and s, m, h or d (e.g. 30s, 1m, 1h).",
+        check=lambda windows: _windows(windows),
+    )
+    group_by: tuple[str, ...] = setting(
+        ("source",), "Fields whose values split each window into groups (empty: one group per window).",
+        check=lambda names: tuple(_field_name(name) for name in names),
+    )
+    fields: tuple[str, ...] = setting(
+        (), "Numeric fields whose count, min, max, sum and mean are kept per window and group.",
+        check=lambda names: tuple(_field_name(name) for name in names),
+    )
+    allowed_lateness: float = setting(
+        60.0,
+        "Seconds after a window's end (in its partition's event time) during which a late message still "
+        "updates it; later ones are counted as late.",
+        minimum=0,
+        maximum=30 * 86_400,
     )
 
 
@@ -149,6 +197,13 @@ class Config:
     mongodb: MongoConfig = field(default_factory=MongoConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
+    stages: tuple[dict, ...] = setting(
+        (),
+        "Processing stages every consumer applies after validation, in order: filter, set, rename, drop, route "
+        "(see the README's Stages section).",
+        check=lambda raw: _stages(raw),
+    )
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -195,6 +250,8 @@ class Config:
         """
         changed = self.changed_sections(other)
         for name in list(changed):
+            if name in LIST_SECTIONS:
+                continue
             mine, theirs = getattr(self, name), getattr(other, name)
             for f in dataclasses.fields(mine):
                 if f.name != SCALE_KEYS.get(name) and getattr(mine, f.name) != getattr(theirs, f.name):
@@ -203,7 +260,8 @@ class Config:
 
 
 def section_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config) if _is_section(f)]
+    """Every part of the config a child can declare it reads: the sections, and the stage list."""
+    return [f.name for f in dataclasses.fields(Config) if _is_section(f) or f.name in LIST_SECTIONS]
 
 
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -221,7 +279,7 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
     if not isinstance(raw, dict):
         raise ConfigError(f"{label}: the top level must be a mapping of sections (kafka:, consumer:, ...).")
     raw = _with_env_overrides(raw, os.environ if environ is None else environ)
-    return build(Config, raw, label, prefix="", extra={"source": source})
+    return _checked_across(build(Config, raw, label, prefix="", extra={"source": source}), label)
 
 
 def locate_only(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -246,7 +304,7 @@ def locate_only(path: str | os.PathLike | None = None, environ: Mapping[str, str
 
 def from_mapping(raw: Mapping[str, Any], label: str = "<config>") -> Config:
     """Build a Config from an in-memory mapping (tests, tools); same validation as load()."""
-    return build(Config, dict(raw), label, prefix="", extra={})
+    return _checked_across(build(Config, dict(raw), label, prefix="", extra={}), label)
 
 
 def to_mapping(config: Config) -> dict[str, Any]:
@@ -271,6 +329,57 @@ def env_name(dotted_key: str) -> str:
 
 
 # --- validation -------------------------------------------------------------------------------------
+
+
+def _checked_across(config: Config, label: str) -> Config:
+    """Rules that tie keys of different sections together; each refusal names the key to change."""
+    from streamd.stages import StageSpecError, check_stages
+
+    try:
+        check_stages(list(config.stages), id_field=config.consumer.id_field)
+    except StageSpecError as exc:
+        raise ConfigError(f"{label}: {exc}.") from None
+    return config
+
+
+def _stages(raw: Any) -> tuple[dict, ...]:
+    from streamd.stages import StageSpecError, check_stages
+
+    try:
+        return check_stages(raw)
+    except StageSpecError as exc:
+        raise ValueError(str(exc)) from None
+
+
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,127}")
+WINDOW = re.compile(r"([1-9][0-9]{0,5})([smhd])")
+WINDOW_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _field_name(name: str) -> str:
+    if not FIELD_NAME.fullmatch(name):
+        raise ValueError(f"expected a field name (a letter or '_', then letters, digits, '_' or '-'), got {name!r}")
+    return name
+
+
+def window_seconds(window: str) -> int:
+    """The length of a window written like `30s`, `1m`, `1h` or `1d`, in seconds."""
+    match = WINDOW.fullmatch(window)
+    if match is None:
+        raise ValueError(f"expected a window length like 30s, 1m, 1h or 1d, got {window!r}")
+    return int(match.group(1)) * WINDOW_SECONDS[match.group(2)]
+
+
+def _windows(windows: tuple[str, ...]) -> tuple[str, ...]:
+    if not windows:
+        raise ValueError("expected at least one window length, e.g. [1m, 1h]")
+    for window in windows:
+        seconds = window_seconds(window)
+        if not 1 <= seconds <= 7 * 86_400:
+            raise ValueError(f"{window} is outside 1s to 7d")
+    if len(set(windows)) != len(windows):
+        raise ValueError("each window length may be listed once")
+    return windows
 
 
 def _is_section(f: dataclasses.Field) -> bool:

@@ -47,8 +47,24 @@ def build(cls: type, raw: dict, label: str, prefix: str, extra: dict) -> Any:
                 raise ConfigError(f"{label}: {key} must be a mapping of keys, got {_shown(section)}.")
             values[name] = build(expected, section, label, prefix=key + ".", extra={})
         else:
-            values[name] = _coerce(raw[name], expected, f, f"{label}: {key}")
+            values[name] = _checked(_coerce(raw[name], expected, f, f"{label}: {key}"), f, label, key)
     return cls(**values)
+
+
+def _checked(value: Any, f: dataclasses.Field, label: str, key: str) -> Any:
+    """The field's own `check`, when it has one; a ValueError from it becomes the key's ConfigError.
+
+    A check of a list may name the entry itself (`stages[2].where: ...`); otherwise the key is named here.
+    """
+    check = f.metadata.get("check")
+    if check is None or value is None:
+        return value
+    try:
+        return check(value)
+    except ValueError as exc:
+        sentence = str(exc)
+        where = "" if sentence.startswith((f"{key}[", f"{key}.", f"{key}:")) else f"{key}: "
+        raise ConfigError(f"{label}: {where}{sentence}.") from None
 
 
 def _coerce(value: Any, expected: Any, f: dataclasses.Field, where: str) -> Any:
@@ -94,6 +110,17 @@ def _coerce(value: Any, expected: Any, f: dataclasses.Field, where: str) -> Any:
         if not isinstance(value, dict) or not all(isinstance(v, str | int | float | bool) for v in value.values()):
             raise ConfigError(f"{where}: expected a mapping of property names to scalar values, got {_shown(value)}.")
         return {str(k): v for k, v in value.items()}
+    if origin is tuple:
+        element = typing.get_args(expected)[0]
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {_shown(value)}{hint}.")
+        if element is str:
+            for item in value:
+                if not isinstance(item, str) or not item.strip() or "\0" in item:
+                    raise ConfigError(f"{where}: expected a list of non-empty strings, got {_shown(item)} in it.")
+        return tuple(value)
     raise TypeError(f"config schema has an unsupported type {expected!r} at {where}")  # our bug, not the user's
 
 

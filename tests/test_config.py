@@ -152,6 +152,8 @@ def readme_default(default: object) -> str:
         return ""
     if isinstance(default, bool):
         return str(default).lower()
+    if isinstance(default, tuple):
+        return "[" + ", ".join(map(str, default)) + "]"
     return "{}" if default == {} else str(default)
 
 
