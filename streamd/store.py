@@ -176,12 +176,20 @@ def connect(settings: MongoConfig) -> pymongo.MongoClient:
 
 
 class MessageStore:
-    """The messages collection. Closes its client only when it opened it."""
+    """One collection of messages (mongodb.collection unless named). Closes its client only when it opened it."""
 
-    def __init__(self, settings: MongoConfig, client: pymongo.MongoClient | None = None) -> None:
+    def __init__(
+        self, settings: MongoConfig, client: pymongo.MongoClient | None = None, collection: str | None = None
+    ) -> None:
         self._owns_client = client is None
+        self.settings = settings
         self.client = connect(settings) if client is None else client
-        self.collection: Collection = self.client[settings.database][settings.collection]
+        self.name = collection or settings.collection
+        self.collection: Collection = self.client[settings.database][self.name]
+
+    def in_collection(self, name: str) -> MessageStore:
+        """The same store and client, another collection (one a route stage names); closing it closes nothing."""
+        return MessageStore(self.settings, self.client, name)
 
     def ensure_indexes(self) -> None:
         # One index per createIndexes: FerretDB 1.24 drops the connection when a single createIndexes
