@@ -28,12 +28,16 @@ class OffsetBook:
         self.consumer = consumer
         self.quarantine = quarantine
         self.uncommitted: dict[Partition, int] = {}
+        # Committed beside the offset, for a reader that resumes from it (the analyzer's stream time).
+        self.metadata: dict[Partition, str] = {}
         self.retry = False  # a commit was refused since the last one was sent
         self.next_retry = 0.0
         self.refusals = Outage()
 
-    def finished(self, next_offsets: dict[Partition, int]) -> None:
+    def finished(self, next_offsets: dict[Partition, int], metadata: dict[Partition, str] | None = None) -> None:
         self.uncommitted.update(next_offsets)
+        if metadata:
+            self.metadata.update(metadata)
 
     def retry_due(self) -> bool:
         return bool(self.uncommitted) and self.retry and time.monotonic() >= self.next_retry
@@ -48,13 +52,13 @@ class OffsetBook:
         if not self.uncommitted:
             return
         try:
-            self.consumer.commit(offsets=_topic_partitions(self.uncommitted), asynchronous=True)
+            self.consumer.commit(offsets=self._topic_partitions(self.uncommitted), asynchronous=True)
         except KafkaException as exc:
             self.refused(exc.args[0])
 
     def commit_now(self, partitions: set[Partition]) -> None:
         """Commit the finished offsets of these partitions and wait for the answer (on revoke)."""
-        offsets = _topic_partitions({key: o for key, o in self.uncommitted.items() if key in partitions})
+        offsets = self._topic_partitions({key: o for key, o in self.uncommitted.items() if key in partitions})
         if not offsets:
             return
         try:
@@ -92,7 +96,13 @@ class OffsetBook:
         """These partitions moved away: their new owner commits from here on."""
         for key in partitions:
             self.uncommitted.pop(key, None)
+            self.metadata.pop(key, None)
 
-
-def _topic_partitions(offsets: dict[Partition, int]) -> list[TopicPartition]:
-    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+    def _topic_partitions(self, offsets: dict[Partition, int]) -> list[TopicPartition]:
+        partitions = []
+        for (topic, partition), offset in offsets.items():
+            metadata = self.metadata.get((topic, partition))
+            # TopicPartition refuses metadata=None: without any, the argument is left out.
+            extra = {} if metadata is None else {"metadata": metadata}
+            partitions.append(TopicPartition(topic, partition, offset, **extra))
+        return partitions

@@ -62,12 +62,12 @@ class Sink:
 
         False when a stop request came first; the batch is then left uncommitted.
         """
-        if not _retry(lambda: self.try_store(batch), wait):
+        if not retry(lambda: self.try_store(batch), wait):
             log.warning("stopping with %d messages unstored; they stay uncommitted for a replay", len(batch))
             return False
         if batch.rejections:
             self.dead_letters.submit(batch.rejections)
-            if not _retry(self.try_dead_letter, wait):
+            if not retry(self.try_dead_letter, wait):
                 log.warning("stopping before the dead-letter topic acknowledged; the batch stays uncommitted")
                 return False
         return True
@@ -133,7 +133,7 @@ class Sink:
         self.store.close()
 
 
-def _retry(attempt: Callable[[], bool], wait: Wait) -> bool:
+def retry(attempt: Callable[[], bool], wait: Wait) -> bool:
     """Run `attempt` until it succeeds, with exponential backoff and jitter; False when stopping first."""
     delay = RETRY_INITIAL
     while not attempt():

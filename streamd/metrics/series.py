@@ -72,6 +72,15 @@ END_TO_END_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
 
+# --- analyzer ---------------------------------------------------------------------------------------
+
+ANALYZER_ABSORBED = Counter(
+    "streamd_analyzer_messages_absorbed", "Messages the analyzer took into their windows (per message, not per window)."
+)
+ANALYZER_LATE = Counter(
+    "streamd_analyzer_messages_late", "Messages past their window's allowed lateness, counted in the window's `late`."
+)
+
 # --- API --------------------------------------------------------------------------------------------
 
 HTTP_REQUESTS = Counter(

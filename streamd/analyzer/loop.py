@@ -1,0 +1,257 @@
+"""The analyzer's loop: consume -> pipeline -> window contributions -> conditional window writes -> commit.
+
+The order is what makes it exactly once in effect: an offset is committed only after every window
+document its messages touch has absorbed them, and a window document absorbs a message at most once
+(streamd.analyzer.aggregates). Each commit carries the partition's stream time in its metadata; a member
+that gets the partition (this one after a restart, or another) reads it back before its first batch, so
+lateness is decided on a replay exactly as on the first run.
+
+Kafka-side parts are the consumer's own: the offset book (with the metadata), the partition hold
+(pause while the store is away, rebalance callbacks) and the crash quarantine (in the analyzer's own
+directory of the state dir). A message the quarantine gives up on is left out of the windows (the
+consumers dead-letter it themselves).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from streamd import offsets, store
+from streamd.analyzer.aggregates import Aggregates
+from streamd.analyzer.windows import Contribution, WindowSpec, by_window, contributions
+from streamd.config import Config, ConfigError
+from streamd.consumer.book import OffsetBook, Partition
+from streamd.consumer.hold import PartitionHold
+from streamd.consumer.sink import retry
+from streamd.kafka import ensure_topic, make_client
+from streamd.lifecycle import Shutdown
+from streamd.metrics import series
+from streamd.outage import Outage
+from streamd.pipeline import MessageBatch, Pipeline
+from streamd.quarantine import Quarantine
+
+log = logging.getLogger("streamd.analyzer")
+
+COMMITTED_TIMEOUT = 10.0  # reading a partition's committed stream time from the group coordinator
+
+
+@dataclass
+class AnalyzerCounters:
+    consumed: int = 0
+    absorbed: int = 0  # messages taken into their windows, on time
+    late: int = 0  # messages past their window's allowed lateness, counted as late
+    writes: int = 0  # window document updates
+
+    def add(self, consumed: int, found: list[Contribution], writes: int, windows: int) -> None:
+        late = sum(c.late for c in found) // windows
+        self.consumed += consumed
+        self.late += late
+        self.absorbed += len(found) // windows - late
+        self.writes += writes
+        series.ANALYZER_ABSORBED.inc(len(found) // windows - late)
+        series.ANALYZER_LATE.inc(late)
+
+    def __str__(self) -> str:
+        return f"consumed {self.consumed}, absorbed {self.absorbed}, late {self.late}, window writes {self.writes}"
+
+
+def encode_stream_time(micros: int) -> str:
+    return orjson.dumps({"stream_time_us": micros}).decode()
+
+
+def decode_stream_time(metadata: str | None) -> int | None:
+    """The stream time committed beside an offset; None when there is none (or it is not ours)."""
+    try:
+        value = orjson.loads(metadata or "null")
+    except orjson.JSONDecodeError:
+        return None
+    found = value.get("stream_time_us") if isinstance(value, dict) else None
+    return found if type(found) is int else None
+
+
+class Analyzer:
+    """Consumes the topic in the analytics group and keeps the window documents exactly once in effect."""
+
+    def __init__(
+        self, config: Config, consumer: Consumer, aggregates: Aggregates, shutdown: Shutdown, quarantine: Quarantine
+    ) -> None:
+        self.batch_size = config.consumer.batch_size
+        self.batch_timeout = config.consumer.batch_timeout_ms / 1000
+        self.pipeline = Pipeline.from_config(config)
+        self.spec = WindowSpec.from_config(config.analytics)
+        self.consumer = consumer
+        self.aggregates = aggregates
+        self.shutdown = shutdown
+        self.quarantine = quarantine
+        self.book = OffsetBook(consumer, quarantine)
+        self.hold = PartitionHold(consumer, self.book, quarantine, shutdown)
+        # Partition -> stream time (µs, None before its first message), once read back from the group.
+        self.stream_times: dict[Partition, int | None] = {}
+        self.store_outage = Outage()
+        self.counters = AnalyzerCounters()
+
+    @classmethod
+    def open(cls, config: Config, shutdown: Shutdown) -> Analyzer:
+        Pipeline.from_config(config)  # first, so a bad consumer.schema fails before anything opens
+        ensure_topic(config, config.kafka.topic)
+        messages = store.MessageStore(config.mongodb)
+        aggregates = Aggregates(messages.in_collection(config.analytics.collection))
+        analyzer: Analyzer | None = None
+
+        def on_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+            if analyzer is not None:
+                analyzer.book.on_commit(error, partitions)
+
+        consumer = make_client(
+            Consumer,
+            config.kafka,
+            "analyzer",
+            {
+                "group.id": config.analytics.group,
+                "enable.auto.commit": False,
+                "on_commit": on_commit,
+                "auto.offset.reset": "error",  # streamd.offsets decides, as for the consumers
+                "partition.assignment.strategy": "cooperative-sticky",
+            },
+            defaults={"session.timeout.ms": 10_000},  # see streamd.consumer.loop
+        )
+        try:
+            quarantine = Quarantine(config.state_path / "analyzer")
+        except OSError as exc:
+            raise ConfigError(
+                f"state_dir: {config.state_path} cannot hold the analyzer's in-flight records ({exc.strerror}); "
+                "point state_dir at a directory streamd can write."
+            ) from None
+        quarantine.adopt_dead_records()
+        analyzer = cls(config, consumer, aggregates, shutdown, quarantine)
+        hold = analyzer.hold
+        consumer.subscribe(
+            [config.kafka.topic], on_assign=hold.on_assign, on_revoke=hold.on_revoke, on_lost=hold.on_lost
+        )
+        return analyzer
+
+    def run(self) -> None:
+        try:
+            self.aggregates.ensure_indexes()
+        except store.UNAVAILABLE as exc:
+            log.warning("store unavailable at start-up (%s); analyzing anyway", type(exc).__name__)
+        while not self.shutdown.requested:
+            delivered = False
+            for portion in self.quarantine.portions(self.hold.receive(self.batch_size, self.batch_timeout)):
+                outcome = self.absorb(portion)
+                if outcome is None:
+                    continue
+                if not outcome:
+                    return  # stopping with windows unwritten: not committed, so consumed again
+                delivered = True
+            if delivered or self.book.retry_due():
+                self.book.commit()
+
+    def close(self, clean: bool = True) -> None:
+        self.consumer.close()
+        self.aggregates.store.close()
+        self.quarantine.close(clean)
+
+    def absorb(self, messages: list[Message]) -> bool | None:
+        """One portion into its windows, then booked for commit: True; False when stopping first; None if empty."""
+        self.forget(*self.hold.take_changes())
+        messages = self.hold.owned(messages)
+        for event in [m for m in messages if offsets.is_reset(m)]:
+            self.forget({self.hold.restart(event)}, set())
+        messages = [m for m in messages if not offsets.is_reset(m)]
+        condemned = self.quarantine.condemned(messages[0]) if len(messages) == 1 else None
+        if condemned is not None:
+            log.error("%s; left out of the windows", condemned)
+            batch = MessageBatch()
+            batch.next_offsets[condemned.topic, condemned.partition] = condemned.offset + 1
+        else:
+            self.quarantine.begin(messages)
+            batch = self.pipeline.batch(messages)
+        for error in batch.errors:
+            self.hold.kafka_error(error)
+        if not batch.next_offsets:
+            return None
+        self.hold.messages_flow()
+        try:
+            delivered = self.deliver(batch)
+        finally:
+            self.hold.resume()
+        if delivered:
+            self.quarantine.done()
+        return delivered
+
+    def deliver(self, batch: MessageBatch) -> bool:
+        """Stream times, contributions, window writes, waiting while the store or the coordinator is away."""
+        state: dict[str, object] = {}
+
+        def attempt() -> bool:
+            self.drop_moved(batch)
+            if not batch.next_offsets:
+                return True  # every partition moved: nothing of this batch is ours to write
+            if "pending" not in state:
+                if not self.read_stream_times(set(batch.next_offsets)):
+                    return False
+                times = {p: t for (_, p), t in self.stream_times.items() if t is not None}
+                found = contributions(batch.documents, self.spec, times)
+                state.update(pending=by_window(found), found=found, times=times)
+            pending = state["pending"]
+            try:
+                writes = self.aggregates.absorb(pending)  # type: ignore[arg-type]
+            except store.UNAVAILABLE as exc:
+                if self.store_outage.failed():
+                    log.warning(
+                        "store unavailable (%s); holding %d window updates, partitions paused, retrying with backoff",
+                        type(exc).__name__,
+                        len(pending),  # type: ignore[arg-type]
+                    )
+                return False
+            if (recovery := self.store_outage.recovered()) is not None:
+                log.info("store is back after %.1fs; resuming", recovery.seconds)
+            state["writes"] = writes
+            return True
+
+        if not retry(attempt, self.hold.wait):
+            log.warning("stopping with window updates unwritten; their messages stay uncommitted for a replay")
+            return False
+        if "pending" not in state or not batch.next_offsets:
+            return True
+        times: dict[int, int] = state["times"]  # type: ignore[assignment]
+        metadata = {}
+        for key in batch.next_offsets:
+            self.stream_times[key] = times.get(key[1])
+            if times.get(key[1]) is not None:
+                metadata[key] = encode_stream_time(times[key[1]])
+        self.book.finished(batch.next_offsets, metadata)
+        self.counters.add(len(batch), state["found"], state["writes"], len(self.spec.windows))  # type: ignore[arg-type]
+        return True
+
+    def drop_moved(self, batch: MessageBatch) -> None:
+        moved, restarted = self.hold.take_changes()
+        self.forget(moved, restarted)
+        gone = moved | restarted
+        if gone & set(batch.next_offsets):
+            # Their new owner (or the restarted log) replays them; windows written meanwhile absorbed them.
+            batch.drop(gone)
+
+    def forget(self, moved: set[Partition], restarted: set[Partition]) -> None:
+        for key in moved | restarted:
+            self.stream_times.pop(key, None)
+
+    def read_stream_times(self, partitions: set[Partition]) -> bool:
+        """Read back the stream time committed with each of these partitions not known yet; False if Kafka
+        did not answer (the batch is held and this is tried again)."""
+        unknown = [TopicPartition(*key) for key in partitions if key not in self.stream_times]
+        if not unknown:
+            return True
+        try:
+            committed = self.consumer.committed(unknown, timeout=COMMITTED_TIMEOUT)
+        except KafkaException as exc:
+            log.warning("could not read the committed stream times (%s); retrying", exc.args[0].str())
+            return False
+        for tp in committed:
+            self.stream_times[tp.topic, tp.partition] = decode_stream_time(tp.metadata) if tp.offset >= 0 else None
+        return True
