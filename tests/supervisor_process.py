@@ -21,7 +21,7 @@ from streamd.control import descendants
 from .probes import REPO, wait_until
 
 # The children of `streamd start` with the repository's config.yaml, in start order.
-PIPELINE = ("producer", "consumer-1", "consumer-2", "api")
+PIPELINE = ("producer", "consumer-1", "consumer-2", "analyzer", "api")
 
 
 def start_streamd(tmp_path: Path, settings: Config, **sections: dict) -> SupervisorProcess:

@@ -65,7 +65,7 @@ def undeclared(reads: set[str], declared: frozenset[str]) -> set[str]:
     return {read for read in reads if read not in declared and read.split(".")[0] not in declared}
 
 
-@pytest.mark.parametrize("module", ["streamd.producer", "streamd.consumer", "streamd.api.server"])
+@pytest.mark.parametrize("module", ["streamd.producer", "streamd.consumer", "streamd.analyzer", "streamd.api.server"])
 def test_every_child_declares_each_config_section_its_code_reads(module):
     declared = importlib.import_module(module).SECTIONS
     assert not undeclared(config_reads(module), declared), f"{module}.SECTIONS misses what its code reads"
@@ -83,8 +83,10 @@ def planned(config: config_module.Config) -> dict[str, frozenset[str]]:
 @pytest.mark.parametrize(
     ("change", "restarted"),
     [
-        ({"consumer": {"group": "other"}}, {"consumer-1", "consumer-2", "api"}),
-        ({"consumer": {"batch_size": 7}}, {"consumer-1", "consumer-2"}),
+        # The analyzer runs the consumers' pipeline (consumer.schema and the rest), so it reads that section too.
+        ({"consumer": {"group": "other"}}, {"consumer-1", "consumer-2", "analyzer", "api"}),
+        ({"consumer": {"batch_size": 7}}, {"consumer-1", "consumer-2", "analyzer"}),
+        ({"analytics": {"windows": ["5m"]}}, {"analyzer", "api"}),
         ({"supervisor": {"graceful_timeout": 9}}, {"producer", "api"}),
         ({"supervisor": {"backoff_max": 9}}, set()),
         ({"consumer": {"processes": 5}}, set()),
@@ -94,3 +96,8 @@ def test_a_reload_restarts_exactly_the_children_that_read_what_changed(change, r
     before = config_module.from_mapping({})
     changed = before.changed_settings(config_module.from_mapping(change))
     assert {name for name, sections in planned(before).items() if sections & changed} == restarted
+
+
+def test_the_analyzer_runs_after_the_consumers_when_analytics_is_enabled():
+    assert list(planned(config_module.from_mapping({}))) == ["producer", "consumer-1", "consumer-2", "analyzer", "api"]
+    assert "analyzer" not in planned(config_module.from_mapping({"analytics": {"enabled": False}}))

@@ -24,15 +24,17 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
-from streamd.analyzer.windows import Contribution, Delta, WindowKey, fold
+from streamd.analyzer.windows import Contribution, Delta, fold
 from streamd.store import MessageStore
 
-# GET /aggregates: one window length, optionally one group value, newest first. On FerretDB 1.x no
-# query uses an index (the collection is small: a document per window and group); MongoDB uses these.
-INDEXES = [
-    IndexModel([("window", ASCENDING), ("start", DESCENDING)]),
-    IndexModel([("window", ASCENDING), ("group.source", ASCENDING), ("start", DESCENDING)]),
-]
+
+def indexes(group_by: tuple[str, ...]) -> list[IndexModel]:
+    """GET /aggregates: one window length, optionally a group value, newest first. On FerretDB 1.x no query
+    uses an index (the collection is small: a document per window and group); MongoDB uses these."""
+    by_group = [IndexModel([("window", ASCENDING), (f"group.{n}", ASCENDING), ("start", DESCENDING)]) for n in group_by]
+    return [IndexModel([("window", ASCENDING), ("start", DESCENDING)]), *by_group]
+
+
 # What the API returns of a window document (absorbed is bookkeeping).
 WINDOW_FIELDS = {"window": True, "start": True, "end": True, "group": True, "count": True, "fields": True, "late": True}
 
@@ -44,8 +46,8 @@ class Aggregates:
         self.store = store
         self.collection = store.collection
 
-    def ensure_indexes(self) -> None:
-        for index in INDEXES:  # one per createIndexes, as streamd.store explains
+    def ensure_indexes(self, group_by: tuple[str, ...]) -> None:
+        for index in indexes(group_by):  # one per createIndexes, as streamd.store explains
             self.collection.create_indexes([index])
 
     def absorbed(self, ids: list[str]) -> dict[str, dict[int, int]]:
@@ -107,7 +109,3 @@ class Aggregates:
         """Window documents matching `narrowing` (window, group values, start bounds), newest first."""
         cursor = self.collection.find(narrowing, WINDOW_FIELDS).sort([("start", DESCENDING), ("_id", ASCENDING)])
         return list(cursor.limit(limit).max_time_ms(max_time_ms))
-
-
-def key_of(document: Mapping) -> WindowKey:
-    return WindowKey(document["_id"], document["window"], document["start"], document["end"], document["group"])

@@ -136,7 +136,7 @@ class Analyzer:
 
     def run(self) -> None:
         try:
-            self.aggregates.ensure_indexes()
+            self.aggregates.ensure_indexes(self.spec.group_by)
         except store.UNAVAILABLE as exc:
             log.warning("store unavailable at start-up (%s); analyzing anyway", type(exc).__name__)
         while not self.shutdown.requested:

@@ -8,6 +8,7 @@ import orjson
 from pymongo.errors import PyMongoError
 
 from streamd.api import errors
+from streamd.api.aggregates import AggregatesResource
 from streamd.api.backends import Backends
 from streamd.api.dashboard import DashboardResource, StaticResource, load_assets
 from streamd.api.health import HealthResource, ReadyResource
@@ -34,11 +35,14 @@ def create_app(config: Config, backends: Backends | None = None, streams: LiveSt
 
     app.add_route("/messages", MessagesResource(backends))
     app.add_route("/messages/{message_id}", MessageResource(backends))
+    app.add_route("/aggregates", AggregatesResource(backends))
     app.add_route("/health", HealthResource())
     lag = GroupLag(config, lambda: backends.kafka)
+    analytics = config.analytics
+    analyzer_lag = GroupLag(config, lambda: backends.kafka, analytics.group) if analytics.enabled else None
     app.add_route("/ready", ReadyResource(backends, lag))
-    app.add_route("/metrics", MetricsResource(config, lag))
-    app.add_route("/stats", StatsResource(backends, lag))
+    app.add_route("/metrics", MetricsResource(config, lag, analyzer_lag))
+    app.add_route("/stats", StatsResource(backends, lag, analyzer_lag))
     app.add_route("/stream", StreamResource(backends, streams))
     assets = load_assets()
     app.add_route("/", DashboardResource(assets))

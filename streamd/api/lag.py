@@ -77,12 +77,15 @@ class KafkaReading:
 
 
 class GroupLag:
-    """Reads (and briefly keeps) the consumer group's lag and the dead-letter topic's size."""
+    """Reads (and briefly keeps) a consumer group's lag and the dead-letter topic's size.
 
-    def __init__(self, config: Config, admin: Callable[[], AdminClient]) -> None:
+    The consumers' group unless `group` names another (the analyzer's, analytics.group).
+    """
+
+    def __init__(self, config: Config, admin: Callable[[], AdminClient], group: str | None = None) -> None:
         self.topic = config.kafka.topic
         self.dead_letter_topic = config.kafka.dead_letter_topic
-        self.group = config.consumer.group
+        self.group = group or config.consumer.group
         self.admin = admin
         self._lock = threading.Lock()
         self._reading: tuple[float, KafkaReading | KafkaUnreadable] | None = None

@@ -1,8 +1,8 @@
 """GET /metrics, the middleware that counts every request, and the series read at scrape time.
 
 What the children count is summed from the multiprocess directory (streamd.metrics). Two things are
-better asked at the moment of the scrape than recorded by someone: the consumer group's lag (from
-Kafka, see lag.py) and each child's state and restarts (from the supervisor's control socket, which
+better asked at the moment of the scrape than recorded by someone: the consumer group's lag and the
+analyzer's (from Kafka, see lag.py) and each child's state and restarts (from the supervisor's control socket, which
 is the only place that knows them). A scrape while Kafka or the supervisor is away leaves their series
 out rather than failing, so the rest still arrives.
 """
@@ -60,6 +60,29 @@ class LagCollector(Collector):
         )
 
 
+class AnalyzerLagCollector(Collector):
+    """The analyzer's lag: what its group (analytics.group) has not absorbed into the windows yet."""
+
+    def __init__(self, lag: GroupLag) -> None:
+        self.lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            reading = self.lag.read()
+        except KafkaUnreadable as exc:
+            log.warning("/metrics without the analyzer's lag: %s", exc)
+            return
+        lag = GaugeMetricFamily(
+            "streamd_analyzer_lag_messages",
+            "Messages in the partition the analyzer has not absorbed into its windows yet: log end offset minus "
+            "the analytics group's committed offset.",
+            labels=["topic", "partition"],
+        )
+        for partition in reading.partitions:
+            lag.add_metric([partition.topic, str(partition.partition)], partition.lag)
+        yield lag
+
+
 class SupervisorCollector(Collector):
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -87,8 +110,11 @@ class SupervisorCollector(Collector):
 
 
 class MetricsResource:
-    def __init__(self, config: Config, lag: GroupLag) -> None:
-        self.registry = exposition.registry([LagCollector(lag), SupervisorCollector(config)])
+    def __init__(self, config: Config, lag: GroupLag, analyzer_lag: GroupLag | None = None) -> None:
+        collectors: list[Collector] = [LagCollector(lag), SupervisorCollector(config)]
+        if analyzer_lag is not None:
+            collectors.append(AnalyzerLagCollector(analyzer_lag))
+        self.registry = exposition.registry(collectors)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         reject_unknown(req.params, ())

@@ -155,8 +155,11 @@ def worker_grace(supervisor_grace: float) -> int:
 
 
 # What the api child reads of the config: a reload that changes one of these restarts it.  It reads
-# the consumers' group for lag, and the graceful timeout to size Gunicorn's.
-SECTIONS = frozenset({"kafka", "mongodb", "api", "logging", "consumer.group", "supervisor.graceful_timeout"})
+# the consumers' group for lag, the analytics section for /aggregates and the analyzer's lag, and the
+# graceful timeout to size Gunicorn's.
+SECTIONS = frozenset(
+    {"kafka", "mongodb", "api", "analytics", "logging", "consumer.group", "supervisor.graceful_timeout"}
+)
 
 
 def run(config: Config, shutdown: Shutdown) -> int:

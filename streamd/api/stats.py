@@ -37,11 +37,14 @@ SINCE_START = {
     "duplicates": ("streamd_consumer_messages_duplicate", None),
 }
 
+ANALYZER_SINCE_START = {"absorbed": "streamd_analyzer_messages_absorbed", "late": "streamd_analyzer_messages_late"}
+
 
 class StatsResource:
-    def __init__(self, backends: Backends, lag: GroupLag) -> None:
+    def __init__(self, backends: Backends, lag: GroupLag, analyzer_lag: GroupLag | None = None) -> None:
         self.backends = backends
         self.lag = lag
+        self.analyzer_lag = analyzer_lag
         self.counters = exposition.registry()
         self.latest = SingleFlight(self.compute, FRESH_SECONDS)
 
@@ -82,6 +85,7 @@ class StatsResource:
             name: int(sum(exposition.totals(self.counters, family, label).values()))
             for name, (family, label) in SINCE_START.items()
         }
+        stats["analytics"] = self.analytics()
         stats |= self.from_supervisor(errors)
         stats["errors"] = errors
         return stats
@@ -99,6 +103,26 @@ class StatsResource:
             key=lambda entry: (-entry["count"], str(entry["source"])),
         )
         return {"totals": {"messages": total}, "rates": rates, "sources": sources}
+
+    def analytics(self) -> dict[str, Any] | None:
+        """The analyzer's group, its lag (null while Kafka cannot be read) and its counts since start."""
+        if self.analyzer_lag is None:
+            return None  # analytics.enabled is false
+        try:
+            reading = self.analyzer_lag.read()
+            lag: int | None = reading.total
+            partitions = [p.as_dict() for p in reading.partitions]
+        except KafkaUnreadable:
+            lag, partitions = None, []  # named in errors["kafka"] by the consumers' reading
+        return {
+            "group": self.analyzer_lag.group,
+            "lag": lag,
+            "partitions": partitions,
+            "since_start": {
+                name: int(sum(exposition.totals(self.counters, family, None).values()))
+                for name, family in ANALYZER_SINCE_START.items()
+            },
+        }
 
     def from_supervisor(self, errors: dict[str, str]) -> dict[str, Any]:
         status, problem = control.status_if_running(self.backends.config)
