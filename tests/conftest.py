@@ -59,6 +59,7 @@ def pipeline_config(local_stack: Config, tmp_path: Path) -> Config:
             "kafka": {"topic": f"test-{run}", "dead_letter_topic": f"test-{run}.dlq"},
             "mongodb": {"database": f"test_{run}", "timeout_ms": 3000},
             "consumer": {"group": f"group-{run}", "processes": 1},
+            "analytics": {"group": f"analytics-{run}"},
             "api": {"port": free_port(), "workers": 1},
             "supervisor": {"graceful_timeout": 10, "backoff_initial": 0.2, "start_seconds": 0.5},
             "stack": {"local": False, "cache_dir": str(STACK_STATE_DIR / "cache")},

@@ -115,7 +115,6 @@ def test_windows_equal_the_counts_recomputed_from_the_topic_after_four_kill_9s(a
         producer={"enabled": False},
         consumer={"processes": 0, "batch_size": 200},
         analytics={
-            "group": f"analytics-{settings.consumer.group}",
             "windows": list(WINDOWS),
             "fields": ["v"],
             "allowed_lateness": LATENESS,
@@ -179,7 +178,7 @@ def test_the_stream_time_is_committed_beside_the_offset(analytics_config: Config
         settings,
         producer={"enabled": False},
         consumer={"processes": 0},
-        analytics={"group": f"analytics-{settings.consumer.group}", "windows": ["1m"]},
+        analytics={"windows": ["1m"]},
     )
     try:
         sup.wait_running("analyzer", timeout=60)
@@ -189,7 +188,7 @@ def test_the_stream_time_is_committed_beside_the_offset(analytics_config: Config
         wait_until(lambda: all_committed(progress_of), what="the analyzer caught up", timeout=60)
     finally:
         sup.kill()
-    reader = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": sup.config.analytics.group})
+    reader = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": settings.analytics.group})
     try:
         found = reader.committed(partitions(settings), timeout=10)
     finally:

@@ -84,7 +84,7 @@ def test_the_page_is_built_from_landmarks_headings_and_labelled_controls(client)
     for landmark in ("<header", "<main", "<dialog"):
         assert landmark in html
     sections = re.findall(r'<section[^>]*aria-labelledby="([^"]+)"', html)
-    assert len(sections) == 5 and all(f'id="{heading}"' in html for heading in sections)
+    assert len(sections) == 6 and all(f'id="{heading}"' in html for heading in sections)
     assert '<label for="source">' in html and '<select id="source"' in html
     assert 'role="status"' in html, "connection changes are announced"
     assert "tabindex=" not in html.replace('tabindex="-1"', ""), "the natural tab order is the reading order"
@@ -161,8 +161,9 @@ def test_the_dashboard_shows_the_pipeline_live_in_a_browser(pipeline, browser, p
     assert time.monotonic() - started < 5
 
     # The figures, the children and the lag come from /stats.
-    wait_for_page(page, "() => document.querySelectorAll('#children tr .state').length === 4")
-    assert page.locator("#children").inner_text().count("RUNNING") == 4
+    children = len(PIPELINE)
+    wait_for_page(page, "n => document.querySelectorAll('#children tr .state').length === n", children)
+    assert page.locator("#children").inner_text().count("RUNNING") == children
     assert page.locator("#partitions tr").count() == 3
     assert int(page.locator("#total").inner_text().replace(",", "").replace("\u202f", "")) > 0
 
@@ -170,6 +171,17 @@ def test_the_dashboard_shows_the_pipeline_live_in_a_browser(pipeline, browser, p
     source = "dashboard-test"
     assert produce_once(pipeline_config, 5, source=source).acked == 5
     page.wait_for_selector(f'#source option[value="{source}"]', state="attached", timeout=15_000)
+
+    # The analyzer's one-minute windows count them, per source, live (the 5 may straddle a minute).
+    wait_for_page(
+        page,
+        """source => [...document.querySelectorAll('#per-minute td')]
+            .filter(td => td.dataset.group === source)
+            .reduce((sum, td) => sum + (Number(td.textContent) || 0), 0) === 5""",
+        source,
+        timeout=30,
+    )
+    assert "system-generator" in page.locator("#per-minute-head").inner_text()
     page.select_option("#source", source)
     wait_for_page(
         page,

@@ -129,7 +129,7 @@ def test_lag_is_each_partition_end_offset_minus_the_group_commit(pipeline_config
 
 def test_under_the_supervisor_stats_agree_with_the_store_and_list_every_child(pipeline_config, tmp_path: Path):
     sup = start_streamd(tmp_path, pipeline_config, producer={"enabled": False}, consumer={"processes": 2})
-    children = ("consumer-1", "consumer-2", "api")
+    children = ("consumer-1", "consumer-2", "analyzer", "api")
     try:
         sup.wait_running(*children, timeout=60)
         alpha, beta = f"alpha-{uuid.uuid4().hex[:6]}", f"beta-{uuid.uuid4().hex[:6]}"
@@ -139,6 +139,7 @@ def test_under_the_supervisor_stats_agree_with_the_store_and_list_every_child(pi
         def settled() -> dict | None:
             status, stats = get_json(api_url(sup, "/stats"))
             done = status == 200 and stats["totals"] == {"messages": 50} and stats["lag"]["total"] == 0
+            done = done and stats["analytics"]["lag"] == 0
             return stats if done else None
 
         stats = wait_until(settled, timeout=60, what=f"50 messages stored and committed; log:\n{sup.log_tail()}")
@@ -148,6 +149,8 @@ def test_under_the_supervisor_stats_agree_with_the_store_and_list_every_child(pi
         assert {entry["source"]: entry["count"] for entry in stats["sources"]} == {alpha: 30, beta: 20}
         assert [p["partition"] for p in stats["lag"]["partitions"]] == [0, 1, 2]
         assert stats["since_start"]["stored"] == 50 and stats["since_start"]["consumed"] == 50
+        assert stats["analytics"]["group"] == pipeline_config.analytics.group
+        assert stats["analytics"]["since_start"] == {"absorbed": 50, "late": 0}
         assert stats["supervisor"]["pid"] == sup.process.pid
         states = {child["name"]: child["state"] for child in stats["children"]}
         assert states == {name: "RUNNING" for name in children}

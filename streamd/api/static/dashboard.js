@@ -1,4 +1,5 @@
-// streamd dashboard: /stream (Server-Sent Events) for new messages, /stats every few seconds for the rest.
+// streamd dashboard: /stream (Server-Sent Events) for new messages, /stats every few seconds for the rest,
+// and the analyzer's one-minute windows (/aggregates) for the per-minute table.
 //
 // Each /stream response lasts api.stream_seconds; EventSource then reconnects by itself and sends the id
 // of the last event it got (Last-Event-ID), so the feed resumes where it left off. When a worker has no
@@ -11,6 +12,8 @@ const POLL_EVERY_MS = 2000;      // /messages, only while the live feed is refus
 const FEED_RETRY_MS = 10000;     // after a refused feed
 const CHART_SPAN_MS = 5 * 60 * 1000;  // the chart's width once the page has been open that long
 const CHART_MIN_SPAN_MS = 60 * 1000;
+const AGGREGATES_EVERY_MS = 5000;
+const MINUTES_SHOWN = 10;
 
 const $ = (id) => document.getElementById(id);
 const numbers = new Intl.NumberFormat();
@@ -290,6 +293,73 @@ async function refreshStats() {
   }
 }
 
+// --- messages per minute (the analyzer's 1m windows) ------------------------------------------------
+
+function groupName(group) {
+  const values = Object.values(group || {});
+  return values.length ? values.map((v) => (v === null ? "(none)" : String(v))).join(" / ") : "all";
+}
+
+function onlyRow(text, columns) {
+  const row = document.createElement("tr");
+  const only = cell(text);
+  only.colSpan = columns;
+  row.append(only);
+  return row;
+}
+
+function renderPerMinute(aggregates, problem) {
+  const head = $("per-minute-head");
+  const body = $("per-minute");
+  const groups = [...new Set((aggregates || []).map((a) => groupName(a.group)))].sort();
+  const minutes = [...new Set((aggregates || []).map((a) => a.start))].sort().reverse().slice(0, MINUTES_SHOWN);
+  const headings = ["Minute", ...groups, "Late"].map((text, index) => {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = text;
+    if (index > 0) th.className = "number";
+    return th;
+  });
+  head.replaceChildren(...headings);
+  if (!aggregates || minutes.length === 0) {
+    body.replaceChildren(onlyRow(problem || "No windows yet.", headings.length));
+    return;
+  }
+  const byKey = new Map(aggregates.map((a) => [`${a.start}\u0000${groupName(a.group)}`, a]));
+  const rows = minutes.map((start) => {
+    const row = document.createElement("tr");
+    const time = document.createElement("time");
+    time.dateTime = start;
+    time.textContent = new Date(start).toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit" });
+    const first = document.createElement("td");
+    first.append(time);
+    row.dataset.start = start;
+    row.append(first);
+    let late = 0;
+    for (const group of groups) {
+      const found = byKey.get(`${start}\u0000${group}`);
+      late += found ? found.late : 0;
+      const count = cell(found ? numbers.format(found.count) : "–", "number");
+      count.dataset.group = group;
+      row.append(count);
+    }
+    row.append(cell(numbers.format(late), "number"));
+    return row;
+  });
+  body.replaceChildren(...rows);
+}
+
+async function refreshAggregates() {
+  try {
+    const response = await fetch("/aggregates?window=1m&limit=500", { cache: "no-store" });
+    const answer = await response.json();
+    if (response.ok) renderPerMinute(answer.aggregates);
+    else renderPerMinute(null, answer.description || `HTTP ${response.status}`);
+  } catch (error) {
+    // The connection status (from /stats) already says when the API is unreachable.
+  }
+}
+
 // --- detail view --------------------------------------------------------------------------------
 
 let opener = null;
@@ -344,6 +414,8 @@ function start() {
   openFeed();
   refreshStats();
   setInterval(refreshStats, STATS_EVERY_MS);
+  refreshAggregates();
+  setInterval(refreshAggregates, AGGREGATES_EVERY_MS);
 }
 
 start();
