@@ -155,8 +155,9 @@ def worker_grace(supervisor_grace: float) -> int:
 
 
 # What the api child reads of the config: a reload that changes one of these restarts it.  It reads
-# the consumers' group for lag, and the graceful timeout to size Gunicorn's.
-SECTIONS = frozenset({"kafka", "mongodb", "api", "logging", "consumer.group", "supervisor.graceful_timeout"})
+# the consumers' group for lag, the graceful timeout to size Gunicorn's, and the stages for the
+# collections route stages write (the names `?collection=` takes).
+SECTIONS = frozenset({"kafka", "mongodb", "api", "logging", "stages", "consumer.group", "supervisor.graceful_timeout"})
 
 
 def run(config: Config, shutdown: Shutdown) -> int:
