@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--since", type=iso_time, help="only messages with a Kafka timestamp at or after (ISO 8601)")
     verify.add_argument("--until", type=iso_time, help="only messages with a Kafka timestamp at or before (ISO 8601)")
+    verify.add_argument("--json", action="store_true", help="print the counts and problems as JSON")
 
     bench = command(
         "bench", cmd_bench, "Measure throughput, latency and API speed against the store's and Kafka's own limits."
@@ -262,7 +263,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = verify.verify(config, since=args.since, until=args.until, progress=sys.stderr)
     except verify.VerifyError as exc:
         raise CommandError(str(exc)) from None
-    verify.print_report(report)
+    verify.print_report(report, as_json=args.json)
     return 0 if report.ok else 1
 
 
