@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -96,3 +97,9 @@ def test_whatever_json_objects_are_written_they_are_read_back_equal(tmp_path, me
     else:
         path.write_bytes(b"\n".join(orjson.dumps(message) for message in messages) + b"\n")
     assert read_messages(str(path)) == messages
+
+
+def test_the_worked_examples_readings_are_a_valid_file():
+    readings = read_messages(str(Path(__file__).resolve().parent.parent / "docs" / "examples" / "readings.ndjson"))
+    assert [reading["id"] for reading in readings] == ["reading-1", "reading-2", "reading-3", "reading-4"]
+    assert all("temperature" in reading and "sensor" in reading for reading in readings)
