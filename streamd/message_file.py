@@ -67,7 +67,8 @@ def _array(text: str, name: str) -> list[dict[str, Any]]:
     for index, item in enumerate(value):
         if not isinstance(item, dict):
             raise MessageFileError(
-                f"{name}, item {index + 1} of the array: {_kind(item)}, not a JSON object; each item must be one message."
+                f"{name}, item {index + 1} of the array: {_kind(item)}, not a JSON object; "
+                "each item must be one message."
             )
     return value
 
