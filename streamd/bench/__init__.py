@@ -28,7 +28,7 @@ import pymongo.errors
 from streamd.bench import api_load, ceilings, latency, pipeline_runs, stage_cost
 from streamd.bench.report import Progress, render
 from streamd.bench.scratch import BenchError, Scratch
-from streamd.bench.supervised import SupervisedRun
+from streamd.bench.supervised import SupervisedRun, keep_largest
 from streamd.config import Config
 from streamd.kafka import ensure_topic
 
@@ -240,12 +240,6 @@ def wait_healthy(supervised: SupervisedRun, port: int) -> None:
 
 def with_topic(config: Config, topic: str) -> Config:
     return dataclasses.replace(config, kafka=dataclasses.replace(config.kafka, topic=topic))
-
-
-def keep_largest(into: dict[str, float], sizes: dict[str, float]) -> None:
-    """Each child's largest resident size seen at the end of any supervised run."""
-    for name, size in sizes.items():
-        into[name] = max(size, into.get(name, 0.0))
 
 
 def describe_store(info: dict) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from streamd.bench import pipeline_runs
 from streamd.bench.scratch import Scratch
+from streamd.bench.supervised import keep_largest
 
 PROCESSES = 1
 TARGET = 0.85  # issue 10: throughput with the chain at least 0.85 times the throughput without
@@ -46,13 +47,14 @@ def measure(
     runs: dict[str, pipeline_runs.DrainResult] = {}
     rss: dict[str, float] = {}
     for label, stages in (("none", ()), ("chain", CHAIN)):
-        progress(f"stage cost: {PROCESSES} consumer process, {label_of(stages)}, draining {sum(ends.values()):,}")
+        progress(
+            f"stage cost: {PROCESSES} consumer process, {label_of(stages)}, draining {sum(ends.values()):,} messages"
+        )
         result, sizes = pipeline_runs.drain(
             scratch, topic, ends, PROCESSES, port(), name=f"stages-{label}", stages=stages
         )
         runs[label] = result
-        for name, size in sizes.items():
-            rss[name] = max(size, rss.get(name, 0.0))
+        keep_largest(rss, sizes)
         progress(f"  {result.msgs_per_s:,.0f} msg/s, {result.routed:,} routed to {ROUTED_COLLECTION}")
     ratio = runs["chain"].msgs_per_s / max(runs["none"].msgs_per_s, 1e-9)
     figures = {
