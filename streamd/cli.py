@@ -70,15 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     command("reload", cmd_reload, "Re-read config.yaml and apply only what changed (same as SIGHUP).")
 
     produce = command("produce", cmd_produce, "Send messages once and report sent / acked / failed.")
-    produce.add_argument("--count", type=positive_int, required=True, help="messages to send")
+    what = produce.add_mutually_exclusive_group(required=True)
+    what.add_argument("--count", type=positive_int, help="generated messages to send")
+    what.add_argument(
+        "--file",
+        metavar="F",
+        help="send the messages of F as they are: one JSON object per line, or a JSON array; - reads stdin",
+    )
     produce.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
-    produce.add_argument("--source", help="the messages' source field (default: producer.source)")
+    produce.add_argument("--source", help="the generated messages' source field (default: producer.source)")
 
     verify = command(
         "verify", cmd_verify, "Check that every message of the topic is stored once or dead-lettered; exit 1 if not."
     )
     verify.add_argument("--since", type=iso_time, help="only messages with a Kafka timestamp at or after (ISO 8601)")
     verify.add_argument("--until", type=iso_time, help="only messages with a Kafka timestamp at or before (ISO 8601)")
+    verify.add_argument("--json", action="store_true", help="print the counts and problems as JSON")
 
     bench = command(
         "bench", cmd_bench, "Measure throughput, latency and API speed against the store's and Kafka's own limits."
@@ -248,9 +255,24 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     config = load(args)
     logs.configure(config.logging, "produce")
-    report = producer.produce_once(config, count=args.count, rate=args.rate, source=args.source)
+    if args.file is None:
+        report = producer.produce_once(config, count=args.count, rate=args.rate, source=args.source)
+        expected = args.count
+    else:
+        from streamd.message_file import MessageFileError, read_messages
+
+        if args.source is not None:
+            print("streamd: --source names generated messages; a file's messages are sent as written.", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            messages = read_messages(args.file)  # all of it first: a bad line must not leave half the file sent
+        except MessageFileError as exc:
+            print(f"streamd: {exc} Nothing was sent.", file=sys.stderr)
+            return EXIT_USAGE
+        report = producer.produce_messages(config, messages, rate=args.rate)
+        expected = len(messages)
     print(f"sent {report.sent}, acked {report.acked}, failed {report.failed}")
-    return 0 if report.failed == 0 and report.acked == args.count else 1
+    return 0 if report.failed == 0 and report.acked == expected else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -262,7 +284,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = verify.verify(config, since=args.since, until=args.until, progress=sys.stderr)
     except verify.VerifyError as exc:
         raise CommandError(str(exc)) from None
-    verify.print_report(report)
+    verify.print_report(report, as_json=args.json)
     return 0 if report.ok else 1
 
 

@@ -136,11 +136,13 @@ class AnalyticsConfig:
         check=lambda windows: _windows(windows),
     )
     group_by: tuple[str, ...] = setting(
-        ("source",), "Fields whose values split each window into groups (empty: one group per window).",
+        ("source",),
+        "Fields whose values split each window into groups (empty: one group per window).",
         check=lambda names: tuple(_field_name(name) for name in names),
     )
     fields: tuple[str, ...] = setting(
-        (), "Numeric fields whose count, min, max, sum and mean are kept per window and group.",
+        (),
+        "Numeric fields whose count, min, max, sum and mean are kept per window and group.",
         check=lambda names: tuple(_field_name(name) for name in names),
     )
     allowed_lateness: float = setting(

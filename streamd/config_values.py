@@ -114,7 +114,8 @@ def _coerce(value: Any, expected: Any, f: dataclasses.Field, where: str) -> Any:
         element = typing.get_args(expected)[0]
         if value is None:
             return ()
-        if not isinstance(value, list):
+        # A tuple is what to_mapping() writes back for these keys: a config must survive the round trip.
+        if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {_shown(value)}{hint}.")
         if element is str:
             for item in value:

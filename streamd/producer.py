@@ -1,4 +1,5 @@
-"""The producer child (a message generator for demos and load) and `streamd produce` (a one-off send).
+"""The producer child (a message generator for demos and load) and `streamd produce` (a one-off send of
+generated messages, or of the user's own from a file).
 
 Generated messages have the tutorial's shape: {"id", "text", "source", "timestamp"}, keyed by id.
 The producer is idempotent with acks=all, so librdkafka's own retries can neither duplicate nor
@@ -7,11 +8,14 @@ reorder a message within its partition.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -24,6 +28,8 @@ from streamd.metrics import series
 from streamd.outage import Outage
 
 log = logging.getLogger(__name__)
+
+Keyed = tuple[bytes | None, bytes]  # a Kafka message: key (None: any partition) and value
 
 POLL_INTERVAL = 0.1  # longest wait between delivery-report polls, and so the delay in noticing a stop
 MAX_BURST = 10_000  # most messages sent between two polls when catching up or unpaced
@@ -54,7 +60,7 @@ class ProduceReport:
         return f"sent {self.sent}, acked {self.acked}, failed {self.failed}"
 
 
-def new_message(source: str) -> tuple[bytes, bytes]:
+def new_message(source: str) -> Keyed:
     """(key, value) of one generated message; the key is the id, so messages spread over the partitions."""
     message_id = new_id()
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -88,7 +94,7 @@ class Sender:
             {**delivery_settings(config), "on_delivery": self._delivered},
         )
 
-    def send(self, key: bytes, value: bytes) -> bool:
+    def send(self, key: bytes | None, value: bytes) -> bool:
         """Queue one message; False when a stop was requested while waiting for room in the queue."""
         while True:
             try:
@@ -130,8 +136,16 @@ class Sender:
 
 
 def generate(sender: Sender, source: str, rate: float | None, count: int | None, shutdown: Shutdown) -> None:
-    """Send `count` messages (endlessly when None), `rate` per second (as fast as possible when None),
-    until done or asked to stop.
+    """Send `count` generated messages (endlessly when None), `rate` per second (as fast as possible
+    when None), until done or asked to stop."""
+    send_paced(sender, (new_message(source) for _ in itertools.count()), rate, count, shutdown)
+
+
+def send_paced(
+    sender: Sender, messages: Iterator[Keyed], rate: float | None, count: int | None, shutdown: Shutdown
+) -> None:
+    """Send `count` of `messages` (all of them when None), `rate` per second (as fast as possible when
+    None), until done or asked to stop.
 
     Message n is due at start + n/rate on the monotonic clock, and every loop sends all that are due,
     so high rates go out in batches and a late loop catches up instead of slowing the average down.
@@ -142,10 +156,13 @@ def generate(sender: Sender, source: str, rate: float | None, count: int | None,
     while sent < limit and not shutdown.requested:
         due = int((time.monotonic() - start) * rate) + 1 if rate else limit
         burst = min(due, limit, sent + MAX_BURST) - sent
-        for _ in range(burst):
-            if not sender.send(*new_message(source)):
+        batch = list(itertools.islice(messages, burst))
+        for key, value in batch:
+            if not sender.send(key, value):
                 return
-        sent += burst
+        sent += len(batch)
+        if len(batch) < burst:  # the messages ran out before `count`
+            break
         wait = start + sent / rate - time.monotonic() if rate else 0.0
         sender.poll(min(max(wait, 0.0), POLL_INTERVAL))
 
@@ -183,14 +200,42 @@ def run(config: Config, shutdown: Shutdown) -> int:
 def produce_once(
     config: Config, count: int, rate: float | None = None, source: str | None = None, shutdown: Shutdown | None = None
 ) -> ProduceReport:
-    """`streamd produce`: send `count` generated messages and wait for every delivery report.
+    """`streamd produce --count`: send `count` generated messages and wait for every delivery report.
 
     Raises KafkaUnavailable when the brokers do not answer, ConfigError for a bad kafka.client.
     """
+    messages = (new_message(source or config.producer.source) for _ in itertools.count())
+    return _send_once(config, messages, count, rate, shutdown)
+
+
+def produce_messages(
+    config: Config, messages: Sequence[dict[str, Any]], rate: float | None = None, shutdown: Shutdown | None = None
+) -> ProduceReport:
+    """`streamd produce --file`: send the user's messages as they are (as compact JSON), each keyed by
+    its id (consumer.id_field) when it has one, so messages with the same id share a partition.
+
+    Raises KafkaUnavailable when the brokers do not answer, ConfigError for a bad kafka.client.
+    """
+    id_field = config.consumer.id_field
+    keyed = ((message_key(message, id_field), orjson.dumps(message)) for message in messages)
+    return _send_once(config, keyed, len(messages), rate, shutdown)
+
+
+def message_key(message: dict[str, Any], id_field: str | None) -> bytes | None:
+    """The message's id as its Kafka key: a string or a whole number, else no key (any partition)."""
+    value = message.get(id_field) if id_field is not None else None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value).encode()
+
+
+def _send_once(
+    config: Config, messages: Iterator[Keyed], count: int, rate: float | None, shutdown: Shutdown | None
+) -> ProduceReport:
     shutdown = shutdown or Shutdown()
     ensure_topic(config, config.kafka.topic)
     sender = Sender(config, shutdown)
-    generate(sender, source or config.producer.source, rate, count, shutdown)
+    send_paced(sender, messages, rate, count, shutdown)
     # No timeout: librdkafka reports every message within message.timeout.ms, delivered or failed.
     sender.flush()
     return sender.report

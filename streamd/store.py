@@ -3,10 +3,18 @@
 A stored message looks like this (the API reads exactly these fields)::
 
     {"_id": "<message id>", "content": "<text>", "timestamp": <datetime UTC>, "source": "<str>" or None,
-     "ingested_at": <datetime UTC>, "kafka": {"topic": "<str>", "partition": <int>, "offset": <int>}}
+     "ingested_at": <datetime UTC>, "kafka": {"topic": "<str>", "partition": <int>, "offset": <int>},
+     "data": {<every other field of the payload, after the stages>}}
+
+`data` is left out when the message has no other field; readers take a missing `data` as {}. Route
+stages spread messages over several collections of this shape: one MessageStore per collection
+(`in_collection`), all sharing one client.
 
 The message id is the `_id`, so writing the same message twice is a duplicate-key error rather than a
 second document: that is what makes a Kafka replay harmless.
+
+The module is longer than most (over 300 lines) on purpose: every query of the API and of `streamd verify`
+is here, beside the index that serves it, so a change to one is made with the other in view.
 """
 
 from __future__ import annotations
@@ -57,7 +65,11 @@ INDEXES = [
 # sorting any other way would make MongoDB sort in memory instead of walking an index.
 NEWEST_FIRST = [("timestamp", DESCENDING), ("_id", DESCENDING)]
 # Named fields only: whatever else a future consumer stores does not leak out of the API unreviewed.
-MESSAGE_FIELDS = {"content": True, "timestamp": True, "source": True, "ingested_at": True, "kafka": True}
+MESSAGE_FIELDS = {"content": True, "timestamp": True, "source": True, "ingested_at": True, "kafka": True, "data": True}
+
+
+# What a user field is compared with: the API reads `?data.n=21` as "21" or 21, never as an operator.
+DataValue = str | int | float | bool
 
 
 class Position(Protocol):
@@ -80,13 +92,22 @@ class Narrowing(Protocol):
     def until(self) -> datetime | None: ...  # exclusive
     @property
     def before(self) -> Position | None: ...
+    @property
+    def data(self) -> tuple[tuple[str, tuple[DataValue, ...]], ...]: ...  # (user field, values it may equal)
 
 
 def newest_filter(query: Narrowing) -> dict[str, Any]:
-    """The find() filter of newest(): equality on source first, then a range on the sort key."""
+    """The find() filter of newest(): equality on source first, then a range on the sort key.
+
+    Equality on user fields (`data.<field>`) is not in any index: on MongoDB they filter the walk of the
+    (timestamp, _id) index, which is cheap while matches are common and a scan when they are rare.
+    """
     selector: dict[str, Any] = {}
     if query.source is not None:
         selector["source"] = query.source
+    for name, values in query.data:
+        # The API validated the name (no `$`, no `.`) and the values are literals: `$in` only lists them.
+        selector[f"data.{name}"] = values[0] if len(values) == 1 else {"$in": list(values)}
     timestamp: dict[str, datetime] = {}
     if query.since is not None:
         timestamp["$gte"] = query.since

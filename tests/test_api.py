@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,19 +29,23 @@ from typing import Any
 import falcon
 import falcon.testing
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamd import config as config_module
+from streamd.api.errors import BadParameters
 from streamd.api.health import ReadyResource
 from streamd.api.params import Cursor, MessageQuery
 from streamd.api.worker import probe_of
 from streamd.config import Config
+from streamd.stages.spec import FIELD_NAME
 from streamd.store import INDEXES, NEWEST_FIRST, MessageStore, newest_filter
 
 from .probes import REPO, api_client, free_port, wait_until
 from .supervisor_process import api_url, descendants, get_json, process_gone, start_streamd
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-ITEM_KEYS = {"id", "content", "timestamp", "source", "ingested_at", "kafka"}
+ITEM_KEYS = {"id", "content", "timestamp", "source", "ingested_at", "kafka", "data"}
 
 
 def stored(message_id: str, timestamp: datetime, source: str | None = "sensor-a", **extra: Any) -> dict:
@@ -129,6 +134,7 @@ def test_list_returns_newest_first_in_the_documented_shape(client, store):
         "source": "sensor-a",
         "ingested_at": "2024-05-01T12:00:01.000Z",
         "kafka": {"topic": "data-stream", "partition": 0, "offset": 7},
+        "data": {},
     }
 
 
@@ -267,6 +273,7 @@ def test_get_by_id_returns_that_message(client, store):
         "source": "sensor-a",
         "ingested_at": "2024-05-01T12:00:01.000Z",
         "kafka": {"topic": "data-stream", "partition": 0, "offset": 7},
+        "data": {},
     }
 
 
@@ -296,6 +303,205 @@ def test_get_by_malformed_id_is_a_400_naming_id(offline_client, path_id):
 
     assert response.status_code == 400
     assert response.json["parameters"] == ["id"]
+
+
+# --- user fields (`data`) and routed collections ------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_every_message_carries_its_user_fields_and_an_empty_data_when_it_has_none(client, store):
+    when = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
+    fields = {"temperature": 21.5, "sensor": "A", "tags": ["x", "y"], "reading": {"raw": 215}, "seen": when}
+    store.insert_batch([stored("with-data", T0 + timedelta(seconds=1), data=fields), stored("plain", T0)])
+
+    listed = {item["id"]: item for item in client.simulate_get("/messages").json["data"]}
+    one = client.simulate_get("/messages/with-data").json
+
+    expected = {**fields, "seen": "2024-05-01T09:30:00.000Z"}
+    assert listed["with-data"]["data"] == expected
+    assert one["data"] == expected
+    assert listed["plain"]["data"] == {}
+
+
+@pytest.mark.integration
+def test_data_filters_match_a_user_field_as_text_number_or_boolean(client, store):
+    store.insert_batch(
+        [
+            stored("a-number", T0 + timedelta(seconds=1), data={"sensor": "A", "temperature": 21.5, "ok": True}),
+            stored("a-text", T0 + timedelta(seconds=2), data={"sensor": "A", "temperature": "21.5", "ok": "true"}),
+            stored("a-int", T0 + timedelta(seconds=3), data={"sensor": "A", "temperature": 21, "ok": False}),
+            stored("b-number", T0 + timedelta(seconds=4), data={"sensor": "B", "temperature": 21.5}),
+            stored("no-data", T0 + timedelta(seconds=5)),
+            stored("top-level", T0 + timedelta(seconds=6), sensor="A"),  # not a user field: never matched
+        ]
+    )
+
+    def matching(**params: str) -> list[str]:
+        response = client.simulate_get("/messages", params=params)
+        assert response.status_code == 200, response.json
+        return ids(response.json)
+
+    assert matching(**{"data.sensor": "A"}) == ["a-int", "a-text", "a-number"]
+    assert matching(**{"data.temperature": "21.5"}) == ["b-number", "a-text", "a-number"]
+    assert matching(**{"data.temperature": "21.0"}) == ["a-int"]
+    assert matching(**{"data.sensor": "A", "data.ok": "true"}) == ["a-text", "a-number"]
+    assert matching(**{"data.sensor": "B", "data.temperature": "21.5"}) == ["b-number"]
+    assert matching(**{"data.sensor": "C"}) == []
+    assert all_pages(client, limit="1", **{"data.sensor": "A"}) == [["a-int"], ["a-text"], ["a-number"]]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("value", ['{"$gt": ""}', "$ne", "[1, 2]", "null", "/.*/"])
+def test_a_data_value_that_looks_like_an_operator_is_matched_literally(client, store, value):
+    store.insert_batch(
+        [stored("literal", T0, data={"sensor": value}), stored("other", T0, data={"sensor": "A"})]
+        + [stored("empty", T0, data={"sensor": ""}), stored("missing", T0, data={"kind": "x"})]
+    )
+
+    response = client.simulate_get("/messages", params={"data.sensor": value})
+
+    assert response.status_code == 200
+    assert ids(response.json) == ["literal"]
+
+
+@pytest.mark.parametrize(
+    "query_string",
+    [
+        "data.$where=1",
+        "data.%24where=1",
+        "data.a.b=1",
+        "data.=1",
+        "data.1st=1",
+        "data.x%5B%24gt%5D=",  # data.x[$gt]
+        "data.x%00=1",
+        "data.has%20space=1",
+        "data." + "a" * 129 + "=1",
+        "data." + "b" * 3000 + "=1",
+    ],
+)
+def test_a_data_filter_on_a_name_no_stage_could_write_is_a_400_naming_it(offline_client, query_string):
+    name = urllib.parse.unquote(query_string.split("=", 1)[0])
+
+    response = offline_client.simulate_get("/messages", query_string=query_string)
+
+    assert response.status_code == 400, response.json
+    assert response.json["parameters"] == [name]
+    assert len(response.json["description"]) < 400, "a long name is shortened, not echoed whole"
+
+
+@pytest.mark.parametrize(
+    ("query_string", "parameter"),
+    [
+        ("data.x=", "data.x"),
+        ("data.x=1&data.x=2", "data.x"),
+        ("data.x=" + "v" * 257, "data.x"),
+        ("&".join(f"data.f{i}=1" for i in range(6)), "data.f5"),
+        ("data=1", "data"),
+    ],
+)
+def test_bad_data_filter_values_and_too_many_filters_are_a_400_naming_the_parameter(
+    offline_client, query_string, parameter
+):
+    response = offline_client.simulate_get("/messages", query_string=query_string)
+
+    assert response.status_code == 400, response.json
+    assert response.json["parameters"] == [parameter]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    params=st.dictionaries(
+        st.one_of(st.text(max_size=20).map("data.".__add__), st.sampled_from(["source", "data.sensor", "collection"])),
+        st.one_of(st.text(min_size=1, max_size=30), st.sampled_from(['{"$gt": ""}', "1e400", "true", "-0", "7"])),
+        max_size=7,
+    )
+)
+def test_no_parameter_reaches_the_store_as_an_operator_or_a_dotted_path(params):
+    try:
+        query = MessageQuery.from_params(params, ("messages", "alerts"))
+    except BadParameters as exc:
+        assert len(exc.parameters) == 1 and exc.parameters[0] in params
+        return
+    selector = newest_filter(query)
+    for key, value in selector.items():
+        assert not key.startswith("$"), key
+        if key.startswith("data."):
+            assert FIELD_NAME.fullmatch(key.removeprefix("data.")), key
+            if isinstance(value, dict):
+                assert list(value) == ["$in"], value
+                literals = value["$in"]
+            else:
+                literals = [value]
+            assert all(type(item) in (str, int, float, bool) for item in literals), literals
+            assert params[key] in literals, "the text itself is always one of the values"
+    assert query.collection in (None, "messages", "alerts")
+    assert len(query.data) <= 5
+
+
+def with_routes(config: Config) -> Config:
+    """`config` with a route stage sending hot readings to the `alerts` collection."""
+    mapping = config_module.to_mapping(config)
+    mapping["stages"] = [{"name": "hot", "kind": "route", "where": "temperature > 30", "collection": "alerts"}]
+    return config_module.from_mapping(mapping)
+
+
+@pytest.fixture
+def routed(pipeline_config: Config, store: MessageStore) -> Iterator[tuple[falcon.testing.TestClient, MessageStore]]:
+    """An API over a config routing to `alerts`, and that collection's store (the main one is `store`)."""
+    config = with_routes(pipeline_config)
+    alerts = store.in_collection("alerts")
+    with api_client(config) as test_client:
+        yield test_client, alerts
+
+
+@pytest.mark.integration
+def test_collection_reads_a_routed_collection_and_defaults_to_the_main_one(routed, store):
+    client, alerts = routed
+    store.insert_batch([stored("cool", T0, data={"temperature": 20})])
+    alerts.insert_batch([stored("hot-1", T0, data={"temperature": 35}), stored("hot-2", T0 + timedelta(seconds=1))])
+
+    assert ids(client.simulate_get("/messages").json) == ["cool"]
+    assert ids(client.simulate_get("/messages", params={"collection": "alerts"}).json) == ["hot-2", "hot-1"]
+    main = client.simulate_get("/messages", params={"collection": store.name})
+    assert ids(main.json) == ["cool"]
+    filtered = client.simulate_get("/messages", params={"collection": "alerts", "data.temperature": "35"})
+    assert ids(filtered.json) == ["hot-1"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["elsewhere", "system.users", "$cmd", "alerts.x"])
+def test_a_collection_no_route_names_is_a_400_listing_the_allowed_ones(routed, store, name):
+    client, _ = routed
+
+    for path in ("/messages", "/messages/m-1", "/stream"):
+        response = client.simulate_get(path, params={"collection": name})
+
+        assert response.status_code == 400, path
+        assert response.json["parameters"] == ["collection"]
+        assert "alerts" in response.json["description"] and store.name in response.json["description"]
+
+
+@pytest.mark.integration
+def test_get_by_id_looks_in_the_main_then_the_routed_collections_unless_told_which(routed, store):
+    client, alerts = routed
+    store.insert_batch([stored("in-main", T0), stored("in-both", T0, source="main")])
+    alerts.insert_batch([stored("in-alerts", T0, data={"temperature": 35}), stored("in-both", T0, source="routed")])
+
+    assert client.simulate_get("/messages/in-alerts").json["data"] == {"temperature": 35}
+    assert client.simulate_get("/messages/in-main").status_code == 200
+    assert client.simulate_get("/messages/in-both").json["source"] == "main", "the main collection comes first"
+    assert client.simulate_get("/messages/in-both", params={"collection": "alerts"}).json["source"] == "routed"
+    assert client.simulate_get("/messages/in-main", params={"collection": "alerts"}).status_code == 404
+    assert client.simulate_get("/messages/nowhere").status_code == 404
+
+
+@pytest.mark.integration
+def test_an_api_without_routes_offers_only_the_main_collection(client, store):
+    response = client.simulate_get("/messages", params={"collection": "alerts"})
+
+    assert response.status_code == 400
+    assert response.json["parameters"] == ["collection"]
+    assert client.simulate_get("/messages", params={"collection": store.name}).status_code == 200
 
 
 # --- rejected input --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from streamd import config as config_module
 from streamd.bench import BenchOptions, render
 from streamd.bench.latency import percentiles
 from streamd.bench.scratch import BenchError, Scratch
+from streamd.bench.stage_cost import CHAIN, ROUTED_COLLECTION
 from streamd.cli import build_parser
 from streamd.config import Config
 
@@ -54,6 +55,23 @@ def test_a_scratch_config_keeps_the_addresses_and_none_of_the_users_names(tmp_pa
     assert made.kafka.partitions >= 4, "a 4-consumer run needs a partition for each consumer"
     assert not made.producer.enabled and made.stack.local is False
     assert made.api.host == "127.0.0.1", "bench traffic stays on loopback"
+    assert made.stages == () and not made.analytics.enabled, "nothing but the consumers touches the backlog"
+
+
+def test_the_stage_chain_is_a_realistic_one_the_scratch_supervisor_loads(tmp_path):
+    user = config_module.from_mapping({"stages": [{"name": "mine", "kind": "filter", "where": "False"}]})
+    scratch = Scratch(user, partitions=1)
+    try:
+        made = scratch.config("stages-chain", topic="t", collection="c", processes=1, api_port=5555, stages=CHAIN)
+    finally:
+        shutil.rmtree(scratch.directory)
+    # What SupervisedRun writes and `streamd start` reads back (compiling the expressions once stages run).
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_module.to_mapping(made), sort_keys=False))
+    loaded = config_module.load(path, environ={})
+    assert loaded.stages == CHAIN, "the bench measures its own chain, never the user's stages"
+    assert [stage["kind"] for stage in CHAIN] == ["filter", "set", "rename", "route"]
+    assert loaded.mongodb.collection != ROUTED_COLLECTION
 
 
 def test_a_config_named_like_a_scratch_run_is_refused_rather_than_deleted(monkeypatch):
@@ -80,7 +98,7 @@ def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_c
         [sys.executable, "-m", "streamd", "bench", "--quick", "-c", str(config_path), "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
@@ -93,6 +111,14 @@ def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_c
         assert run["msgs_per_s"] > 0 and run["startup_s"] >= 0 and run["stored"] == figures["messages"]
     assert figures["pipeline_msgs_per_s"] == max(run["msgs_per_s"] for run in by_processes.values())
     assert isinstance(figures["pipeline_vs_ceiling"], float) and figures["pipeline_vs_ceiling"] > 0
+    stages = figures["stage_cost"]
+    assert len(stages["chain"]) == 4 and stages["target"] == 0.85
+    for run in (stages["without_stages"], stages["with_stages"]):
+        assert run["msgs_per_s"] > 0 and run["stored"] == figures["messages"], "both drains store the whole backlog"
+    assert stages["without_stages"]["routed"] == 0
+    assert stages["ratio"] == pytest.approx(
+        stages["with_stages"]["msgs_per_s"] / stages["without_stages"]["msgs_per_s"], abs=0.001
+    )
     assert set(figures["latency_ms"]) == {"100", "1000"}
     for load in figures["latency_ms"].values():
         for path in ("stored", "visible", "stored_while_polled"):

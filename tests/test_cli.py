@@ -7,22 +7,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
+import yaml
+from confluent_kafka.admin import AdminClient
 
 from streamd import config as config_module
 
-from .probes import free_port
+from .probes import free_port, read_all
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def streamd(
-    *args: str, cwd: Path | None = None, timeout: float = 60, env: dict | None = None
+    *args: str, cwd: Path | None = None, timeout: float = 60, env: dict | None = None, input: str | None = None
 ) -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("STREAMD_")}, **(env or {})}
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
-        [sys.executable, "-m", "streamd", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+        [sys.executable, "-m", "streamd", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+        input=input,
     )
 
 
@@ -100,6 +109,48 @@ def test_produce_to_an_unreachable_broker_fails_with_a_sentence_not_a_traceback(
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "kafka.brokers" in result.stderr
+
+
+def write_config(config: config_module.Config, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config_module.to_mapping(config)))
+    return path
+
+
+def test_produce_file_from_stdin_sends_the_users_own_fields(pipeline_config, tmp_path):
+    config = write_config(pipeline_config, tmp_path / "config.yaml")
+    readings = '{"id": "r-1", "text": "t", "temperature": 21.5, "sensor": "A"}\n{"text": "u", "sensor": "B"}\n'
+    result = streamd("produce", "--file", "-", "-c", str(config), input=readings, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "sent 2, acked 2, failed 0" in result.stdout
+    payloads = [orjson.loads(m.value()) for m in read_all(pipeline_config.kafka.brokers, pipeline_config.kafka.topic)]
+    assert sorted(payloads, key=lambda p: p["text"]) == [
+        {"id": "r-1", "text": "t", "temperature": 21.5, "sensor": "A"},
+        {"text": "u", "sensor": "B"},
+    ]
+
+
+def test_produce_file_with_a_bad_line_names_it_and_sends_nothing(pipeline_config, tmp_path):
+    config = write_config(pipeline_config, tmp_path / "config.yaml")
+    readings = tmp_path / "readings.ndjson"
+    readings.write_text('{"text": "fine"}\n{"text": "fine too"}\n{"text": "broken",\n{"text": "after"}\n')
+    result = streamd("produce", "--file", str(readings), "-c", str(config), timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [sentence] = result.stderr.strip().splitlines()
+    assert str(readings) in sentence and "line 3" in sentence
+    admin = AdminClient({"bootstrap.servers": pipeline_config.kafka.brokers})
+    assert pipeline_config.kafka.topic not in admin.list_topics(timeout=10).topics, "not even the topic was created"
+
+
+def test_produce_takes_either_a_count_or_a_file(tmp_path):
+    readings = tmp_path / "readings.ndjson"
+    readings.write_text('{"text": "t"}\n')
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    assert streamd("produce", "-c", str(config)).returncode == 2
+    assert streamd("produce", "--count", "1", "--file", str(readings), "-c", str(config)).returncode == 2
+    result = streamd("produce", "--file", str(readings), "--source", "s", "-c", str(config))
+    assert result.returncode == 2 and "--source" in result.stderr
 
 
 def test_stop_and_reload_without_a_supervisor_say_so(tmp_path):

@@ -23,6 +23,29 @@ def load_text(tmp_path: Path, text: str, environ: dict | None = None):
     return config_module.load(path, environ=environ or {})
 
 
+EXAMPLES = sorted((REPO / "docs" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
+def test_every_example_config_loads_as_a_user_would_start_it(path: Path):
+    settings = config_module.load(path, environ={})
+    assert settings.source == path
+    # Each runs the same pipeline as ./config.yaml: its state directory is the repository's own.
+    shipped = config_module.load(REPO / "config.yaml", environ={})
+    assert settings.state_path.resolve() == shipped.state_path.resolve()
+
+
+def test_the_worked_example_in_the_readme_is_the_shipped_example():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Processing the stream: a worked example", 1)[1].split("\n## ", 1)[0]
+    blocks = [yaml.safe_load(block.split("\n```", 1)[0]) for block in section.split("```yaml\n")[1:]]
+    shown = next(block for block in blocks if "stages" in block)
+    example = config_module.load(REPO / "docs" / "examples" / "stages.yaml", environ={})
+    assert tuple(shown["stages"]) == example.stages
+    assert [stage["kind"] for stage in example.stages] == ["filter", "set", "drop", "route"]
+    assert example.analytics.enabled and tuple(shown["analytics"]["fields"]) == example.analytics.fields
+
+
 def test_the_shipped_config_is_valid_and_follows_the_tutorial_defaults():
     settings = config_module.load(REPO / "config.yaml", environ={})
     assert settings.kafka.topic == "data-stream"

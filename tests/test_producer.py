@@ -16,7 +16,7 @@ from confluent_kafka import Message
 from streamd import config as config_module
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
-from streamd.producer import Sender, produce_once, run
+from streamd.producer import Sender, produce_messages, produce_once, run
 from tests.probes import free_port, logged, read_all, summaries, wait_until
 
 
@@ -43,6 +43,32 @@ def test_produce_once_sends_count_messages_in_the_tutorial_shape(pipeline_config
         assert started - timedelta(seconds=1) <= sent_at <= datetime.now(UTC)
     assert len({payload["id"] for payload in payloads}) == 60
     assert len({message.partition() for message in messages}) > 1, "keys by id spread over the partitions"
+
+
+def test_produce_messages_sends_each_as_is_keyed_by_its_id_when_it_has_one(pipeline_config: Config):
+    readings = [
+        {"id": "r-1", "text": "hot", "temperature": 31.5, "sensor": "a", "tags": ["x"], "at": {"site": "north"}},
+        {"text": "no id", "temperature": -4},
+        {"id": 7, "text": "a numeric id"},
+        {"id": {"not": "a key"}, "text": "an id no key can hold"},
+    ]
+    report = produce_messages(pipeline_config, readings)
+    assert (report.sent, report.acked, report.failed) == (4, 4, 0)
+
+    sent = {orjson.dumps(orjson.loads(message.value())): message.key() for message in read_topic(pipeline_config)}
+    assert sent == {
+        orjson.dumps(readings[0]): b"r-1",
+        orjson.dumps(readings[1]): None,
+        orjson.dumps(readings[2]): b"7",
+        orjson.dumps(readings[3]): None,
+    }, "every field arrives as written; the key is the id when it is a string or a whole number"
+
+
+def test_produce_messages_keys_by_the_configured_id_field(pipeline_config: Config):
+    settings = replace(pipeline_config, consumer=replace(pipeline_config.consumer, id_field="order_id"))
+    produce_messages(settings, [{"id": "not-the-key", "order_id": "o-42", "text": "t"}])
+    [message] = read_topic(settings)
+    assert message.key() == b"o-42"
 
 
 def test_produce_once_defaults_to_the_configured_source(pipeline_config: Config):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -21,6 +22,7 @@ from streamd.store import (
     StoreBusy,
     WriteOutcome,
     connect,
+    newest_filter,
     write_outcome,
 )
 from tests.probes import free_port
@@ -169,3 +171,32 @@ def test_every_failed_document_of_a_write_is_a_duplicate_or_a_refusal_unless_one
 def test_a_write_concern_error_is_a_retry_even_when_every_document_went_in():
     with pytest.raises(StoreBusy, match="write concern"):
         write_outcome([document("m-1")], {"nInserted": 1, "writeErrors": [], "writeConcernErrors": [{"code": 64}]})
+
+
+@dataclass(frozen=True)
+class Narrowed:
+    """A Narrowing as the API's MessageQuery builds it, user-field filters included."""
+
+    data: tuple = ()
+    source: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: None = None
+
+
+def test_user_field_filters_are_equalities_on_data_and_never_operators():
+    selector = newest_filter(Narrowed(data=(("sensor", ("A",)), ("temperature", ("21.5", 21.5)))))
+
+    assert selector == {"data.sensor": "A", "data.temperature": {"$in": ["21.5", 21.5]}}
+
+
+def test_reads_of_any_collection_return_the_user_fields(message_store):
+    other = message_store.in_collection("routed")
+    other.insert_batch([{**document("with-data"), "timestamp": datetime.now(UTC), "data": {"sensor": "A"}}])
+    other.insert_batch([{**document("other"), "timestamp": datetime.now(UTC), "data": {"sensor": "B"}}])
+
+    [found] = other.newest(Narrowed(data=(("sensor", ("A",)),)), 10, 5000)
+
+    assert found["_id"] == "with-data" and found["data"] == {"sensor": "A"}
+    assert other.by_id("other", 5000)["data"] == {"sensor": "B"}
+    assert message_store.by_id("with-data", 5000) is None, "each MessageStore reads its own collection"

@@ -13,6 +13,7 @@ import pytest
 from streamd.api.params import Cursor
 from streamd.api.stream import LiveStreams
 from streamd.config import Config
+from streamd.stages.spec import check_stages
 
 from .probes import api_client, free_port, stored_document
 
@@ -144,3 +145,18 @@ def test_a_bad_request_is_refused_before_anything_streams(settings, store):
         unknown = client.simulate_get("/stream", params={"since": "2024-01-01"})
     assert bad_id.status_code == 400 and bad_id.json["parameters"] == ["Last-Event-ID"]
     assert unknown.status_code == 400 and unknown.json["parameters"] == ["since"]
+
+
+def test_a_feed_of_a_routed_collection_sends_only_its_messages(settings, store):
+    routed = dataclasses.replace(
+        settings,
+        stages=check_stages([{"name": "hot", "kind": "route", "where": "temperature > 30", "collection": "alerts"}]),
+        api=dataclasses.replace(settings.api, stream_seconds=1),
+    )
+    store.insert_batch([stored("in-main", 1)])
+    store.in_collection("alerts").insert_batch([stored("in-alerts", 2)])
+    with api_client(routed, LiveStreams(routed.api)) as client:
+        response = client.simulate_get("/stream", params={"collection": "alerts"})
+
+    assert response.status_code == 200
+    assert [event["data"]["id"] for event in events(response.text) if "data" in event] == ["in-alerts"]

@@ -14,16 +14,17 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamd import cli, verify
 from streamd import config as config_module
 from streamd.config import Config
 from streamd.dead_letter import headers_for
 from streamd.pipeline import Rejection
+from streamd.stages.spec import check_stages
 from streamd.store import MessageStore
 from streamd.verify import DeadLetterIndex, Reconciliation
-from tests.probes import all_committed, consumer_running, free_port, wait_until
+from tests.probes import all_committed, consumer_running, end_offsets, free_port, wait_until
 
 # --- without servers ------------------------------------------------------------------------------------
 
@@ -101,7 +102,7 @@ def run_cli(settings: Config, tmp_path: Path, *options: str) -> int:
 def test_a_fully_consumed_topic_verifies_with_exit_zero(consumed: Config, tmp_path: Path, capsys):
     assert run_cli(consumed, tmp_path) == 0
     out = capsys.readouterr().out.splitlines()
-    counts = {line[:17].strip(): int(line[17:27]) for line in out[:8]}
+    counts = {line[:17].strip(): int(line[17:27]) for line in out[:9]}
     assert counts == {
         "checked": 42,
         "stored": 40,
@@ -109,6 +110,7 @@ def test_a_fully_consumed_topic_verifies_with_exit_zero(consumed: Config, tmp_pa
         "id conflicts": 0,
         "dead-lettered": 2,
         "not consumed yet": 0,
+        "filtered": 0,
         "missing": 0,
         "duplicated": 0,
     }
@@ -315,3 +317,136 @@ def test_messages_without_id_stored_under_the_old_fallback_form_still_verify(con
             store.collection.insert_one({**document, "_id": document["_id"][1:]})
     report = verify.verify(consumed)
     assert (report.stored, report.missing) == (40, 0) and report.ok
+
+
+# --- routed collections and filter stages ---------------------------------------------------------------
+
+
+def with_stages(settings: Config, *stages: dict) -> Config:
+    return replace(settings, stages=check_stages(list(stages)))
+
+
+ROUTE_HOT = {"name": "hot", "kind": "route", "where": "source == 'hot'", "collection": "alerts"}
+
+
+def sent_at(settings: Config, *payloads: dict) -> list[tuple[dict, int, int]]:
+    """Each payload with the partition and offset Kafka gave it."""
+    placed: list[tuple[dict, int, int]] = []
+    producer = Producer({"bootstrap.servers": settings.kafka.brokers, "enable.idempotence": True})
+    for payload in payloads:
+        producer.produce(
+            settings.kafka.topic,
+            orjson.dumps(payload),
+            on_delivery=lambda error, message, payload=payload: placed.append(
+                (payload, message.partition(), message.offset())
+            ),
+        )
+    assert producer.flush(10) == 0
+    return placed
+
+
+def document_of(settings: Config, payload: dict, partition: int, offset: int) -> dict:
+    """What the consumer stores for `payload` at these coordinates."""
+    now = datetime.now(UTC)
+    return {
+        "_id": payload["id"],
+        "content": payload["text"],
+        "timestamp": now,
+        "source": payload.get("source"),
+        "ingested_at": now,
+        "kafka": {"topic": settings.kafka.topic, "partition": partition, "offset": offset},
+    }
+
+
+def commit_all(settings: Config) -> None:
+    """The group's offsets at the end of the topic, as if its consumers had handled every message."""
+    ends = [TopicPartition(settings.kafka.topic, p, end) for p, end in end_offsets(settings).items()]
+    reader = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": settings.consumer.group})
+    try:
+        reader.commit(offsets=ends, asynchronous=False)
+    finally:
+        reader.close()
+
+
+@pytest.fixture
+def routed_topic(pipeline_config: Config) -> Iterator[tuple[Config, list[tuple[dict, int, int]]]]:
+    """Six messages, two of them hot: stored as a routing consumer would, the hot ones in `alerts`; all committed."""
+    settings = with_stages(pipeline_config, ROUTE_HOT)
+    payloads = [{"id": f"r-{n}", "text": f"reading {n}", "source": "hot" if n % 3 == 0 else "cool"} for n in range(6)]
+    placed = sent_at(settings, *payloads)
+    with contextlib.closing(MessageStore(settings.mongodb)) as store:
+        alerts = store.in_collection("alerts")
+        for payload, partition, offset in placed:
+            target = alerts if payload["source"] == "hot" else store
+            target.insert_batch([document_of(settings, payload, partition, offset)])
+        commit_all(settings)
+        yield settings, placed
+        store.client.drop_database(settings.mongodb.database)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("lookup", ["_look_up", "_scan"])
+def test_messages_routed_to_another_collection_are_found_there(routed_topic, monkeypatch, lookup):
+    settings, _ = routed_topic
+    monkeypatch.setattr(verify, "_lookup_for", lambda message_store: getattr(verify, lookup))
+
+    report = verify.verify(settings)
+    assert (report.checked, report.stored, report.missing, report.duplicated) == (6, 6, 0, 0)
+    assert report.ok
+
+    unrouted = verify.verify(replace(settings, stages=()))
+    assert (unrouted.stored, unrouted.missing) == (4, 2), "without the route, alerts is not looked at"
+
+
+@pytest.mark.integration
+def test_an_id_stored_in_two_collections_is_a_duplicate(routed_topic):
+    settings, placed = routed_topic
+    payload, partition, offset = next(entry for entry in placed if entry[0]["source"] == "hot")
+    with contextlib.closing(MessageStore(settings.mongodb)) as store:
+        store.insert_batch([document_of(settings, payload, partition, offset)])  # also in the main collection
+
+    report = verify.verify(settings)
+
+    assert (report.stored, report.duplicated, report.missing) == (6, 1, 0)
+    assert not report.ok
+    assert any(payload["id"] in problem and "alerts" in problem for problem in report.problems)
+
+
+@pytest.mark.integration
+def test_the_json_report_has_every_count(routed_topic, tmp_path: Path, capsys):
+    settings, _ = routed_topic
+
+    assert run_cli(settings, tmp_path, "--json") == 0
+
+    answer = orjson.loads(capsys.readouterr().out)
+    assert answer["ok"] is True
+    assert {key: answer[key] for key in ("checked", "stored", "filtered", "missing", "duplicated")} == {
+        "checked": 6,
+        "stored": 6,
+        "filtered": 0,
+        "missing": 0,
+        "duplicated": 0,
+    }
+
+
+@pytest.mark.integration
+def test_messages_a_filter_stage_drops_are_filtered_not_missing(pipeline_config: Config, tmp_path: Path, capsys):
+    """Needs the stage chain (streamd.stages): a filter stage's drops are in MessageBatch.filtered."""
+    settings = with_stages(pipeline_config, {"name": "no-noise", "kind": "filter", "where": "source != 'noise'"})
+    payloads = [{"id": f"f-{n}", "text": f"reading {n}", "source": "noise" if n < 3 else "kept"} for n in range(7)]
+    placed = sent_at(settings, *payloads)
+    with contextlib.closing(MessageStore(settings.mongodb)) as store:
+        kept = [document_of(settings, *entry) for entry in placed if entry[0]["source"] == "kept"]
+        store.insert_batch(kept[1:])  # one kept message is lost: it must still be reported missing
+        commit_all(settings)
+        try:
+            report = verify.verify(settings)
+            assert (report.checked, report.stored, report.filtered, report.missing) == (7, 3, 3, 1)
+            assert len(report.problems) == 1 and kept[0]["_id"] in report.problems[0]
+
+            store.insert_batch(kept[:1])
+            assert run_cli(settings, tmp_path) == 0
+            out = capsys.readouterr().out.splitlines()
+            assert any(line.split()[:2] == ["filtered", "3"] for line in out)
+        finally:
+            store.client.drop_database(settings.mongodb.database)

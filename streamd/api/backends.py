@@ -1,4 +1,8 @@
-"""The store and Kafka clients one API process talks to, built on first use and kept for its lifetime."""
+"""The store and Kafka clients one API process talks to, built on first use and kept for its lifetime.
+
+The store is one client and one MessageStore per collection the API reads: mongodb.collection first,
+then every collection a route stage names (config.stages), in config order.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamd.config import Config
 from streamd.kafka import client_settings
+from streamd.stages.spec import routed_collections
 from streamd.store import MessageStore
 
 
@@ -24,16 +29,31 @@ class Backends:
         self.config = config
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._store: MessageStore | None = None
+        self._stores: dict[str, MessageStore] | None = None
         self._kafka: AdminClient | None = None
+        # A route may name the main collection too; it is still read once, and first.
+        self.collections = tuple(dict.fromkeys((config.mongodb.collection, *routed_collections(config.stages))))
 
     @property
     def store(self) -> MessageStore:
+        """The main collection (mongodb.collection)."""
+        return self.stores[self.collections[0]]
+
+    @property
+    def stores(self) -> dict[str, MessageStore]:
+        """Collection name -> its MessageStore, for every name in `collections`, all sharing one client."""
         with self._lock:
             self._forget_if_forked()
-            if self._store is None:
-                self._store = MessageStore(self.config.mongodb)
-            return self._store
+            if self._stores is None:
+                main = MessageStore(self.config.mongodb)
+                self._stores = {main.name: main}
+                for name in self.collections[1:]:
+                    self._stores[name] = main.in_collection(name)
+            return self._stores
+
+    def store_of(self, collection: str | None) -> MessageStore:
+        """The store of one of `collections` (as a validated query names it), or the main one for None."""
+        return self.stores[collection or self.collections[0]]
 
     @property
     def kafka(self) -> AdminClient:
@@ -49,10 +69,11 @@ class Backends:
 
     def close(self) -> None:
         with self._lock:
-            if self._store is not None and self._pid == os.getpid():
-                self._store.close()
-            self._store = self._kafka = None
+            if self._stores is not None and self._pid == os.getpid():
+                for message_store in self._stores.values():
+                    message_store.close()  # only the main one owns the client
+            self._stores = self._kafka = None
 
     def _forget_if_forked(self) -> None:
         if self._pid != os.getpid():
-            self._pid, self._store, self._kafka = os.getpid(), None, None
+            self._pid, self._stores, self._kafka = os.getpid(), None, None

@@ -1,4 +1,9 @@
-"""GET /messages and GET /messages/{id}: stored messages, newest first, in cursor-paged lists."""
+"""GET /messages and GET /messages/{id}: stored messages, newest first, in cursor-paged lists.
+
+Both read the main collection unless `?collection=` names one a route stage writes; /messages/{id}
+without it looks in the main collection, then in each routed one. Every message carries `data`, the
+user's own fields ({} when it has none).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import falcon
 
 from streamd.api.backends import Backends
 from streamd.api.errors import MessageNotFound
-from streamd.api.params import Cursor, MessageQuery, parse_id, reject_unknown
+from streamd.api.params import Cursor, MessageQuery, parse_collection, parse_id, reject_unknown
 
 
 def iso(value: object) -> str | None:
@@ -34,7 +39,22 @@ def render(document: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(kafka, Mapping)
             else None
         ),
+        "data": plain(document.get("data") or {}),
     }
+
+
+def plain(value: Any) -> Any:
+    """A stored user value as JSON: times as the API writes them, BSON types JSON lacks (written by another
+    program than streamd, say an ObjectId) as their text."""
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    if isinstance(value, datetime):
+        return iso(value)
+    if value is None or isinstance(value, str | int | float):  # bool is an int
+        return value
+    return str(value)
 
 
 def time_limit_ms(backends: Backends) -> int:
@@ -49,9 +69,10 @@ class MessagesResource:
         self.backends = backends
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        query = MessageQuery.from_params(req.params)
+        query = MessageQuery.from_params(req.params, self.backends.collections)
         # One more than asked tells whether another page exists.
-        documents = self.backends.store.newest(query, query.limit + 1, time_limit_ms(self.backends))
+        message_store = self.backends.store_of(query.collection)
+        documents = message_store.newest(query, query.limit + 1, time_limit_ms(self.backends))
         page = documents[: query.limit]
         following = None
         if len(documents) > query.limit:
@@ -65,8 +86,14 @@ class MessageResource:
         self.backends = backends
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, message_id: str) -> None:
-        reject_unknown(req.params, ())
-        document = self.backends.store.by_id(parse_id(message_id), time_limit_ms(self.backends))
-        if document is None:
-            raise MessageNotFound(message_id)
-        resp.media = render(document)
+        reject_unknown(req.params, ("collection",))
+        wanted = parse_id(message_id)
+        collection = parse_collection(req.params, self.backends.collections)
+        stores = self.backends.stores
+        # On FerretDB every lookup scans its collection: looking in each one costs one scan per collection.
+        for name in (collection,) if collection else stores:
+            document = stores[name].by_id(wanted, time_limit_ms(self.backends))
+            if document is not None:
+                resp.media = render(document)
+                return
+        raise MessageNotFound(message_id)

@@ -2,11 +2,15 @@
 
 Every value ends as an int, a datetime or a plain str used as an equality value, so no request can
 smuggle an operator (`source[$ne]=x` is an unknown parameter, `$ne` as a value is just a string).
+User fields are filtered as `?data.<field>=<value>`: the field name must be one a stage could write
+(streamd.stages.spec.FIELD_NAME: no `$`, no `.`), and the value is a literal, compared as the string
+and, when it reads as one, as the JSON number or boolean it spells.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,8 +18,10 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from streamd.api.errors import InvalidParameter, UnknownParameters, shown
+from streamd.api.errors import BadParameters, InvalidParameter, UnknownParameters, shown
 from streamd.ids import is_stored_id
+from streamd.stages.spec import FIELD_NAME
+from streamd.store import DataValue
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -26,6 +32,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MILLISECOND = timedelta(milliseconds=1)
 _DIGITS = re.compile(r"[0-9]{1,4}")
 _CURSOR_TOKEN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_VALUE_LENGTH}}}")
+DATA_PREFIX = "data."
+MAX_DATA_FILTERS = 5  # each one filters the index walk of /messages; more would only make a scan
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_BSON_INT = range(-(2**63), 2**63)
 
 Params = Mapping[str, str | list[str]]
 
@@ -66,18 +76,22 @@ class Cursor:
 
 @dataclass(frozen=True)
 class MessageQuery:
-    """One page of GET /messages: newest first, optionally narrowed by source and time."""
+    """One page of GET /messages: newest first, optionally narrowed by source, time and user fields,
+    in one collection (None: mongodb.collection)."""
 
     limit: int = DEFAULT_LIMIT
     before: Cursor | None = None
     source: str | None = None
     since: datetime | None = None  # inclusive
     until: datetime | None = None  # exclusive
+    collection: str | None = None
+    data: tuple[tuple[str, tuple[DataValue, ...]], ...] = ()  # (user field, the values it may equal)
 
-    PARAMETERS = ("limit", "before", "source", "since", "until")
+    PARAMETERS = ("limit", "before", "source", "since", "until", "collection", "data.<field>")
 
     @classmethod
-    def from_params(cls, params: Params) -> MessageQuery:
+    def from_params(cls, params: Params, collections: Sequence[str] = ()) -> MessageQuery:
+        """The query of these parameters; `collections` are the names `collection` may take."""
         reject_unknown(params, cls.PARAMETERS)
         limit, before = single(params, "limit"), single(params, "before")
         source, since, until = single(params, "source"), single(params, "since"), single(params, "until")
@@ -87,13 +101,55 @@ class MessageQuery:
             source=source,
             since=None if since is None else parse_instant("since", since),
             until=None if until is None else parse_instant("until", until),
+            collection=parse_collection(params, collections),
+            data=parse_data_filters(params),
         )
 
 
 def reject_unknown(params: Params, known: Sequence[str]) -> None:
-    unknown = sorted(set(params) - set(known))
+    """Refuse parameters not in `known`; a `data.<field>` entry in it admits every name starting with `data.`,
+    which parse_data_filters then checks one by one."""
+    open_prefix = DATA_PREFIX if f"{DATA_PREFIX}<field>" in known else None
+    unknown = sorted(name for name in set(params) - set(known) if not (open_prefix and name.startswith(open_prefix)))
     if unknown:
         raise UnknownParameters(unknown, list(known))
+
+
+def parse_collection(params: Params, collections: Sequence[str]) -> str | None:
+    """The `collection` parameter: one of `collections` (the main one and those route stages name), or None."""
+    name = single(params, "collection")
+    if name is None or name in collections:
+        return name
+    raise InvalidParameter("collection", f"expected one of {', '.join(collections)}, got {shown(name)}.")
+
+
+def parse_data_filters(params: Params) -> tuple[tuple[str, tuple[DataValue, ...]], ...]:
+    """Every `data.<field>=<value>` parameter, sorted by name: field names a stage could write, literal values."""
+    names = sorted(name for name in params if name.startswith(DATA_PREFIX))
+    for name in names:
+        if not FIELD_NAME.fullmatch(name[len(DATA_PREFIX) :]):
+            # Named in full under `parameters`, shortened in the sentence: the name is the client's own text.
+            raise BadParameters(
+                "Invalid parameter",
+                f"{shown(name)}: expected data.<field> with a top-level field name (a letter or '_', then letters, "
+                "digits, '_' or '-', at most 128).",
+                [name],
+            )
+    if len(names) > MAX_DATA_FILTERS:
+        raise InvalidParameter(names[MAX_DATA_FILTERS], f"more than {MAX_DATA_FILTERS} data.<field> filters.")
+    return tuple((name[len(DATA_PREFIX) :], data_values(single(params, name) or "")) for name in names)
+
+
+def data_values(text: str) -> tuple[DataValue, ...]:
+    """What a user field must equal to match `text`: the string itself, and the number or boolean it spells."""
+    if text in ("true", "false"):
+        return text, text == "true"
+    if _JSON_NUMBER.fullmatch(text):
+        number: int | float = int(text) if text.lstrip("-").isdigit() else float(text)
+        # BSON holds 64-bit integers and finite doubles; a value beyond them can only match as a string.
+        if (isinstance(number, int) and number in _BSON_INT) or (isinstance(number, float) and math.isfinite(number)):
+            return text, number
+    return (text,)
 
 
 def single(params: Params, name: str) -> str | None:

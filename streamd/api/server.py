@@ -155,10 +155,11 @@ def worker_grace(supervisor_grace: float) -> int:
 
 
 # What the api child reads of the config: a reload that changes one of these restarts it.  It reads
-# the consumers' group for lag, the analytics section for /aggregates and the analyzer's lag, and the
-# graceful timeout to size Gunicorn's.
+# the consumers' group for lag, the graceful timeout to size Gunicorn's, the stages for the collections
+# route stages write (the names `?collection=` takes), and the analytics section for /aggregates and the
+# analyzer's lag.
 SECTIONS = frozenset(
-    {"kafka", "mongodb", "api", "analytics", "logging", "consumer.group", "supervisor.graceful_timeout"}
+    {"kafka", "mongodb", "api", "logging", "stages", "analytics", "consumer.group", "supervisor.graceful_timeout"}
 )
 
 

@@ -37,7 +37,7 @@ from pymongo.errors import PyMongoError
 from streamd.api.backends import Backends
 from streamd.api.errors import InvalidParameter
 from streamd.api.messages import render, time_limit_ms
-from streamd.api.params import Cursor, MessageQuery, parse_cursor, reject_unknown, single
+from streamd.api.params import Cursor, MessageQuery, parse_collection, parse_cursor, reject_unknown, single
 from streamd.config import ApiConfig
 from streamd.metrics import series
 
@@ -107,22 +107,26 @@ class StreamResource:
         self.streams = streams
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        reject_unknown(req.params, ("source",))
-        source = single(req.params, "source")
+        reject_unknown(req.params, ("source", "collection"))
+        query = MessageQuery(
+            limit=BACKLOG,
+            source=single(req.params, "source"),
+            collection=parse_collection(req.params, self.backends.collections),
+        )
         resume = self.last_event(req)
         # A refused feed must cost nothing: a busy worker answers before it asks the store anything.
         if not self.streams.acquire():
             raise StreamsBusy(self.streams.limit)
         try:
             # The first look happens before the 200: a store that is down is a 503 the browser can see.
-            first = self.newest(source)
+            first = self.newest(query)
         except BaseException:
             self.streams.release()
             raise
         resp.content_type = "text/event-stream"
         resp.cache_control = ["no-store"]
         resp.set_header("X-Accel-Buffering", "no")  # a reverse proxy must pass events on as they come
-        resp.stream = EventStream(self, source, resume, first, req.env.get("gunicorn.socket"))
+        resp.stream = EventStream(self, query, resume, first, req.env.get("gunicorn.socket"))
 
     def last_event(self, req: falcon.Request) -> Cursor | None:
         value = req.get_header("Last-Event-ID")
@@ -135,9 +139,8 @@ class StreamResource:
                 "Last-Event-ID", "is not an event id this API sent; reconnect without it to start afresh."
             ) from None
 
-    def newest(self, source: str | None) -> list[dict]:
-        query = MessageQuery(limit=BACKLOG, source=source)
-        return self.backends.store.newest(query, BACKLOG, time_limit_ms(self.backends))
+    def newest(self, query: MessageQuery) -> list[dict]:
+        return self.backends.store_of(query.collection).newest(query, BACKLOG, time_limit_ms(self.backends))
 
 
 class EventStream:
@@ -150,13 +153,13 @@ class EventStream:
     def __init__(
         self,
         resource: StreamResource,
-        source: str | None,
+        query: MessageQuery,
         resume: Cursor | None,
         first: list[dict],
         client: socket.socket | None = None,
     ) -> None:
         self.resource = resource
-        self.source = source
+        self.query = query
         self.resume = resume
         self.first = first
         self.client = client  # the viewer's connection, when the server says which (Gunicorn does)
@@ -204,7 +207,7 @@ class EventStream:
             if self.ended.wait(POLL_SECONDS):
                 return
             try:
-                documents = self.resource.newest(self.source)
+                documents = self.resource.newest(self.query)
             except PyMongoError as exc:
                 # The status line is long gone; ending lets the browser reconnect and meet a proper 503.
                 log.warning("/stream ends early: the store failed (%s)", type(exc).__name__)

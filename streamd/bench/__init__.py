@@ -6,6 +6,7 @@ locally when `stack.local` allows), in this order:
     backlog              N generated messages produced to a scratch topic
     ceilings             insert_many of the same documents; librdkafka reading the backlog; the naive loop
     pipeline runs        `streamd start` with 1, 2, 4… consumers draining the backlog (pipeline_runs)
+    stage cost           the same drain with a 4-stage chain and with none, back to back (stage_cost)
     latency              offered loads through one running pipeline (latency)
     API load             wrk against the Gunicorn API over a collection of known size (api_load)
 
@@ -24,10 +25,10 @@ from typing import Any
 
 import pymongo.errors
 
-from streamd.bench import api_load, ceilings, latency, pipeline_runs
+from streamd.bench import api_load, ceilings, latency, pipeline_runs, stage_cost
 from streamd.bench.report import Progress, render
 from streamd.bench.scratch import BenchError, Scratch
-from streamd.bench.supervised import SupervisedRun
+from streamd.bench.supervised import SupervisedRun, keep_largest
 from streamd.config import Config
 from streamd.kafka import ensure_topic
 
@@ -124,6 +125,10 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
     best = max(run["msgs_per_s"] for run in by_processes.values())
     ceiling = min(store, kafka)
 
+    stages, sizes = stage_cost.measure(scratch, backlog, ends, free_port, progress)
+    keep_largest(rss, sizes)
+    progress(f"stage cost: {stages['ratio']:.2f} times the rate without stages (target ≥ {stages['target']})")
+
     latency_figures = measure_latency(scratch, options, progress, rss)
     api_figures = measure_api(scratch, options, documents[: options.api_documents], progress, rss)
 
@@ -144,6 +149,7 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
         "pipeline_by_processes": by_processes,
         "pipeline_msgs_per_s": round(best, 1),
         "pipeline_vs_ceiling": round(best / ceiling, 3),
+        "stage_cost": stages,
         "latency_ms": latency_figures,
         "api": api_figures,
         "rss_mb": rss,
@@ -234,12 +240,6 @@ def wait_healthy(supervised: SupervisedRun, port: int) -> None:
 
 def with_topic(config: Config, topic: str) -> Config:
     return dataclasses.replace(config, kafka=dataclasses.replace(config.kafka, topic=topic))
-
-
-def keep_largest(into: dict[str, float], sizes: dict[str, float]) -> None:
-    """Each child's largest resident size seen at the end of any supervised run."""
-    for name, size in sizes.items():
-        into[name] = max(size, into.get(name, 0.0))
 
 
 def describe_store(info: dict) -> str:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from streamd.bench.scratch import BenchError, Scratch
 from streamd.bench.supervised import CommitWatch, SupervisedRun
 from streamd.config import Config
+from streamd.stages import routed_collections
 
 COMMIT_POLL = 0.02
 # The slowest rate at which a drain still counts as moving; below it the run is declared stalled.
@@ -26,7 +27,8 @@ class DrainResult:
     msgs_per_s: float  # messages committed after the first commit, over the time since it
     startup_s: float  # supervisor launch to the first commit
     wall_s: float  # supervisor launch to the last commit
-    stored: int  # documents in the store afterwards: the commits' promise, checked
+    stored: int  # documents in the store afterwards (every collection): the commits' promise, checked
+    routed: int = 0  # of those, the documents route stages put in other collections than the configured one
 
     def figures(self) -> dict:
         figures = asdict(self)
@@ -36,15 +38,24 @@ class DrainResult:
 
 
 def drain(
-    scratch: Scratch, topic: str, ends: dict[int, int], processes: int, api_port: int
+    scratch: Scratch,
+    topic: str,
+    ends: dict[int, int],
+    processes: int,
+    api_port: int,
+    *,
+    name: str | None = None,
+    stages: tuple[dict, ...] = (),
 ) -> tuple[DrainResult, dict[str, float]]:
     """Start a supervisor with `processes` consumers on the backlog of `topic`; time it until all is committed.
 
-    Returns the result and the resident memory of every child once the backlog is stored.
+    `name` (default pipeline-<processes>) names the run's group and collection; `stages` are the
+    consumers' stage chain. Every message must end up stored, so stages measured here must not filter
+    any out. Returns the result and the resident memory of every child once the backlog is stored.
     """
-    name = f"pipeline-{processes}"
+    name = name or f"pipeline-{processes}"
     config = scratch.config(
-        name, topic=topic, collection=name.replace("-", "_"), processes=processes, api_port=api_port
+        name, topic=topic, collection=name.replace("-", "_"), processes=processes, api_port=api_port, stages=stages
     )
     total = sum(ends.values())
     deadline = GRACE + total / MIN_RATE
@@ -66,13 +77,18 @@ def drain(
         if first is None:  # everything arrived in the first poll: too few messages to time
             first = (launched, 0)
         rss = run.rss_mb()
-    stored = count_stored(scratch, config)
+    counts = count_stored(scratch, config)
+    stored = sum(counts.values())
     if stored < total:
         raise BenchError(f"{processes} consumer(s) committed {total} messages but the store holds {stored}.")
     rate = (total - first[1]) / max(finished - first[0], 1e-9)
-    return DrainResult(processes, rate, first[0] - launched, finished - launched, stored), rss
+    routed = stored - counts[config.mongodb.collection]
+    return DrainResult(processes, rate, first[0] - launched, finished - launched, stored, routed), rss
 
 
-def count_stored(scratch: Scratch, config: Config) -> int:
+def count_stored(scratch: Scratch, config: Config) -> dict[str, int]:
+    """Documents in the configured collection and in each one the route stages name."""
+    names = dict.fromkeys([config.mongodb.collection, *routed_collections(config.stages)])
     with scratch.store() as client:
-        return client[config.mongodb.database][config.mongodb.collection].count_documents({})
+        database = client[config.mongodb.database]
+        return {name: database[name].count_documents({}) for name in names}

@@ -49,6 +49,17 @@ def render(figures: dict[str, Any]) -> str:
         )
     rows.append(("pipeline (best)", rate(figures["pipeline_msgs_per_s"])))
     rows.append(("pipeline vs ceiling", f"{figures['pipeline_vs_ceiling']:.2f}"))
+    stages = figures["stage_cost"]
+    for key, label in (("without_stages", "no stages"), ("with_stages", f"{len(stages['chain'])} stages")):
+        run = stages[key]
+        routed = f", {run['routed']:,} routed" if run["routed"] else ""
+        rows.append((f"drain, {stages['processes']} consumer process, {label}", f"{rate(run['msgs_per_s'])}{routed}"))
+    rows.append(
+        (
+            f"stage cost ({len(stages['chain'])} stages vs none)",
+            f"{stages['ratio']:.2f}  (target ≥ {stages['target']:.2f}; {', '.join(stages['chain'])})",
+        )
+    )
     for load, result in figures["latency_ms"].items():
         for path, label in LATENCY_ROWS:
             p = result[path]

@@ -53,11 +53,23 @@ class Scratch:
         self.groups.add(group)
         return group
 
-    def config(self, name: str, *, topic: str, collection: str, processes: int, api_port: int) -> Config:
+    def config(
+        self,
+        name: str,
+        *,
+        topic: str,
+        collection: str,
+        processes: int,
+        api_port: int,
+        stages: tuple[dict, ...] = (),
+    ) -> Config:
         """A complete pipeline config for one scratch supervisor: the user's settings, scratch names.
 
         The producer is off (the bench produces), the built-in schema applies (the bench's messages are
-        the generator's), the API binds loopback, and the supervisor starts no servers of its own.
+        the generator's), the user's stages are replaced by `stages` (none unless a phase measures them:
+        the user's could filter or route the bench's messages away), the analyzer is off (it would read
+        the same backlog and compete with the consumers being timed), the API binds loopback, and the
+        supervisor starts no servers of its own.
         """
         base = self.base
         return dataclasses.replace(
@@ -68,6 +80,8 @@ class Scratch:
             mongodb=dataclasses.replace(base.mongodb, database=self.database, collection=collection),
             producer=dataclasses.replace(base.producer, enabled=False),
             consumer=dataclasses.replace(base.consumer, processes=processes, group=self.group(name), schema=None),
+            stages=stages,
+            analytics=dataclasses.replace(base.analytics, enabled=False),
             api=dataclasses.replace(base.api, host="127.0.0.1", port=api_port),
             stack=dataclasses.replace(base.stack, local=False),
             state_dir=str(self.directory / name),

@@ -165,6 +165,12 @@ class CommitWatch:
         return self.seen_at[partition][index] if index < len(offsets) else None
 
 
+def keep_largest(into: dict[str, float], sizes: dict[str, float]) -> None:
+    """Each child's largest resident size seen at the end of any supervised run."""
+    for name, size in sizes.items():
+        into[name] = max(size, into.get(name, 0.0))
+
+
 def resident_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -13,12 +13,17 @@ exactly one of these counts:
                      coordinates and same Kafka timestamp (a topic deleted and recreated reuses offsets,
                      and an old dead letter must not vouch for a new message)
     not consumed yet none of the above, at or after the group's committed offset
-    missing          none of the above, before the group's committed offset: lost
+    filtered         none of the above, and a filter stage drops it (the stages configured now decide)
+    missing          none of the above: lost
 
-and, on top of that, `duplicated` counts messages delivered twice. The store's `_id` index is unique,
-so one id can never be stored twice; what can happen is a message that is stored *and* dead-lettered,
-and that is what `duplicated` counts. A message dead-lettered twice (the dead-letter topic is written at
-least once) is reported apart, as repeated dead letters, and is not a duplicate in the store.
+"The store" is every collection messages are written to: mongodb.collection and each one a route stage
+names; a message is stored when its id is in any of them.
+
+On top of that, `duplicated` counts messages delivered twice. The `_id` index of a collection is unique,
+so one id can never be stored twice in it; what can happen is a message stored *and* dead-lettered, or an
+id stored in two collections (routed one way, then another), and that is what `duplicated` counts.
+A message dead-lettered twice (the dead-letter topic is written at least once) is reported apart, as
+repeated dead letters, and is not a duplicate in the store.
 
 The reader is a throwaway consumer that assigns partitions itself: it never joins or commits for any
 group. The order of the snapshots matters: the group's committed offsets are read first, then the
@@ -33,8 +38,9 @@ forgotten before the next is read. Only the first EXAMPLES problems are remember
 
 How a window is checked depends on the store. MongoDB answers `$in` on `_id` from its index, so the
 ids go in batches of LOOKUP_BATCH and nothing else is read. FerretDB 1.x on SQLite has no index on
-`_id`: every lookup reads the whole collection, so there one scan of `_id` and `kafka` per window is
-by far the cheapest (a topic larger than WINDOW costs one scan per window: memory is bounded, time is not).
+`_id`: every lookup reads the whole collection, so there one scan of `_id` and `kafka` per window and
+collection is by far the cheapest (a topic larger than WINDOW costs one scan per window: memory is bounded,
+time is not).
 
 This module holds the check itself: the order of the snapshots, the store lookups and the classification.
 Reading the topic is in `topic`, the dead-letter index in `dead_letters`, what is printed in `report`.
@@ -55,9 +61,19 @@ from streamd.config import Config
 from streamd.group_offsets import partitions_of
 from streamd.ids import FALLBACK_PREFIX, legacy_offset_id
 from streamd.kafka import make_client
+from streamd.stages.spec import routed_collections
 from streamd.verify.dead_letters import DeadLetterIndex, read_dead_letters
 from streamd.verify.report import Progress, Reconciliation, VerifyError, print_report
-from streamd.verify.topic import KAFKA_TIMEOUT, READ_BATCH, Window, digest, offset_range, topic_partitions, windows
+from streamd.verify.topic import (
+    KAFKA_TIMEOUT,
+    READ_BATCH,
+    Window,
+    digest,
+    filter_check,
+    offset_range,
+    topic_partitions,
+    windows,
+)
 
 __all__ = ["DeadLetterIndex", "Reconciliation", "VerifyError", "print_report", "verify"]
 
@@ -89,6 +105,9 @@ def verify(
     # Asks where the group stands without joining it, and the partitions' watermarks.
     admin = make_client(AdminClient, config.kafka, "verify")
     message_store = store.MessageStore(config.mongodb)
+    stores = [message_store] + [
+        message_store.in_collection(name) for name in routed_collections(config.stages) if name != message_store.name
+    ]
     try:
         partitions = topic_partitions(reader, config, topic)
         if partitions is None:
@@ -102,11 +121,14 @@ def verify(
         report.repeated_dead_letters = dead_letters.repeats
         lookup = _lookup_for(message_store)
         total = sum(end - start for start, end in ranges.values())
-        for window in windows(reader, topic, ranges, show, total):
+        for window in windows(reader, topic, ranges, show, total, filter_check(config)):
             show(f"checking {len(window)} messages against the store", force=len(window) >= READ_BATCH)
-            found = lookup(message_store, {entry.id for entry in window} | _legacy_ids(window, topic))
-            elsewhere = {e.id for e in window if e.id in found and found[e.id] != (topic, e.partition, e.offset)}
-            contents = _contents(message_store, elsewhere) if elsewhere else {}
+            wanted = {entry.id for entry in window} | _legacy_ids(window, topic)
+            found = _find(stores, lookup, wanted)
+            elsewhere = {
+                e.id for e in window if e.id in found and not _holds(found, e.id, topic, e.partition, e.offset)
+            }
+            contents = _contents(stores, elsewhere) if elsewhere else {}
             _classify(window, topic, found, contents, committed, ranges, dead_letters, report)
         show(f"checked {report.checked} messages", force=report.checked >= READ_BATCH)
         return report
@@ -121,21 +143,39 @@ def verify(
         message_store.close()
 
 
-Found = dict[str, Coordinates | None]  # stored id -> the Kafka coordinates its document records
+InCollection = dict[str, Coordinates | None]  # stored id -> the Kafka coordinates its document records
+# stored id -> (collection, the Kafka coordinates its document there records), for each collection holding it
+Found = dict[str, list[tuple[str, Coordinates | None]]]
 
 
-def _lookup_for(message_store: store.MessageStore) -> Callable[[store.MessageStore, set[str]], Found]:
+def _lookup_for(message_store: store.MessageStore) -> Callable[[store.MessageStore, set[str]], InCollection]:
     return _scan if message_store.is_ferretdb() else _look_up
 
 
-def _look_up(message_store: store.MessageStore, ids: set[str]) -> Found:
+def _look_up(message_store: store.MessageStore, ids: set[str]) -> InCollection:
     """The stored ones among `ids`, asked LOOKUP_BATCH at a time (MongoDB reads them from the _id index)."""
     return {document["_id"]: _coordinates(document) for document in message_store.kafka_of(list(ids), LOOKUP_BATCH)}
 
 
-def _scan(message_store: store.MessageStore, ids: set[str]) -> Found:
+def _scan(message_store: store.MessageStore, ids: set[str]) -> InCollection:
     """The stored ones among `ids`, by one pass over the collection (for a store without an _id index)."""
     return {document["_id"]: _coordinates(document) for document in message_store.all_kafka() if document["_id"] in ids}
+
+
+def _find(
+    stores: list[store.MessageStore], lookup: Callable[[store.MessageStore, set[str]], InCollection], ids: set[str]
+) -> Found:
+    """The stored ones among `ids`, in every collection, the main one first."""
+    found: Found = {}
+    for message_store in stores:
+        for message_id, where in lookup(message_store, ids).items():
+            found.setdefault(message_id, []).append((message_store.name, where))
+    return found
+
+
+def _holds(found: Found, message_id: str, topic: str, partition: int, offset: int) -> bool:
+    """Whether a document with this id records these very coordinates, in any collection."""
+    return any(where == (topic, partition, offset) for _, where in found.get(message_id, ()))
 
 
 def _legacy_ids(window: Window, topic: str) -> set[str]:
@@ -143,12 +183,14 @@ def _legacy_ids(window: Window, topic: str) -> set[str]:
     return {legacy_offset_id(topic, e.partition, e.offset) for e in window if e.id.startswith(FALLBACK_PREFIX)}
 
 
-def _contents(message_store: store.MessageStore, ids: set[str]) -> dict[str, bytes]:
-    """The digest of the stored text and source of these ids: asked only for ids stored from another offset."""
-    return {
-        document["_id"]: digest(document.get("content"), document.get("source"))
-        for document in message_store.contents_of(list(ids), LOOKUP_BATCH)
-    }
+def _contents(stores: list[store.MessageStore], ids: set[str]) -> dict[str, set[bytes]]:
+    """The digests of the stored text and source of these ids, in every collection: asked only for ids stored
+    from another offset."""
+    contents: dict[str, set[bytes]] = {}
+    for message_store in stores:
+        for document in message_store.contents_of(list(ids), LOOKUP_BATCH):
+            contents.setdefault(document["_id"], set()).add(digest(document.get("content"), document.get("source")))
+    return contents
 
 
 def _coordinates(document: dict) -> Coordinates | None:
@@ -162,7 +204,7 @@ def _classify(
     window: Window,
     topic: str,
     found: Found,
-    contents: dict[str, bytes],
+    contents: dict[str, set[bytes]],
     committed: dict[int, int],
     ranges: dict[int, tuple[int, int]],
     dead_letters: DeadLetterIndex,
@@ -173,20 +215,25 @@ def _classify(
         report.checked += 1
         lettered = dead_letters.has(partition, offset, entry.timestamp_ms)
         here = (topic, partition, offset)
-        if found.get(message_id) == here or (
-            message_id.startswith(FALLBACK_PREFIX) and found.get(legacy_offset_id(*here)) == here
-        ):
+        stored_id = message_id
+        if message_id.startswith(FALLBACK_PREFIX) and not _holds(found, message_id, *here):
+            stored_id = legacy_offset_id(*here)
+        if _holds(found, stored_id, *here):
             report.stored += 1
+            at = f"{topic}[{partition}]@{offset} id {message_id}"
             if lettered:
                 report.duplicated += 1
-                report.note(f"duplicated: {topic}[{partition}]@{offset} id {message_id} is stored and dead-lettered")
+                report.note(f"duplicated: {at} is stored and dead-lettered")
+            if len(found[stored_id]) > 1:
+                report.duplicated += 1
+                report.note(f"duplicated: {at} is stored in {' and '.join(name for name, _ in found[stored_id])}")
         elif lettered:
             report.dead_lettered += 1
-        elif message_id in found and entry.digest is not None and contents.get(message_id) == entry.digest:
+        elif message_id in found and entry.digest is not None and entry.digest in contents.get(message_id, ()):
             report.repeated += 1
         elif message_id in found:
             report.conflicts += 1
-            where = found[message_id]
+            where = found[message_id][0][1]
             stored_at = f"{where[0]}[{where[1]}]@{where[2]}" if where else "outside streamd"
             report.note(
                 f"id conflict: {topic}[{partition}]@{offset} id {message_id} is not stored: "
@@ -194,6 +241,8 @@ def _classify(
             )
         elif offset >= committed.get(partition, ranges[partition][0]):
             report.pending += 1
+        elif entry.filtered:
+            report.filtered += 1
         else:
             report.missing += 1
             report.note(f"missing: {topic}[{partition}]@{offset} id {message_id}")

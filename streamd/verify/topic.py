@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streamd.config import Config
 from streamd.kafka import KafkaUnavailable
-from streamd.pipeline import document_id
+from streamd.pipeline import Pipeline, document_id
 from streamd.verify.report import Progress, VerifyError
 
 WINDOW = 100_000  # messages held at once (~200 bytes each) between reading Kafka and asking the store
@@ -68,9 +68,25 @@ class Entry:
     id: str
     timestamp_ms: int | None
     digest: bytes | None  # of its text and source (None when it has none): tells a repeat from a conflict
+    filtered: bool = False  # a filter stage drops it: neither stored nor dead-lettered, and rightly so
 
 
 Window = list[Entry]
+Dropped = Callable[[Message], bool]
+
+
+def filter_check(config: Config) -> Dropped | None:
+    """Whether the configured stages drop a message (a filter stage), or None when no stage filters.
+
+    The message goes through the consumers' own pipeline, alone in its batch, so the answer is theirs. It is
+    asked of every message as it is read (the body is not kept for later), which costs a pass of the stages
+    per message only when some stage filters. It judges with the stages configured now, not those of the
+    consumers that read the message, should they have changed since.
+    """
+    if not any(stage["kind"] == "filter" for stage in config.stages):
+        return None
+    pipeline = Pipeline.from_config(config)
+    return lambda message: sum(pipeline.batch([message]).filtered.values()) > 0
 
 
 def digest(content: object, source: object) -> bytes:
@@ -84,9 +100,16 @@ def _message_digest(payload: object) -> bytes | None:
 
 
 def windows(
-    reader: Consumer, topic: str, ranges: dict[int, tuple[int, int]], show: Progress, total: int
+    reader: Consumer,
+    topic: str,
+    ranges: dict[int, tuple[int, int]],
+    show: Progress,
+    total: int,
+    dropped: Dropped | None = None,
 ) -> Iterator[Window]:
-    """An Entry for every message in range, at most WINDOW at a time; values are parsed and let go."""
+    """An Entry for every message in range, at most WINDOW at a time; values are parsed and let go.
+
+    `dropped` (see filter_check) marks the messages the stages filter out."""
     window: Window = []
     read = 0
     for partition, (start, end) in ranges.items():
@@ -105,6 +128,7 @@ def windows(
                         document_id(payload, topic, partition, offset),
                         None if kind == TIMESTAMP_NOT_AVAILABLE else stamp,
                         _message_digest(payload),
+                        dropped is not None and dropped(message),
                     )
                 )
                 if len(window) >= WINDOW:

@@ -1,0 +1,72 @@
+"""What the stages cost: the backlog drained with a realistic 4-stage chain, next to the same drain with none.
+
+Both drains run back to back in the same bench run, on the same backlog, store and consumer count, so
+the ratio compares like with like on a shared machine. One consumer process: it is where the
+consumer's own per-message work (which the stages add to) shows most, and on FerretDB/SQLite it is
+also the fastest configuration (see the README's Performance section).
+
+The chain does what a user's would, on the generator's messages: a filter, a `set` with arithmetic
+and string functions, a rename, and a route sending one message in ten to a second collection. The
+filter keeps every bench message on purpose: a chain that dropped some would write less and look
+cheaper than the stages are, and the drain checks that every committed message is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from streamd.bench import pipeline_runs
+from streamd.bench.scratch import Scratch
+from streamd.bench.supervised import keep_largest
+
+PROCESSES = 1
+TARGET = 0.85  # issue 10: throughput with the chain at least 0.85 times the throughput without
+ROUTED_COLLECTION = "stages_routed"
+CHAIN: tuple[dict, ...] = (
+    {"name": "not-debug", "kind": "filter", "where": 'source != "debug" and not text.startswith("DEBUG")'},
+    {
+        "name": "enrich",
+        "kind": "set",
+        "fields": {
+            "origin": "upper(source)",
+            "words": 'len(text.split(" "))',
+            "score": "round(len(text) * 1.5 + kafka.partition / 4, 2)",
+        },
+    },
+    {"name": "tidy", "kind": "rename", "fields": {"words": "word_count"}},
+    {"name": "sample", "kind": "route", "where": "kafka.offset % 10 == 0", "collection": ROUTED_COLLECTION},
+)
+
+
+def measure(
+    scratch: Scratch, topic: str, ends: dict[int, int], port: Callable[[], int], progress: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Drain the backlog of `topic` without stages, then with CHAIN: both rates and their ratio, and the
+    largest resident size of each child. `port` gives a free port for each run's API."""
+    runs: dict[str, pipeline_runs.DrainResult] = {}
+    rss: dict[str, float] = {}
+    for label, stages in (("none", ()), ("chain", CHAIN)):
+        progress(
+            f"stage cost: {PROCESSES} consumer process, {label_of(stages)}, draining {sum(ends.values()):,} messages"
+        )
+        result, sizes = pipeline_runs.drain(
+            scratch, topic, ends, PROCESSES, port(), name=f"stages-{label}", stages=stages
+        )
+        runs[label] = result
+        keep_largest(rss, sizes)
+        progress(f"  {result.msgs_per_s:,.0f} msg/s, {result.routed:,} routed to {ROUTED_COLLECTION}")
+    ratio = runs["chain"].msgs_per_s / max(runs["none"].msgs_per_s, 1e-9)
+    figures = {
+        "processes": PROCESSES,
+        "chain": [f"{stage['name']} ({stage['kind']})" for stage in CHAIN],
+        "without_stages": runs["none"].figures(),
+        "with_stages": runs["chain"].figures(),
+        "ratio": round(ratio, 3),
+        "target": TARGET,
+    }
+    return figures, rss
+
+
+def label_of(stages: tuple[dict, ...]) -> str:
+    return f"{len(stages)} stages" if stages else "no stages"
