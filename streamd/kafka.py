@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamd.config import Config, ConfigError, KafkaConfig
@@ -91,6 +91,33 @@ def make_client(
         return kind(client_settings(settings, role, required, defaults))
     except KafkaException as exc:
         raise ConfigError(f"kafka.client: librdkafka refused the {role} settings ({exc.args[0].str()}).") from None
+
+
+def group_member(settings: KafkaConfig, role: str, group: str, on_commit: Callable[..., None]) -> Consumer:
+    """A Consumer of `group` that commits by hand, as every streamd consumer group does (consumers, analyzer)."""
+    return make_client(
+        Consumer,
+        settings,
+        role,
+        {
+            "group.id": group,
+            "enable.auto.commit": False,
+            "on_commit": on_commit,
+            # librdkafka hands over an event instead of moving a partition by itself; streamd.offsets
+            # decides where it restarts, and says so when the topic was recreated.
+            "auto.offset.reset": "error",
+            # Incremental rebalancing: a member joining or leaving moves only the partitions that must
+            # move, instead of stopping the whole group.
+            "partition.assignment.strategy": "cooperative-sticky",
+        },
+        defaults={
+            # A member killed outright (SIGKILL, OOM) leaves its partitions idle until its session times
+            # out: the supervisor restarts it within a second, but as a new member. librdkafka's 45 s suits
+            # far-away cloud brokers; heartbeats come from librdkafka's own thread, so a busy batch never
+            # delays them. kafka.client can set another value.
+            "session.timeout.ms": 10_000,
+        },
+    )
 
 
 def ensure_topic(config: Config, name: str, partitions: int | None = None, timeout: float = TOPIC_TIMEOUT) -> bool:

@@ -12,13 +12,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import falcon.testing
 import pytest
 
 from streamd import config as config_module
 from streamd.config import Config
 from streamd.store import MessageStore
 
-from .probes import STACK_STATE_DIR, free_port
+from .probes import STACK_STATE_DIR, api_client, free_port
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,6 +73,20 @@ def pipeline_config(local_stack: Config, tmp_path: Path) -> Config:
 def offline(tmp_path: Path) -> Config:
     """A config for parts tested without servers: its state is this test's own and nothing is ever contacted."""
     return config_module.from_mapping({"state_dir": str(tmp_path / "state")}, label="offline test config")
+
+
+@pytest.fixture
+def offline_client() -> Iterator[falcon.testing.TestClient]:
+    """An API whose store and Kafka are closed loopback ports: a request that must be refused is refused
+    before either is asked (one that slipped through validation would answer 503)."""
+    config = config_module.from_mapping(
+        {
+            "kafka": {"brokers": f"127.0.0.1:{free_port()}"},
+            "mongodb": {"uri": f"mongodb://127.0.0.1:{free_port()}", "timeout_ms": 200},
+        }
+    )
+    with api_client(config) as test_client:
+        yield test_client
 
 
 @pytest.fixture

@@ -77,19 +77,6 @@ def client(pipeline_config: Config, store: MessageStore) -> Iterator[falcon.test
         yield test_client
 
 
-@pytest.fixture
-def offline_client() -> Iterator[falcon.testing.TestClient]:
-    """An API whose store and Kafka are closed loopback ports."""
-    config = config_module.from_mapping(
-        {
-            "kafka": {"brokers": f"127.0.0.1:{free_port()}"},
-            "mongodb": {"uri": f"mongodb://127.0.0.1:{free_port()}", "timeout_ms": 200},
-        }
-    )
-    with api_client(config) as test_client:
-        yield test_client
-
-
 def ids(body: dict) -> list[str]:
     return [item["id"] for item in body["data"]]
 

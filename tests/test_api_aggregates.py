@@ -16,14 +16,13 @@ import falcon.testing
 import pytest
 from confluent_kafka import Producer
 
-from streamd import config as config_module
 from streamd.analyzer.aggregates import Aggregates
 from streamd.analyzer.windows import WindowSpec, by_window, contributions
 from streamd.config import Config
 from streamd.kafka import ensure_topic
 from streamd.store import MessageStore
 
-from .probes import api_client, free_port
+from .probes import api_client
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -66,18 +65,6 @@ def client(analytics_config: Config) -> Iterator[falcon.testing.TestClient]:
         aggregates = Aggregates(store.in_collection(analytics_config.analytics.collection))
         aggregates.absorb(by_window(contributions(documents, WindowSpec.from_config(analytics_config.analytics), {})))
     with api_client(analytics_config) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def offline_client() -> Iterator[falcon.testing.TestClient]:
-    config = config_module.from_mapping(
-        {
-            "kafka": {"brokers": f"127.0.0.1:{free_port()}"},
-            "mongodb": {"uri": f"mongodb://127.0.0.1:{free_port()}", "timeout_ms": 200},
-        }
-    )
-    with api_client(config) as test_client:
         yield test_client
 
 

@@ -27,7 +27,7 @@ from streamd.config import Config, ConfigError
 from streamd.consumer.book import OffsetBook, Partition
 from streamd.consumer.hold import PartitionHold
 from streamd.consumer.sink import retry
-from streamd.kafka import ensure_topic, make_client
+from streamd.kafka import ensure_topic, group_member
 from streamd.lifecycle import Shutdown
 from streamd.metrics import series
 from streamd.outage import Outage
@@ -106,19 +106,7 @@ class Analyzer:
             if analyzer is not None:
                 analyzer.book.on_commit(error, partitions)
 
-        consumer = make_client(
-            Consumer,
-            config.kafka,
-            "analyzer",
-            {
-                "group.id": config.analytics.group,
-                "enable.auto.commit": False,
-                "on_commit": on_commit,
-                "auto.offset.reset": "error",  # streamd.offsets decides, as for the consumers
-                "partition.assignment.strategy": "cooperative-sticky",
-            },
-            defaults={"session.timeout.ms": 10_000},  # see streamd.consumer.loop
-        )
+        consumer = group_member(config.kafka, "analyzer", config.analytics.group, on_commit)
         try:
             quarantine = Quarantine(config.state_path / "analyzer")
         except OSError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import falcon
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from streamd import control
-from streamd.api.lag import GroupLag, KafkaUnreadable
+from streamd.api.lag import GroupLag, KafkaReading, KafkaUnreadable, PartitionLag
 from streamd.api.params import reject_unknown
 from streamd.children import ChildState
 from streamd.config import Config
@@ -28,31 +28,43 @@ from streamd.metrics import exposition, series
 log = logging.getLogger("streamd.api")
 
 
+def _reading(lag: GroupLag, what: str) -> KafkaReading | None:
+    try:
+        return lag.read()
+    except KafkaUnreadable as exc:
+        log.warning("/metrics without %s: %s", what, exc)
+        return None
+
+
+def _per_partition(
+    name: str, doc: str, reading: KafkaReading, value: Callable[[PartitionLag], float]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=["topic", "partition"])
+    for partition in reading.partitions:
+        family.add_metric([partition.topic, str(partition.partition)], value(partition))
+    return family
+
+
 class LagCollector(Collector):
     def __init__(self, lag: GroupLag) -> None:
         self.lag = lag
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            reading = self.lag.read()
-        except KafkaUnreadable as exc:
-            log.warning("/metrics without consumer lag: %s", exc)
+        reading = _reading(self.lag, "consumer lag")
+        if reading is None:
             return
-        lag = GaugeMetricFamily(
+        yield _per_partition(
             "streamd_consumer_lag_messages",
             "Messages in the partition not yet stored: log end offset minus the group's committed offset.",
-            labels=["topic", "partition"],
+            reading,
+            lambda partition: partition.lag,
         )
-        beyond = GaugeMetricFamily(
+        yield _per_partition(
             "streamd_consumer_offsets_beyond_end",
             "1 while the group's committed offset is beyond the partition's log end (the topic was recreated).",
-            labels=["topic", "partition"],
+            reading,
+            lambda partition: 1.0 if partition.beyond_end else 0.0,
         )
-        for partition in reading.partitions:
-            lag.add_metric([partition.topic, str(partition.partition)], partition.lag)
-            beyond.add_metric([partition.topic, str(partition.partition)], 1.0 if partition.beyond_end else 0.0)
-        yield lag
-        yield beyond
         yield GaugeMetricFamily(
             "streamd_dead_letter_topic_messages",
             "Messages held by the dead-letter topic (within its retention).",
@@ -67,20 +79,15 @@ class AnalyzerLagCollector(Collector):
         self.lag = lag
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            reading = self.lag.read()
-        except KafkaUnreadable as exc:
-            log.warning("/metrics without the analyzer's lag: %s", exc)
-            return
-        lag = GaugeMetricFamily(
-            "streamd_analyzer_lag_messages",
-            "Messages in the partition the analyzer has not absorbed into its windows yet: log end offset minus "
-            "the analytics group's committed offset.",
-            labels=["topic", "partition"],
-        )
-        for partition in reading.partitions:
-            lag.add_metric([partition.topic, str(partition.partition)], partition.lag)
-        yield lag
+        reading = _reading(self.lag, "the analyzer's lag")
+        if reading is not None:
+            yield _per_partition(
+                "streamd_analyzer_lag_messages",
+                "Messages in the partition the analyzer has not absorbed into its windows yet: log end offset "
+                "minus the analytics group's committed offset.",
+                reading,
+                lambda partition: partition.lag,
+            )
 
 
 class SupervisorCollector(Collector):

@@ -13,7 +13,7 @@ from streamd.consumer.counts import ConsumerCounters
 from streamd.consumer.hold import PartitionHold
 from streamd.consumer.sink import Sink
 from streamd.dead_letter import DeadLetterQueue
-from streamd.kafka import ensure_topic, make_client
+from streamd.kafka import ensure_topic, group_member
 from streamd.lifecycle import Shutdown
 from streamd.pipeline import MessageBatch, Pipeline
 from streamd.quarantine import Quarantine
@@ -61,29 +61,7 @@ class BatchConsumer:
             if batches is not None:
                 batches.book.on_commit(error, partitions)
 
-        consumer = make_client(
-            Consumer,
-            config.kafka,
-            "consumer",
-            {
-                "group.id": config.consumer.group,
-                "enable.auto.commit": False,
-                "on_commit": on_commit,
-                # librdkafka hands over an event instead of moving a partition by itself; streamd.offsets
-                # decides where it restarts, and says so when the topic was recreated.
-                "auto.offset.reset": "error",
-                # Incremental rebalancing: a consumer joining or leaving moves only the partitions that
-                # must move, instead of stopping the whole group.
-                "partition.assignment.strategy": "cooperative-sticky",
-            },
-            defaults={
-                # A consumer killed outright (SIGKILL, OOM) leaves its partitions idle until its session
-                # times out: the supervisor restarts it within a second, but as a new member. librdkafka's
-                # 45 s suits far-away cloud brokers; heartbeats come from librdkafka's own thread, so a busy
-                # batch never delays them. kafka.client can set another value.
-                "session.timeout.ms": 10_000,
-            },
-        )
+        consumer = group_member(config.kafka, "consumer", config.consumer.group, on_commit)
         # Before joining the group, so that what a dead consumer had in flight is suspect before it is fetched
         # again; last, so that nothing failing after it leaves this consumer's record behind.
         quarantine = Quarantine.open(config.state_path)
