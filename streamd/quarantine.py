@@ -70,17 +70,19 @@ class Quarantine:
         self._loaded: tuple[int, int, int] | None = None  # (inode, mtime, size) of the suspects record read
 
     @classmethod
-    def open(cls, state_path: Path) -> Quarantine:
+    def open(cls, state_path: Path, group: str = "consumers") -> Quarantine:
         """This consumer's record, after taking over the records of consumers that died.
 
-        A state dir the consumer cannot write is the operator's to fix: a ConfigError sentence, not a traceback.
+        `group` names the directory of the state dir shared by the members of one consumer group (the
+        analyzer's suspects are not the consumers'). A state dir the consumer cannot write is the
+        operator's to fix: a ConfigError sentence, not a traceback.
         """
-        directory = state_path / "consumers"
+        directory = state_path / group
         try:
             quarantine = cls(directory)
         except OSError as exc:
             raise ConfigError(
-                f"state_dir: {directory} cannot hold the consumers' in-flight records ({exc.strerror}); "
+                f"state_dir: {directory} cannot hold the in-flight records of the {group} ({exc.strerror}); "
                 "point state_dir at a directory streamd can write."
             ) from None
         quarantine.adopt_dead_records()

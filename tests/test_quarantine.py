@@ -231,5 +231,5 @@ def test_one_kill_in_the_middle_of_a_batch_quarantines_nothing(tmp_path, pipelin
 def test_a_state_dir_that_cannot_be_written_is_a_config_error_sentence(tmp_path: Path):
     blocked = tmp_path / "state"
     blocked.write_text("a file where the state directory should be")
-    with pytest.raises(ConfigError, match=r"state_dir: .*consumers cannot hold the consumers' in-flight records"):
+    with pytest.raises(ConfigError, match=r"state_dir: .*consumers cannot hold the in-flight records"):
         Quarantine.open(blocked)

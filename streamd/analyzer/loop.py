@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from streamd import offsets, store
 from streamd.analyzer.aggregates import Aggregates
 from streamd.analyzer.windows import Contribution, WindowSpec, by_window, contributions
-from streamd.config import Config, ConfigError
+from streamd.config import Config
 from streamd.consumer.book import OffsetBook, Partition
 from streamd.consumer.hold import PartitionHold
 from streamd.consumer.sink import retry
@@ -107,14 +107,7 @@ class Analyzer:
                 analyzer.book.on_commit(error, partitions)
 
         consumer = group_member(config.kafka, "analyzer", config.analytics.group, on_commit)
-        try:
-            quarantine = Quarantine(config.state_path / "analyzer")
-        except OSError as exc:
-            raise ConfigError(
-                f"state_dir: {config.state_path} cannot hold the analyzer's in-flight records ({exc.strerror}); "
-                "point state_dir at a directory streamd can write."
-            ) from None
-        quarantine.adopt_dead_records()
+        quarantine = Quarantine.open(config.state_path, "analyzer")
         analyzer = cls(config, consumer, aggregates, shutdown, quarantine)
         hold = analyzer.hold
         consumer.subscribe(
