@@ -142,10 +142,11 @@ def read_all(brokers: str, topic: str) -> list[Message]:
 
 
 @contextlib.contextmanager
-def consumer_running(settings: Config) -> Iterator[list[int]]:
-    """consumer.run in a thread, stopped like a SIGTERM would at the end; yields where its exit code lands."""
+def consumer_running(settings: Config, target: Callable[[Config, Shutdown], int] = run_consumer) -> Iterator[list[int]]:
+    """consumer.run (or another group member's run, e.g. the analyzer's) in a thread, stopped like a SIGTERM
+    would at the end; yields where its exit code lands."""
     shutdown, outcome = Shutdown(), []
-    child = threading.Thread(target=lambda: outcome.append(run_consumer(settings, shutdown)), name="consumer")
+    child = threading.Thread(target=lambda: outcome.append(target(settings, shutdown)), name="consumer")
     child.start()
     try:
         yield outcome

@@ -20,10 +20,11 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from streamd.analyzer import run as run_analyzer
 from streamd.config import Config
 from streamd.store import MessageStore
 
-from .probes import all_committed, committed, partitions, read_all, wait_until
+from .probes import all_committed, committed, consumer_running, free_port, logged, partitions, read_all, wait_until
 from .supervisor_process import api_url, get_json, start_streamd
 
 MESSAGES = 50_000
@@ -198,3 +199,22 @@ def test_the_stream_time_is_committed_beside_the_offset(analytics_config: Config
     )
     times = [orjson.loads(tp.metadata)["stream_time_us"] for tp in found if tp.offset > 0]
     assert times and max(times) == int(latest.timestamp()) * 1_000_000 + latest.microsecond
+
+
+def test_while_the_store_is_away_the_analyzer_holds_its_batch_commits_nothing_and_stops_cleanly(
+    analytics_config: Config, caplog
+):
+    settings = analytics_config
+    produce(settings, 0, 300, datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
+    unreachable = dataclasses.replace(settings.mongodb, uri=f"mongodb://127.0.0.1:{free_port()}", timeout_ms=200)
+    progress_of = as_analyzer_group(settings)
+    with consumer_running(dataclasses.replace(settings, mongodb=unreachable), run_analyzer) as outcome:
+        wait_until(lambda: logged(caplog.messages, "store unavailable", "window updates"), what="the analyzer holding")
+        assert committed(progress_of) == {}, "nothing is committed while its windows are unwritten"
+    assert outcome == [0]
+    assert committed(progress_of) == {}
+
+    with consumer_running(settings, run_analyzer):
+        wait_until(lambda: all_committed(progress_of), what="the analyzer caught up", timeout=60)
+    windows = stored_windows(settings)
+    assert sum(v for k, v in windows.items() if k[0] == "1m") == 300, "each message once, on time or late"
