@@ -165,7 +165,8 @@ def test_the_dashboard_shows_the_pipeline_live_in_a_browser(pipeline, browser, p
     wait_for_page(page, "n => document.querySelectorAll('#children tr .state').length === n", children)
     assert page.locator("#children").inner_text().count("RUNNING") == children
     assert page.locator("#partitions tr").count() == 3
-    assert int(page.locator("#total").inner_text().replace(",", "").replace("\u202f", "")) > 0
+    # /stats may have been computed just before the first messages were stored: wait for a later one.
+    wait_for_page(page, "() => Number(document.getElementById('total').textContent.replace(/\\D/g, '')) > 0")
 
     # The source filter narrows the list to that source.
     source = "dashboard-test"
