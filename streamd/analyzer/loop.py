@@ -15,7 +15,7 @@ consumers dead-letter it themselves).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -42,21 +42,33 @@ COMMITTED_TIMEOUT = 10.0  # reading a partition's committed stream time from the
 @dataclass
 class AnalyzerCounters:
     consumed: int = 0
-    absorbed: int = 0  # messages taken into their windows, on time
-    late: int = 0  # messages past their window's allowed lateness, counted as late
+    absorbed: int = 0  # messages taken into their windows, on time in every window length
+    late: int = 0  # messages past the allowed lateness in at least one window length
     writes: int = 0  # window document updates
 
-    def add(self, consumed: int, found: list[Contribution], writes: int, windows: int) -> None:
-        late = sum(c.late for c in found) // windows
+    def add(self, consumed: int, found: list[Contribution], writes: int) -> None:
+        messages = {(c.partition, c.offset) for c in found}
+        late = len({(c.partition, c.offset) for c in found if c.late})
         self.consumed += consumed
+        self.absorbed += len(messages) - late
         self.late += late
-        self.absorbed += len(found) // windows - late
         self.writes += writes
-        series.ANALYZER_ABSORBED.inc(len(found) // windows - late)
+        series.ANALYZER_ABSORBED.inc(len(messages) - late)
         series.ANALYZER_LATE.inc(late)
 
     def __str__(self) -> str:
         return f"consumed {self.consumed}, absorbed {self.absorbed}, late {self.late}, window writes {self.writes}"
+
+
+@dataclass
+class InHand:
+    """A batch between its fetch and its commit: its contributions, what its windows still owe, the writes done."""
+
+    batch: MessageBatch
+    times: dict[int, int] | None = None  # partition -> stream time after the batch; None until computed
+    found: list[Contribution] = field(default_factory=list)
+    pending: dict[str, list[Contribution]] = field(default_factory=dict)  # window id -> not yet written
+    writes: int = 0
 
 
 def encode_stream_time(micros: int) -> str:
@@ -77,11 +89,17 @@ class Analyzer:
     """Consumes the topic in the analytics group and keeps the window documents exactly once in effect."""
 
     def __init__(
-        self, config: Config, consumer: Consumer, aggregates: Aggregates, shutdown: Shutdown, quarantine: Quarantine
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        consumer: Consumer,
+        aggregates: Aggregates,
+        shutdown: Shutdown,
+        quarantine: Quarantine,
     ) -> None:
         self.batch_size = config.consumer.batch_size
         self.batch_timeout = config.consumer.batch_timeout_ms / 1000
-        self.pipeline = Pipeline.from_config(config)
+        self.pipeline = pipeline
         self.spec = WindowSpec.from_config(config.analytics)
         self.consumer = consumer
         self.aggregates = aggregates
@@ -96,7 +114,7 @@ class Analyzer:
 
     @classmethod
     def open(cls, config: Config, shutdown: Shutdown) -> Analyzer:
-        Pipeline.from_config(config)  # first, so a bad consumer.schema fails before anything opens
+        pipeline = Pipeline.from_config(config)  # first, so a bad consumer.schema fails before anything opens
         ensure_topic(config, config.kafka.topic)
         messages = store.MessageStore(config.mongodb)
         aggregates = Aggregates(messages.in_collection(config.analytics.collection))
@@ -108,7 +126,7 @@ class Analyzer:
 
         consumer = group_member(config.kafka, "analyzer", config.analytics.group, on_commit)
         quarantine = Quarantine.open(config.state_path, "analyzer")
-        analyzer = cls(config, consumer, aggregates, shutdown, quarantine)
+        analyzer = cls(config, pipeline, consumer, aggregates, shutdown, quarantine)
         hold = analyzer.hold
         consumer.subscribe(
             [config.kafka.topic], on_assign=hold.on_assign, on_revoke=hold.on_revoke, on_lost=hold.on_lost
@@ -166,48 +184,48 @@ class Analyzer:
         return delivered
 
     def deliver(self, batch: MessageBatch) -> bool:
-        """Stream times, contributions, window writes, waiting while the store or the coordinator is away."""
-        state: dict[str, object] = {}
-
-        def attempt() -> bool:
-            self.drop_moved(batch)
-            if not batch.next_offsets:
-                return True  # every partition moved: nothing of this batch is ours to write
-            if "pending" not in state:
-                if not self.read_stream_times(set(batch.next_offsets)):
-                    return False
-                times = {p: t for (_, p), t in self.stream_times.items() if t is not None}
-                found = contributions(batch.documents, self.spec, times)
-                state.update(pending=by_window(found), found=found, times=times)
-            pending = state["pending"]
-            try:
-                writes = self.aggregates.absorb(pending)  # type: ignore[arg-type]
-            except store.UNAVAILABLE as exc:
-                if self.store_outage.failed():
-                    log.warning(
-                        "store unavailable (%s); holding %d window updates, partitions paused, retrying with backoff",
-                        type(exc).__name__,
-                        len(pending),  # type: ignore[arg-type]
-                    )
-                return False
-            if (recovery := self.store_outage.recovered()) is not None:
-                log.info("store is back after %.1fs; resuming", recovery.seconds)
-            state["writes"] = writes
-            return True
-
-        if not retry(attempt, self.hold.wait):
+        """Stream times, contributions, window writes, waiting while the store or the coordinator is away;
+        then the offsets are booked with the stream times. False when a stop request came first."""
+        hand = InHand(batch)
+        if not retry(lambda: self.attempt(hand), self.hold.wait):
             log.warning("stopping with window updates unwritten; their messages stay uncommitted for a replay")
             return False
-        if "pending" not in state or not batch.next_offsets:
-            return True
-        times: dict[int, int] = state["times"]  # type: ignore[assignment]
+        if hand.times is None or not batch.next_offsets:
+            return True  # every partition moved away before anything was written
         metadata = {}
         for key in batch.next_offsets:
-            self.stream_times[key] = times.get(key[1])
-            if times.get(key[1]) is not None:
-                metadata[key] = encode_stream_time(times[key[1]])
+            stream_time = hand.times.get(key[1])
+            self.stream_times[key] = stream_time
+            if stream_time is not None:
+                metadata[key] = encode_stream_time(stream_time)
         self.book.finished(batch.next_offsets, metadata)
-        self.counters.add(len(batch), state["found"], state["writes"], len(self.spec.windows))  # type: ignore[arg-type]
+        self.counters.add(len(batch), hand.found, hand.writes)
+        return True
+
+    def attempt(self, hand: InHand) -> bool:
+        """One try at writing what the batch in hand still owes its windows."""
+        batch = hand.batch
+        self.drop_moved(batch)
+        if not batch.next_offsets:
+            return True  # every partition moved: nothing of this batch is ours to write
+        if hand.times is None:
+            if not self.read_stream_times(set(batch.next_offsets)):
+                return False
+            hand.times = {p: t for (_, p), t in self.stream_times.items() if t is not None}
+            hand.found = contributions(batch.documents, self.spec, hand.times)
+            hand.pending = by_window(hand.found)
+        try:
+            hand.writes += self.aggregates.absorb(hand.pending)
+        except store.UNAVAILABLE as exc:
+            if self.store_outage.failed():
+                log.warning(
+                    "store unavailable (%s); holding %d window updates, partitions paused, retrying with backoff",
+                    type(exc).__name__,
+                    len(hand.pending),
+                )
+            return False
+        if (recovery := self.store_outage.recovered()) is not None:
+            log.info("store is back after %.1fs; resuming", recovery.seconds)
         return True
 
     def drop_moved(self, batch: MessageBatch) -> None:

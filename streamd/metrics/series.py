@@ -75,10 +75,12 @@ END_TO_END_SECONDS = Histogram(
 # --- analyzer ---------------------------------------------------------------------------------------
 
 ANALYZER_ABSORBED = Counter(
-    "streamd_analyzer_messages_absorbed", "Messages the analyzer took into their windows (per message, not per window)."
+    "streamd_analyzer_messages_absorbed",
+    "Messages the analyzer took into their windows, on time in every window length.",
 )
 ANALYZER_LATE = Counter(
-    "streamd_analyzer_messages_late", "Messages past their window's allowed lateness, counted in the window's `late`."
+    "streamd_analyzer_messages_late",
+    "Messages past the allowed lateness of at least one of their windows, counted in its `late`.",
 )
 
 # --- API --------------------------------------------------------------------------------------------
