@@ -136,11 +136,13 @@ class AnalyticsConfig:
         check=lambda windows: _windows(windows),
     )
     group_by: tuple[str, ...] = setting(
-        ("source",), "Fields whose values split each window into groups (empty: one group per window).",
+        ("source",),
+        "Fields whose values split each window into groups (empty: one group per window).",
         check=lambda names: tuple(_field_name(name) for name in names),
     )
     fields: tuple[str, ...] = setting(
-        (), "Numeric fields whose count, min, max, sum and mean are kept per window and group.",
+        (),
+        "Numeric fields whose count, min, max, sum and mean are kept per window and group.",
         check=lambda names: tuple(_field_name(name) for name in names),
     )
     allowed_lateness: float = setting(
@@ -333,10 +335,11 @@ def env_name(dotted_key: str) -> str:
 
 def _checked_across(config: Config, label: str) -> Config:
     """Rules that tie keys of different sections together; each refusal names the key to change."""
-    from streamd.stages import StageSpecError, check_stages
+    from streamd.stages import StageChain, StageSpecError
 
     try:
-        check_stages(list(config.stages), id_field=config.consumer.id_field)
+        # Compiled here so that a bad expression stops a start (exit 2) or a reload (the old config runs on).
+        StageChain.compile(config.stages, config.consumer.id_field)
     except StageSpecError as exc:
         raise ConfigError(f"{label}: {exc}.") from None
     return config

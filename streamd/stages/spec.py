@@ -82,7 +82,7 @@ def check_stages(raw: Any, *, id_field: str | None = None) -> tuple[dict, ...]:
             raise StageSpecError(f"{at}.kind: expected one of {', '.join(KINDS)}, got {_shown(kind)}")
         required, optional = KEYS[kind]
         allowed = {"name", "kind", *required, *optional}
-        unknown = sorted((str(key) for key in stage if key not in allowed))
+        unknown = sorted(str(key) for key in stage if key not in allowed)
         if unknown:
             raise StageSpecError(
                 f"{at}: unknown key {unknown[0]!r} for a {kind} stage; it takes {', '.join(sorted(allowed))}"
