@@ -247,7 +247,7 @@ def test_an_unusable_schema_file_is_a_config_error_naming_the_key(tmp_path, cont
 # --- to_document --------------------------------------------------------------------------------------
 
 
-def test_to_document_has_the_stored_shape(pipeline):
+def test_to_document_has_the_stored_shape_with_every_other_field_under_data(pipeline):
     payload = {"id": "order-1", "text": "hi", "source": "web", "timestamp": "2024-06-01T14:00:00.250+02:00", "x": 1}
     document = only_document(pipeline, json_message(payload, partition=2, offset=41))
     assert document == {
@@ -257,6 +257,7 @@ def test_to_document_has_the_stored_shape(pipeline):
         "source": "web",
         "ingested_at": NOW,
         "kafka": {"topic": TOPIC, "partition": 2, "offset": 41},
+        "data": {"x": 1},
     }
 
 

@@ -173,7 +173,7 @@ def compile_expression(text: str, evaluator: Evaluator) -> ast.expr:
 
 def _check(node: ast.AST, evaluator: Evaluator) -> None:
     at = f"(column {getattr(node, 'col_offset', 0) + 1})"
-    if isinstance(node, ast.operator | ast.cmpop | ast.boolop | ast.unaryop):
+    if isinstance(node, ast.operator | ast.cmpop | ast.unaryop):  # and/or: simpleeval runs them itself
         if type(node) not in evaluator.operators:
             raise ExpressionError(f"the operator {type(node).__name__} is not available {at}")
         return
