@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import falcon.testing
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from streamd.api import create_app
 from streamd.api.backends import Backends
@@ -119,6 +119,14 @@ def all_committed(settings: Config) -> bool:
         return all(done.get(partition, 0) == end for partition, end in end_offsets(settings).items())
     except KafkaException:
         return False
+
+
+def produce_raw(settings: Config, *values: bytes) -> None:
+    """These values into kafka.topic, acknowledged."""
+    producer = Producer({"bootstrap.servers": settings.kafka.brokers})
+    for value in values:
+        producer.produce(settings.kafka.topic, value)
+    assert producer.flush(10) == 0
 
 
 def read_all(brokers: str, topic: str) -> list[Message]:

@@ -13,14 +13,13 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from confluent_kafka import Producer
 
 from streamd import config as config_module
 from streamd.config import Config
 from streamd.dead_letter import DeadLetter
 from streamd.store import MessageStore
 
-from .probes import all_committed, consumer_running, end_offsets, read_all, wait_until
+from .probes import all_committed, consumer_running, end_offsets, produce_raw, read_all, wait_until
 from .supervisor_process import SupervisorProcess
 
 STAGES = [
@@ -47,27 +46,25 @@ def settings(pipeline_config: Config, caplog) -> Iterator[Config]:
         store.client.drop_database(settings.mongodb.database)
 
 
-def produce(settings: Config, *payloads: dict) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka.brokers})
-    for payload in payloads:
-        producer.produce(settings.kafka.topic, orjson.dumps(payload))
-    assert producer.flush(10) == 0
-
-
 def documents(settings: Config, collection: str | None = None) -> dict[str, dict]:
     with contextlib.closing(MessageStore(settings.mongodb, collection=collection)) as store:
         return {document["_id"]: document for document in store.collection.find()}
 
 
 def test_each_stage_kind_applies_through_a_real_consumer(settings: Config):
-    produce(
+    produce_raw(
         settings,
-        {"id": "hot-1", "text": "t", "source": "lab", "temperature": 35, "sensor": "S1", "debug": True},
-        {"id": "cool-1", "text": "t", "source": "lab", "temperature": 20, "sensor": "S2"},
-        {"id": "plain-1", "text": "t", "source": "lab"},
-        {"id": "noise-1", "text": "t", "source": "noise", "temperature": 99},
-        {"id": "bad-1", "text": "t", "source": "lab", "temperature": "warm"},
-        {"id": "odd-1", "text": "t", "source": "lab", "a": {"$b": 1}},
+        *map(
+            orjson.dumps,
+            [
+                {"id": "hot-1", "text": "t", "source": "lab", "temperature": 35, "sensor": "S1", "debug": True},
+                {"id": "cool-1", "text": "t", "source": "lab", "temperature": 20, "sensor": "S2"},
+                {"id": "plain-1", "text": "t", "source": "lab"},
+                {"id": "noise-1", "text": "t", "source": "noise", "temperature": 99},
+                {"id": "bad-1", "text": "t", "source": "lab", "temperature": "warm"},
+                {"id": "odd-1", "text": "t", "source": "lab", "a": {"$b": 1}},
+            ],
+        ),
     )
     with consumer_running(settings) as outcome:
         wait_until(lambda: all_committed(settings), "every offset committed, the filtered one included")

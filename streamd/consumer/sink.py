@@ -43,9 +43,7 @@ class Sink:
         routed: tuple[str, ...] = (),
     ) -> None:
         self.store = message_store
-        # The collections route stages name (config order), on the same client; None is mongodb.collection.
-        self.stores: dict[str | None, store.MessageStore] = {None: message_store}
-        self.stores.update((name, message_store.in_collection(name)) for name in routed if name != message_store.name)
+        self.routed = routed  # the collections route stages name, beside mongodb.collection
         self.dead_letters = dead_letters
         self.counters = counters
         self.conflicts = ConflictCheck(counters)
@@ -63,8 +61,8 @@ class Sink:
     def ensure_indexes(self) -> None:
         if not self.indexes_ready:
             # The API reads the routed collections as it reads the main one, so they get the same indexes.
-            for target in self.stores.values():
-                target.ensure_indexes()
+            for target in (None, *self.routed):
+                self.collection(target).ensure_indexes()
             self.indexes_ready = True
 
     def deliver(self, batch: MessageBatch, wait: Wait) -> bool:
@@ -114,13 +112,17 @@ class Sink:
                 self.conflicts.check(target, part.duplicated)
         return True
 
+    def collection(self, target: str | None) -> store.MessageStore:
+        """Where a target's documents go: the store's own collection for None, else a routed one on its client."""
+        return self.store if target is None else self.store.in_collection(target)
+
     def write(self, batch: MessageBatch) -> list[tuple[store.MessageStore, store.WriteOutcome]]:
         """One insert per target collection; each outcome's `refused` indexes are the batch's."""
         if not any(batch.targets):  # no document routed: the common case, one insert as ever
             return [(self.store, self.store.insert_batch(batch.documents))]
         written = []
         for target, indexes in batch.by_target().items():
-            collection = self.stores.get(target) or self.store.in_collection(target)
+            collection = self.collection(target)
             outcome = collection.insert_batch([batch.documents[index] for index in indexes])
             refused = {indexes[index]: why for index, why in outcome.refused.items()}
             written.append(
