@@ -158,6 +158,7 @@ def test_the_functions_and_string_methods():
         ("2 ** 70", reading()),  # an integer the store cannot hold
         ("{'$where': 1}", reading()),  # a field name the store refuses
         ("text.nothing", reading()),  # no such attribute on a string
+        ("'\\ud800'", reading()),  # a lone surrogate: not UTF-8, so not storable
     ],
 )
 def test_a_stage_that_cannot_be_computed_for_one_message_is_a_failure_not_an_exception(expression, payload):

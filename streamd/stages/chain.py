@@ -205,7 +205,10 @@ def _check_builtins(payload: dict, touched: frozenset[str]) -> None:
 
 
 def _check_storable(value: Any, at: str) -> None:
-    if value is None or isinstance(value, bool | float | str | datetime):
+    if isinstance(value, str):
+        _check_text(value, at)
+        return
+    if value is None or isinstance(value, bool | float | datetime):
         return
     if isinstance(value, int):
         if abs(value) > MAX_INT:
@@ -220,9 +223,18 @@ def _check_storable(value: Any, at: str) -> None:
         if bad is not None:
             raise StageFailed(f"{bad} is a field name the store refuses")
         for key, item in value.items():
+            _check_text(key, f"{at} (a key)")
             _check_storable(item, f"{at}.{key}")
         return
     raise StageFailed(f"{at} is a {type(value).__name__}, which cannot be stored")
+
+
+def _check_text(text: str, at: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise StageFailed(f"{at} holds a lone surrogate, which is not UTF-8 and cannot be stored") from None
 
 
 __all__ = ["Outcome", "StageChain", "StageFailed", "Step", "Trace", "kafka_context"]
