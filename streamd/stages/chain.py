@@ -23,6 +23,7 @@ from streamd.stages.expressions import Evaluator, ExpressionError, compile_expre
 from streamd.stages.spec import StageSpecError, check_stages
 
 MAX_INT = 2**63 - 1  # BSON's largest integer
+BUILTINS = frozenset({"text", "source", "timestamp"})
 Trace = list[dict[str, Any]]
 
 
@@ -40,6 +41,7 @@ class Step:
     fields: tuple = ()  # set: (name, expression); rename: (old, new); drop: names
     collection: str | None = None
     touches: frozenset[str] = frozenset()  # the fields it may write or remove
+    builtins: frozenset[str] = frozenset()  # those of them that must stay valid: text, source, timestamp
 
 
 @dataclass(slots=True)
@@ -94,7 +96,8 @@ class StageChain:
                 touches = frozenset(fields)
             else:
                 compiled, touches = (), frozenset()
-            steps.append(Step(stage["name"], kind, where, compiled, stage.get("collection"), touches))
+            builtins = touches & BUILTINS
+            steps.append(Step(stage["name"], kind, where, compiled, stage.get("collection"), touches, builtins))
         return cls(tuple(steps))
 
     def __bool__(self) -> bool:
@@ -139,8 +142,8 @@ class StageChain:
                 else:
                     gone = [name for name in step.fields if payload.pop(name, _MISSING) is not _MISSING]
                     _note(trace, step, "dropped fields", fields=gone)
-                if step.touches:
-                    _check_builtins(payload, step.touches)
+                if step.builtins:
+                    _check_builtins(payload, step.builtins)
             except Exception as exc:  # noqa: BLE001 - a message must never stop the chain: it fails this stage
                 outcome.failed_at = step.name
                 outcome.error = shortened(_reason(exc))
