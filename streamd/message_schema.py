@@ -2,7 +2,8 @@
 
 Stage 2 of streamd.pipeline. The built-in rules are also written out in Python (`_check_builtin`),
 because jsonschema costs ~35 µs a message; jsonschema gives the verdict, and names the field, only
-when the fast path refuses. A user's schema (consumer.schema) applies on top.
+when the fast path refuses. A user's schema (consumer.schema) applies on top. The id rule applies to
+consumer.id_field (`id` by default). Field names the store refuses are found by `refused_field`.
 """
 
 from __future__ import annotations
