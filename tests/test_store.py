@@ -177,4 +177,3 @@ def test_every_failed_document_of_a_write_is_a_duplicate_or_a_refusal_unless_one
 def test_a_write_concern_error_is_a_retry_even_when_every_document_went_in():
     with pytest.raises(StoreBusy, match="write concern"):
         write_outcome([document("m-1")], {"nInserted": 1, "writeErrors": [], "writeConcernErrors": [{"code": 64}]})
-
