@@ -124,6 +124,8 @@ def run(config: Config, messages: list[Message], out: TextIO, as_json: bool = Fa
         return
     if not config.stages:
         out.write("no stages are configured: every valid message is stored as it is\n")
+    if not messages:
+        out.write("no messages to try (the file or the topic is empty)\n")
     for number, entry in enumerate(explained, 1):
         out.write("\n".join(_lines(number, entry, config.mongodb.collection)) + "\n\n")
 
