@@ -65,6 +65,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Stages of every kind, for tests of the chain through the consumer and `streamd stages try`.
+STAGES = [
+    {"name": "no-noise", "kind": "filter", "where": "source != 'noise'"},
+    {
+        "name": "fahrenheit",
+        "kind": "set",
+        "where": "temperature is not None",
+        "fields": {"f": "temperature * 9 / 5 + 32"},
+    },
+    {"name": "tidy", "kind": "rename", "fields": {"sensor": "sensor_id"}},
+    {"name": "no-debug", "kind": "drop", "fields": ["debug"]},
+    {"name": "hot", "kind": "route", "where": "f is not None and f > 86", "collection": "alerts"},
+]
+
+
 # --- the store -------------------------------------------------------------------------------------------
 
 

@@ -19,21 +19,8 @@ from streamd.config import Config
 from streamd.dead_letter import DeadLetter
 from streamd.store import MessageStore
 
-from .probes import all_committed, consumer_running, end_offsets, produce_raw, read_all, wait_until
+from .probes import STAGES, all_committed, consumer_running, end_offsets, produce_raw, read_all, wait_until
 from .supervisor_process import SupervisorProcess
-
-STAGES = [
-    {"name": "no-noise", "kind": "filter", "where": "source != 'noise'"},
-    {
-        "name": "fahrenheit",
-        "kind": "set",
-        "where": "temperature is not None",
-        "fields": {"f": "temperature * 9 / 5 + 32"},
-    },
-    {"name": "tidy", "kind": "rename", "fields": {"sensor": "sensor_id"}},
-    {"name": "no-debug", "kind": "drop", "fields": ["debug"]},
-    {"name": "hot", "kind": "route", "where": "f is not None and f > 86", "collection": "alerts"},
-]
 
 
 @pytest.fixture

@@ -9,16 +9,8 @@ import yaml
 
 from streamd.cli import main
 
-STAGES = [
-    {"name": "no-noise", "kind": "filter", "where": "source != 'noise'"},
-    {
-        "name": "fahrenheit",
-        "kind": "set",
-        "where": "temperature is not None",
-        "fields": {"f": "temperature * 9 / 5 + 32"},
-    },
-    {"name": "hot", "kind": "route", "where": "f is not None and f > 86", "collection": "alerts"},
-]
+from .probes import STAGES
+
 SAMPLES = [
     {"id": "hot-1", "text": "t", "source": "lab", "temperature": 35},
     {"id": "noise-1", "text": "t", "source": "noise"},
@@ -39,7 +31,7 @@ def test_each_message_is_explained_stage_by_stage_with_its_verdict(tmp_path, cap
     assert main(["stages", "try", "-c", str(config_file(tmp_path, STAGES)), "--file", str(samples), "--json"]) == 0
 
     hot, noise, bad, broken = json.loads(capsys.readouterr().out)
-    assert [step["action"] for step in hot["steps"]] == ["kept", "set", "routed"]
+    assert [step["action"] for step in hot["steps"]] == ["kept", "set", "renamed", "dropped fields", "routed"]
     assert hot["stored"]["collection"] == "alerts" and hot["stored"]["document"]["data"]["f"] == 95.0
     assert noise["filtered"] == {"stage": "no-noise"} and "stored" not in noise
     assert bad["dead_letter"]["reason"] == "stage" and bad["dead_letter"]["stage_name"] == "fahrenheit"
@@ -51,7 +43,7 @@ def test_the_text_form_names_every_stage_and_a_json_array_is_read_too(tmp_path, 
     samples.write_text(json.dumps(SAMPLES[:1]))
     assert main(["stages", "try", "-c", str(config_file(tmp_path, STAGES)), "--file", str(samples)]) == 0
     out = capsys.readouterr().out
-    for name in ("no-noise", "fahrenheit", "hot"):
+    for name in ("no-noise", "fahrenheit", "tidy", "no-debug", "hot"):
         assert name in out
     assert "stored in alerts" in out
 
