@@ -109,13 +109,14 @@ class StageChain:
         With a `trace`, each stage appends what it did (for `streamd stages try`).
         """
         outcome = Outcome(payload)
+        self.evaluator.bind(payload, context)
         run = self.evaluator.run
         for step in self.steps:
             if step.kind == "route" and outcome.collection is not None:
                 _note(trace, step, "skipped", reason="already routed")
                 continue
             try:
-                if step.where is not None and not _holds(run(step.where, payload, context), "where"):
+                if step.where is not None and not _holds(run(step.where), "where"):
                     if step.kind == "filter":
                         outcome.dropped_by = step.name
                         _note(trace, step, "dropped")
@@ -129,7 +130,7 @@ class StageChain:
                     outcome.collection = step.collection
                     _note(trace, step, "routed", collection=step.collection)
                 elif kind == "set":
-                    values = {name: run(tree, payload, context) for name, tree in step.fields}
+                    values = {name: run(tree) for name, tree in step.fields}
                     for name, value in values.items():
                         _check_storable(value, name)
                     payload.update(values)
