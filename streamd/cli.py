@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     stack = command("stack", cmd_stack, "Run the local Kafka and MongoDB-wire store for development.")
     stack.add_argument("action", choices=["up", "down", "status"])
 
+    stages = command("stages", cmd_stages, "Run the configured stages on sample messages and explain each step.")
+    stages.add_argument("action", choices=["try"])
+    samples = stages.add_mutually_exclusive_group()
+    samples.add_argument("--file", metavar="F", help="messages to try: one JSON object per line, or a JSON array")
+    samples.add_argument("--from-topic", metavar="N", type=positive_int, help="try the last N messages of kafka.topic")
+    stages.add_argument("--json", action="store_true", help="print the explanation as JSON")
+
     show = command("config", cmd_config, "Print the effective config (file, defaults and environment).")
     show.add_argument("--keys", action="store_true", help="print every key with its default and meaning")
     return parser
@@ -329,6 +336,25 @@ def cmd_stack(args: argparse.Namespace) -> int:
         return stack.print_status(config)
     except stack.StackError as exc:
         raise CommandError(str(exc)) from None
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from streamd.stages import trial
+
+    config = load(args)
+    logs.configure(config.logging, "stages")
+    topic = config.kafka.topic
+    try:
+        if args.file:
+            messages = trial.from_file(args.file, topic)
+        elif args.from_topic:
+            messages = trial.from_topic(config, args.from_topic)
+        else:
+            messages = trial.generated(topic, config.producer.source)
+    except trial.SamplesUnreadable as exc:
+        raise CommandError(str(exc)) from None
+    trial.run(config, messages, sys.stdout, as_json=args.json)
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:

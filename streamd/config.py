@@ -335,10 +335,11 @@ def env_name(dotted_key: str) -> str:
 
 def _checked_across(config: Config, label: str) -> Config:
     """Rules that tie keys of different sections together; each refusal names the key to change."""
-    from streamd.stages import StageSpecError, check_stages
+    from streamd.stages import StageChain, StageSpecError
 
     try:
-        check_stages(list(config.stages), id_field=config.consumer.id_field)
+        # Compiled here so that a bad expression stops a start (exit 2) or a reload (the old config runs on).
+        StageChain.compile(config.stages, config.consumer.id_field)
     except StageSpecError as exc:
         raise ConfigError(f"{label}: {exc}.") from None
     return config

@@ -4,14 +4,15 @@ A dead letter is the original message, with its key, value and headers unchanged
 (UTF-8 text), appended after the original ones:
 
     streamd.error.reason        a fixed word: tombstone, empty, too_large, not_utf8, not_json, not_object,
-                                schema, bad_timestamp, store_rejected, internal, crash
-    streamd.error.stage         parse, validate, store, internal or consume
+                                schema, field_name, bad_timestamp, stage, store_rejected, internal, crash
+    streamd.error.stage         parse, validate, stage, store, internal or consume
     streamd.error.detail        one sentence for people
     streamd.error.time          when it was dead-lettered, ISO 8601 UTC
     streamd.original.topic      where the message was consumed from
     streamd.original.partition
     streamd.original.offset
     streamd.original.timestamp  its Kafka timestamp in milliseconds (absent when it had none)
+    streamd.stage               only for reason stage: the name of the user's stage that failed on it
     streamd.error.value_dropped only when the value itself was too large for the dead-letter topic: its size
                                 in bytes; the dead letter then carries an empty value and everything else
 
@@ -45,6 +46,7 @@ ORIGINAL_TOPIC = "streamd.original.topic"
 ORIGINAL_PARTITION = "streamd.original.partition"
 ORIGINAL_OFFSET = "streamd.original.offset"
 ORIGINAL_TIMESTAMP = "streamd.original.timestamp"
+STAGE_NAME = "streamd.stage"
 
 # librdkafka refuses, before sending, any message over its own message.max.bytes (1 MB by default),
 # which is below the broker's default limit: a too_large message could never be dead-lettered. The
@@ -65,6 +67,8 @@ def headers_for(rejection: Rejection, now: datetime, value_dropped: int | None =
     ]
     if rejection.timestamp_ms is not None:
         added.append((ORIGINAL_TIMESTAMP, str(rejection.timestamp_ms)))
+    if rejection.stage_name is not None:
+        added.append((STAGE_NAME, rejection.stage_name))
     if value_dropped is not None:
         added.append((VALUE_DROPPED, str(value_dropped)))
     return [*(rejection.headers or ()), *((name, text.encode()) for name, text in added)]
@@ -81,6 +85,7 @@ class DeadLetter:
     stage: str
     detail: str
     timestamp_ms: int | None = None  # the original's Kafka timestamp: tells it from a later message at its offset
+    stage_name: str | None = None  # the user's stage that failed on it (reason stage)
 
     @classmethod
     def read(cls, message: Message) -> DeadLetter | None:
@@ -96,6 +101,7 @@ class DeadLetter:
                 found.get(STAGE, b"").decode(errors="replace"),
                 found.get(DETAIL, b"").decode(errors="replace"),
                 int(found[ORIGINAL_TIMESTAMP]) if ORIGINAL_TIMESTAMP in found else None,
+                found[STAGE_NAME].decode(errors="replace") if STAGE_NAME in found else None,
             )
         except (KeyError, ValueError, TypeError, AttributeError):
             return None

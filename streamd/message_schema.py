@@ -2,7 +2,8 @@
 
 Stage 2 of streamd.pipeline. The built-in rules are also written out in Python (`_check_builtin`),
 because jsonschema costs ~35 µs a message; jsonschema gives the verdict, and names the field, only
-when the fast path refuses. A user's schema (consumer.schema) applies on top.
+when the fast path refuses. A user's schema (consumer.schema) applies on top. The id rule applies to
+consumer.id_field (`id` by default). Field names the store refuses are found by `refused_field`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ BUILTIN_SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+
+def builtin_schema(id_field: str | None = "id") -> dict[str, Any]:
+    """BUILTIN_SCHEMA with its id rule on consumer.id_field (None: no id rule, every message gets a fallback id)."""
+    if id_field == "id":
+        return BUILTIN_SCHEMA
+    properties = {name: rule for name, rule in BUILTIN_SCHEMA["properties"].items() if name != "id"}
+    if id_field is not None:
+        properties[id_field] = BUILTIN_SCHEMA["properties"]["id"]
+    return {**BUILTIN_SCHEMA, "properties": properties}
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -98,14 +109,16 @@ class Invalid(Exception):
 class PayloadSchema:
     """Stage 2: the built-in schema, plus the user's (consumer.schema) when there is one; both must hold."""
 
-    def __init__(self, extra: dict | bool | None = None) -> None:
-        self._builtin = Draft202012Validator(BUILTIN_SCHEMA, format_checker=FORMATS)
+    def __init__(self, extra: dict | bool | None = None, id_field: str | None = "id") -> None:
+        self.id_field = id_field
+        self._builtin = Draft202012Validator(builtin_schema(id_field), format_checker=FORMATS)
         self._extra = [] if extra is None else [validator_for(extra)(extra, format_checker=FORMATS)]
 
     @classmethod
     def from_config(cls, config: Config) -> PayloadSchema:
+        id_field = config.consumer.id_field
         if not config.consumer.schema:
-            return cls()
+            return cls(id_field=id_field)
         path = config.resolve_path(config.consumer.schema)
         try:
             extra = orjson.loads(path.read_bytes())
@@ -119,13 +132,13 @@ class PayloadSchema:
             validator_for(extra).check_schema(extra)
         except SchemaError as exc:
             raise ConfigError(f"consumer.schema: {path} is not a valid JSON Schema ({exc.message}).") from None
-        return cls(extra)
+        return cls(extra, id_field)
 
     def validate(self, payload: dict) -> datetime | None:
         """Raise Invalid unless the payload holds; return its own timestamp, parsed (None without one)."""
         # jsonschema costs ~35 µs a message, fifty times the JSON parse, so the built-in rules are
         # checked directly first; jsonschema gives the verdict (and names the field) only when they fail.
-        meets, timestamp = _check_builtin(payload)
+        meets, timestamp = _check_builtin(payload, self.id_field)
         checks = self._extra if meets else [self._builtin, *self._extra]
         for validator in checks:
             error = best_match(validator.iter_errors(payload))
@@ -134,14 +147,14 @@ class PayloadSchema:
         return timestamp
 
 
-def _check_builtin(payload: dict) -> tuple[bool, datetime | None]:
+def _check_builtin(payload: dict, id_field: str | None = "id") -> tuple[bool, datetime | None]:
     """BUILTIN_SCHEMA written out: it must never accept what the schema rejects (tests hold it to that).
 
     The timestamp it parses on the way is returned, so that to_document need not parse it again.
     """
     if type(payload.get("text")) is not str:
         return False, None
-    if "id" in payload and not is_valid_id(payload["id"]):
+    if id_field is not None and id_field in payload and not is_valid_id(payload[id_field]):
         return False, None
     if "source" in payload and type(payload["source"]) is not str:
         return False, None
@@ -154,6 +167,37 @@ def _check_builtin(payload: dict) -> tuple[bool, datetime | None]:
         return True, parse_timestamp(stamp)
     except ValueError:
         return False, None
+
+
+def refused_field(value: dict, at: str) -> str | None:
+    """The path (from `at`) of the first key MongoDB refuses in `value` or anything nested in it, else None.
+
+    MongoDB refuses field names starting with `$` or holding `.` or NUL (FerretDB refuses all three
+    at any depth); a batch holding one would fail as a whole, so the message is refused instead.
+    A stack, not recursion: JSON may nest a thousand levels deep.
+    """
+    # The common case first, cheaply: no key holds a `.`, `$` or NUL anywhere, and no value is a container.
+    keys = "/".join(value)
+    if not ("." in keys or "$" in keys or "\0" in keys):
+        for item in value.values():
+            if type(item) is dict or type(item) is list:
+                break
+        else:
+            return None
+    pending: list[tuple[dict | list, str]] = [(value, at)]
+    while pending:
+        container, path = pending.pop()
+        if type(container) is dict:
+            for key, item in container.items():
+                if type(key) is not str or key[:1] == "$" or "." in key or "\0" in key:
+                    return f"{path}.{key}"
+                if type(item) is dict or type(item) is list:
+                    pending.append((item, f"{path}.{key}"))
+        else:
+            for index, item in enumerate(container):
+                if type(item) is dict or type(item) is list:
+                    pending.append((item, f"{path}[{index}]"))
+    return None
 
 
 def _describe(error: ValidationError) -> str:

@@ -1,16 +1,20 @@
-"""What the consumer does to each message, as small pure stages: parse -> validate -> to_document.
+"""What the consumer does to each message, as small pure stages: parse -> validate -> stages -> to_document.
 
 A message that fails a stage becomes a Rejection instead of an exception escaping the batch, so the
 batch carries it to the dead-letter step (streamd.dead_letter) and its offset is committed with the
 rest once the dead-letter topic has it: a message nobody can store must not block its partition.
 Whatever else a message makes a stage raise is our bug, not the message's fault; it still becomes a
 Rejection (reason `internal`), logged with its traceback, so that one message can never stop a consumer.
-What makes a payload valid (stage 2) is streamd.message_schema.
+What makes a payload valid (stage 2) is streamd.message_schema; the user's stages (config `stages:`)
+are streamd.stages: they may drop a message (counted in `filtered`, committed, neither stored nor
+dead-lettered), route it to another collection (`targets`) or fail on it (a Rejection, reason `stage`).
+The message id is taken before the stages, so that a replay and `streamd verify` find it without them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +24,8 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
 
 from streamd.config import Config
 from streamd.ids import is_valid_id, offset_id
-from streamd.message_schema import Invalid, PayloadSchema, kafka_time, parse_timestamp, shortened
+from streamd.message_schema import Invalid, PayloadSchema, kafka_time, parse_timestamp, refused_field, shortened
+from streamd.stages.chain import StageChain, kafka_context
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +34,10 @@ log = logging.getLogger(__name__)
 class Rejection:
     """A message that will not be stored, with everything a dead-letter topic needs to keep it."""
 
-    stage: str  # parse | validate | store | internal | consume
+    stage: str  # parse | validate | stage | store | internal | consume
     # A fixed word, fit for a metric label: tombstone, empty, too_large, not_utf8, not_json, not_object,
-    # schema, bad_timestamp (no timestamp of its own and a Kafka one no date can hold), store_rejected
+    # schema, field_name (a key the store refuses), bad_timestamp (no timestamp of its own and a Kafka one
+    # no date can hold), stage (one of the user's stages failed on it), store_rejected
     # (the store refused this one document for good), internal (a stage raised: our bug) or crash
     # (consumers died handling it; see streamd.quarantine).
     reason: str
@@ -43,9 +49,10 @@ class Rejection:
     value: bytes | None
     headers: list[tuple[str, bytes | None]] | None = None
     timestamp_ms: int | None = None  # the message's Kafka timestamp, when it has one
+    stage_name: str | None = None  # the user's stage that failed on it (reason `stage`)
 
     @classmethod
-    def of(cls, message: Message, stage: str, reason: str, detail: str) -> Rejection:
+    def of(cls, message: Message, stage: str, reason: str, detail: str, stage_name: str | None = None) -> Rejection:
         kind, stamp = message.timestamp()
         return cls(
             stage,
@@ -58,6 +65,7 @@ class Rejection:
             message.value(),
             message.headers(),
             None if kind == TIMESTAMP_NOT_AVAILABLE else stamp,
+            stage_name,
         )
 
     def __str__(self) -> str:
@@ -71,6 +79,10 @@ class MessageBatch:
     documents: list[dict] = field(default_factory=list)
     # The message each document came from (same index), for dead-lettering one the store refuses.
     sources: list[Message] = field(default_factory=list)
+    # The collection each document goes to (same index): a route stage's, or None for mongodb.collection.
+    targets: list[str | None] = field(default_factory=list)
+    # Filter stage name -> messages it dropped: committed with the batch, neither stored nor dead-lettered.
+    filtered: Counter[str] = field(default_factory=Counter)
     rejections: list[Rejection] = field(default_factory=list)
     # (topic, partition) -> offset to commit: the next one to read, one past the highest in the batch.
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -78,7 +90,7 @@ class MessageBatch:
     errors: list[KafkaError] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.documents) + len(self.rejections)
+        return len(self.documents) + len(self.rejections) + self.filtered.total()
 
     def refuse(self, refused: dict[int, str]) -> list[Rejection]:
         """Move the documents at these indexes (-> the store's reason) to the rejections, as stage "store"."""
@@ -86,24 +98,39 @@ class MessageBatch:
             Rejection.of(self.sources[index], "store", "store_rejected", shortened(detail))
             for index, detail in sorted(refused.items())
         ]
-        kept = [index for index in range(len(self.documents)) if index not in refused]
-        self.documents = [self.documents[index] for index in kept]
-        self.sources = [self.sources[index] for index in kept]
+        self._keep([index for index in range(len(self.documents)) if index not in refused])
         self.rejections.extend(moved)
         return moved
 
     def drop(self, partitions: set[tuple[str, int]]) -> int:
-        """Forget every message of these partitions (they moved to another consumer); how many were dropped."""
+        """Forget every message of these partitions (they moved to another consumer); how many were dropped.
+
+        Filtered messages are counted, not kept: their count stays (the new owner filters them again).
+        """
         before = len(self)
-        kept = [
-            index for index, source in enumerate(self.sources) if (source.topic(), source.partition()) not in partitions
-        ]
-        self.documents = [self.documents[index] for index in kept]
-        self.sources = [self.sources[index] for index in kept]
+        self._keep(
+            [
+                index
+                for index, source in enumerate(self.sources)
+                if (source.topic(), source.partition()) not in partitions
+            ]
+        )
         self.rejections = [r for r in self.rejections if (r.topic, r.partition) not in partitions]
         for moved in partitions:
             self.next_offsets.pop(moved, None)
         return before - len(self)
+
+    def by_target(self) -> dict[str | None, list[int]]:
+        """The indexes of the documents per target collection, in batch order."""
+        groups: dict[str | None, list[int]] = {}
+        for index, target in enumerate(self.targets):
+            groups.setdefault(target, []).append(index)
+        return groups
+
+    def _keep(self, kept: list[int]) -> None:
+        self.documents = [self.documents[index] for index in kept]
+        self.sources = [self.sources[index] for index in kept]
+        self.targets = [self.targets[index] for index in kept]
 
 
 def parse(value: bytes | None, max_bytes: int) -> dict:
@@ -129,12 +156,11 @@ def parse(value: bytes | None, max_bytes: int) -> dict:
     return payload
 
 
-def document_id(payload: object, topic: str, partition: int, offset: int) -> str:
-    """The `_id` a message is stored under: its own id, else its Kafka coordinates (see streamd.ids).
-
-    `streamd verify` uses it on every message, valid or not, to know where to look.
+def document_id(payload: object, topic: str, partition: int, offset: int, id_field: str | None = "id") -> str:
+    """The `_id` a message is stored under: its own id (consumer.id_field), else its Kafka coordinates
+    (see streamd.ids). `streamd verify` uses it on every message, valid or not, to know where to look.
     """
-    candidate = payload.get("id") if isinstance(payload, dict) else None
+    candidate = payload.get(id_field) if id_field is not None and isinstance(payload, dict) else None
     return candidate if is_valid_id(candidate) else offset_id(topic, partition, offset)
 
 
@@ -146,13 +172,19 @@ def to_document(
     kafka_timestamp: tuple[int, int],
     ingested_at: datetime,
     timestamp: datetime | None = None,
+    id_field: str | None = "id",
+    message_id: str | None = None,
 ) -> dict:
     """Stage 3: the stored shape (see streamd.store). Only called on a payload that passed validate();
-    `timestamp` is the payload's own as validate() returned it, parsed here only when not given.
+    `timestamp` is the payload's own as validate() returned it, read here only when not given (a stage may
+    have set a datetime). `message_id` is the one taken before the stages, else taken here.
     Raises Invalid (bad_timestamp) when the message has no timestamp and its Kafka one fits no date."""
     if timestamp is None:
-        if payload.get("timestamp") is not None:
-            timestamp = parse_timestamp(payload["timestamp"])
+        stamp = payload.get("timestamp")
+        if isinstance(stamp, datetime):
+            timestamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+        elif stamp is not None:
+            timestamp = parse_timestamp(stamp)
         elif kafka_timestamp[0] != TIMESTAMP_NOT_AVAILABLE:
             try:
                 timestamp = kafka_time(*kafka_timestamp)
@@ -160,32 +192,57 @@ def to_document(
                 raise Invalid("validate", "bad_timestamp", f"the message has no timestamp and {exc}") from None
         else:
             timestamp = ingested_at
-    return {
-        "_id": document_id(payload, topic, partition, offset),
+    document = {
+        "_id": message_id or document_id(payload, topic, partition, offset, id_field),
         "content": payload["text"],
         "timestamp": timestamp,
         "source": payload.get("source"),
         "ingested_at": ingested_at,
         "kafka": {"topic": topic, "partition": partition, "offset": offset},
     }
+    reserved = _RESERVED.get(id_field) or _reserved(id_field)
+    # A set comparison in C: the tutorial's messages carry nothing else, and pay nothing for `data`.
+    if not payload.keys() <= reserved:
+        document["data"] = {name: value for name, value in payload.items() if name not in reserved}
+    return document
+
+
+def _reserved(id_field: str | None) -> frozenset[str]:
+    """The payload fields stored at the top level of a document, not in `data`."""
+    return _RESERVED.setdefault(id_field, frozenset({"text", "source", "timestamp"} | ({id_field} - {None})))
+
+
+_RESERVED: dict[str | None, frozenset[str]] = {}
 
 
 class Pipeline:
     """Runs every message of a consume() through the stages and collects the outcome in a MessageBatch."""
 
-    def __init__(self, schema: PayloadSchema, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        schema: PayloadSchema,
+        max_message_bytes: int,
+        chain: StageChain | None = None,
+        id_field: str | None = "id",
+    ) -> None:
         self.schema = schema
         self.max_message_bytes = max_message_bytes
+        self.chain = chain or StageChain(())
+        self.id_field = id_field
 
     @classmethod
     def from_config(cls, config: Config) -> Pipeline:
-        return cls(PayloadSchema.from_config(config), config.consumer.max_message_bytes)
+        id_field = config.consumer.id_field
+        chain = StageChain.compile(config.stages, id_field)  # compiled once at load too, so it cannot fail here
+        return cls(PayloadSchema.from_config(config), config.consumer.max_message_bytes, chain, id_field)
 
     def batch(self, messages: Iterable[Message], ingested_at: datetime | None = None) -> MessageBatch:
         ingested_at = ingested_at or datetime.now(UTC)
         batch = MessageBatch()
-        documents, sources, rejections = batch.documents, batch.sources, batch.rejections
+        documents, sources, targets, rejections = batch.documents, batch.sources, batch.targets, batch.rejections
         next_offsets = batch.next_offsets
+        chain, id_field = self.chain, self.id_field
+        staged = bool(chain)  # once: with no stages, a message pays nothing for them
         failures: list[Exception] = []
         for message in messages:
             error = message.error()
@@ -193,10 +250,35 @@ class Pipeline:
                 batch.errors.append(error)
                 continue
             topic, partition, offset, value = message.topic(), message.partition(), message.offset(), message.value()
+            # Kafka hands out a partition's messages in offset order, so the last one seen is the highest.
+            next_offsets[topic, partition] = offset + 1
             try:
                 payload = parse(value, self.max_message_bytes)
                 timestamp = self.schema.validate(payload)
-                document = to_document(payload, topic, partition, offset, message.timestamp(), ingested_at, timestamp)
+                refused = refused_field(payload, "data")
+                if refused is not None:
+                    raise Invalid(
+                        "validate",
+                        "field_name",
+                        shortened(f"{refused}: the store refuses field names starting with $ or holding . or NUL"),
+                    )
+                message_id = document_id(payload, topic, partition, offset, id_field)
+                target = None
+                if staged:
+                    outcome = chain.apply(payload, lambda m=message: kafka_context(m))
+                    if outcome.dropped_by is not None:
+                        batch.filtered[outcome.dropped_by] += 1
+                        continue
+                    if outcome.failed_at is not None:
+                        detail = f"stage {outcome.failed_at}: {outcome.error}"
+                        rejections.append(Rejection.of(message, "stage", "stage", detail, outcome.failed_at))
+                        continue
+                    target = outcome.collection
+                    if chain.touches_timestamp:
+                        timestamp = None
+                document = to_document(
+                    payload, topic, partition, offset, message.timestamp(), ingested_at, timestamp, id_field, message_id
+                )
             except Invalid as exc:
                 rejections.append(Rejection.of(message, exc.stage, exc.reason, exc.detail))
             except Exception as exc:  # noqa: BLE001 - one message must never stop the consumer, whatever it is
@@ -206,8 +288,7 @@ class Pipeline:
             else:
                 documents.append(document)
                 sources.append(message)
-            # Kafka hands out a partition's messages in offset order, so the last one seen is the highest.
-            next_offsets[topic, partition] = offset + 1
+                targets.append(target)
         if failures:
             # A bug of ours, not of the message: worth a traceback, but one per batch, not one per message.
             log.error(

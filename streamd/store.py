@@ -45,6 +45,10 @@ RETRYABLE_WRITE_CODES = frozenset(
 )
 
 
+# What pymongo raises, before sending anything, for a document BSON cannot encode.
+UNENCODABLE = (InvalidDocument, OverflowError)
+
+
 class StoreBusy(Exception):
     """The store answered but could not take some of the documents right now; the batch is written again."""
 
@@ -229,8 +233,9 @@ class MessageStore:
             return WriteOutcome(0, 0)
         try:
             return self._attempt(documents)
-        except InvalidDocument:
-            # pymongo refused the whole batch before sending it (e.g. a document over 16 MB): find out which.
+        except UNENCODABLE:
+            # pymongo refused the whole batch before sending it (e.g. a document over 16 MB, or a payload
+            # integer over 64 bits, which JSON allows and BSON cannot hold): find out which.
             return self._insert_one_by_one(documents)
 
     def insert_many(self, documents: list[dict]) -> int:
@@ -251,7 +256,7 @@ class MessageStore:
         for index, document in enumerate(documents):
             try:
                 outcome = self._attempt([document])
-            except InvalidDocument as exc:
+            except UNENCODABLE as exc:
                 refused[index] = f"the document cannot be stored: {exc}"
                 continue
             inserted += outcome.inserted

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import falcon.testing
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from streamd.api import create_app
 from streamd.api.backends import Backends
@@ -63,6 +63,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# Stages of every kind, for tests of the chain through the consumer and `streamd stages try`.
+STAGES = [
+    {"name": "no-noise", "kind": "filter", "where": "source != 'noise'"},
+    {
+        "name": "fahrenheit",
+        "kind": "set",
+        "where": "temperature is not None",
+        "fields": {"f": "temperature * 9 / 5 + 32"},
+    },
+    {"name": "tidy", "kind": "rename", "fields": {"sensor": "sensor_id"}},
+    {"name": "no-debug", "kind": "drop", "fields": ["debug"]},
+    {"name": "hot", "kind": "route", "where": "f is not None and f > 86", "collection": "alerts"},
+]
 
 
 # --- the store -------------------------------------------------------------------------------------------
@@ -119,6 +134,14 @@ def all_committed(settings: Config) -> bool:
         return all(done.get(partition, 0) == end for partition, end in end_offsets(settings).items())
     except KafkaException:
         return False
+
+
+def produce_raw(settings: Config, *values: bytes) -> None:
+    """These values into kafka.topic, acknowledged."""
+    producer = Producer({"bootstrap.servers": settings.kafka.brokers})
+    for value in values:
+        producer.produce(settings.kafka.topic, value)
+    assert producer.flush(10) == 0
 
 
 def read_all(brokers: str, topic: str) -> list[Message]:

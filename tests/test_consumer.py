@@ -35,6 +35,7 @@ from tests.probes import (
     free_port,
     logged,
     partitions,
+    produce_raw,
     read_all,
     stored,
     stored_count,
@@ -50,13 +51,6 @@ def settings(pipeline_config: Config, caplog) -> Iterator[Config]:
     yield settings
     with contextlib.closing(MessageStore(settings.mongodb)) as store:
         store.client.drop_database(settings.mongodb.database)
-
-
-def produce_raw(settings: Config, *values: bytes) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka.brokers})
-    for value in values:
-        producer.produce(settings.kafka.topic, value)
-    assert producer.flush(10) == 0
 
 
 def test_produced_messages_are_stored_exactly_once_in_the_stored_shape(settings: Config, caplog):

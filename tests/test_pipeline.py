@@ -36,6 +36,7 @@ REASONS = {
     "not_object",
     "schema",
     "bad_timestamp",
+    "field_name",
     "internal",
 }
 KAFKA_TIME_MS = int(datetime(2024, 6, 1, 11, 59, tzinfo=UTC).timestamp() * 1000)
@@ -247,7 +248,7 @@ def test_an_unusable_schema_file_is_a_config_error_naming_the_key(tmp_path, cont
 # --- to_document --------------------------------------------------------------------------------------
 
 
-def test_to_document_has_the_stored_shape(pipeline):
+def test_to_document_has_the_stored_shape_with_every_other_field_under_data(pipeline):
     payload = {"id": "order-1", "text": "hi", "source": "web", "timestamp": "2024-06-01T14:00:00.250+02:00", "x": 1}
     document = only_document(pipeline, json_message(payload, partition=2, offset=41))
     assert document == {
@@ -257,6 +258,7 @@ def test_to_document_has_the_stored_shape(pipeline):
         "source": "web",
         "ingested_at": NOW,
         "kafka": {"topic": TOPIC, "partition": 2, "offset": 41},
+        "data": {"x": 1},
     }
 
 
@@ -557,3 +559,47 @@ def test_the_message_path_never_raises_and_accounts_for_every_message(cases):
 @given(payloads)
 def test_the_fast_path_agrees_with_the_json_schema_on_any_payload(payload):
     assert fast_path_accepts(payload) == Draft202012Validator(BUILTIN_SCHEMA, format_checker=FORMATS).is_valid(payload)
+
+
+# --- the whole message, field names and the id field -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        ({"$where": 1}, "data.$where"),
+        ({"a.b": 1}, "data.a.b"),
+        ({"a": {"$b": 1}}, "data.a.$b"),
+        ({"a": [{"ok": 1}, {"x\u0000y": 2}]}, "data.a[1].x\u0000y"),
+    ],
+)
+def test_a_field_name_the_store_refuses_anywhere_is_a_field_name_rejection_naming_its_path(pipeline, extra, path):
+    rejection = only_rejection(pipeline, json_message({"text": "t", **extra}))
+    assert (rejection.stage, rejection.reason) == ("validate", "field_name")
+    assert rejection.detail.startswith(path)
+
+
+def test_dots_and_dollars_inside_values_are_fine(pipeline):
+    document = only_document(pipeline, json_message({"text": "$5.00", "price": "$5.00", "tags": ["a.b"]}))
+    assert document["data"] == {"price": "$5.00", "tags": ["a.b"]}
+
+
+def test_a_tutorial_message_has_no_data_field(pipeline):
+    payload = {"id": "m-1", "text": "hi", "source": "web", "timestamp": "2024-06-01T12:00:00Z"}
+    assert "data" not in only_document(pipeline, json_message(payload))
+
+
+def test_another_id_field_holds_the_id_and_id_becomes_an_ordinary_field():
+    pipeline = Pipeline(PayloadSchema(id_field="order_id"), max_message_bytes=1000, id_field="order_id")
+    document = only_document(pipeline, json_message({"order_id": "o-1", "id": "not ~ an id", "text": "t"}))
+    assert document["_id"] == "o-1"
+    assert document["data"] == {"id": "not ~ an id"}
+    rejection = only_rejection(pipeline, json_message({"order_id": "~bad", "text": "t"}))
+    assert rejection.reason == "schema"
+
+
+def test_without_an_id_field_every_message_is_stored_under_its_kafka_coordinates():
+    pipeline = Pipeline(PayloadSchema(id_field=None), max_message_bytes=1000, id_field=None)
+    document = only_document(pipeline, json_message({"id": "m-1", "text": "t"}, partition=2, offset=5))
+    assert document["_id"] == f"~{TOPIC}:2:5"
+    assert document["data"] == {"id": "m-1"}

@@ -157,3 +157,34 @@ def test_under_the_supervisor_stats_agree_with_the_store_and_list_every_child(pi
         assert stats["errors"] == {}
     finally:
         sup.kill()
+
+
+def test_stages_are_listed_in_config_order_with_what_each_filtered_and_failed_on(offline):
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from streamd.consumer.counts import ConsumerCounters
+    from streamd.pipeline import Rejection
+
+    run = uuid.uuid4().hex[:8]
+    keep, calc = f"keep-{run}", f"calc-{run}"
+    config = config_module.from_mapping(
+        {
+            "state_dir": offline.state_dir,
+            "stages": [
+                {"name": keep, "kind": "filter", "where": "x is not None"},
+                {"name": calc, "kind": "set", "fields": {"y": "x * 2"}},
+            ],
+        }
+    )
+    counters = ConsumerCounters()
+    counters.add_filtered(Counter({keep: 3}))
+    failure = Rejection("stage", "stage", "TypeError", "t", 0, 1, None, b"{}", stage_name=calc)
+    counters.add_rejected([failure, failure])
+
+    stages = StatsResource(SimpleNamespace(config=config), GroupLag.__new__(GroupLag)).stages()
+
+    assert stages == [
+        {"name": keep, "kind": "filter", "filtered": 3, "failed": 0},
+        {"name": calc, "kind": "set", "filtered": 0, "failed": 2},
+    ]

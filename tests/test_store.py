@@ -100,6 +100,14 @@ def test_a_failure_other_than_a_duplicate_is_a_refusal_not_a_duplicate(message_s
     assert list(outcome.refused) == [1] and outcome.refused[1].startswith("the store refused the document: ")
 
 
+def test_a_document_bson_cannot_encode_is_refused_and_the_rest_of_the_batch_stored(message_store):
+    # JSON allows integers up to 2**64 - 1 (orjson reads them), BSON only up to 2**63 - 1.
+    huge = {**document("m-2", 2), "data": {"count": 2**64 - 1}}
+    outcome = message_store.insert_batch([document("m-1", 1), huge, document("m-3", 3)])
+    assert (outcome.inserted, list(outcome.refused)) == (2, [1])
+    assert "cannot be stored" in outcome.refused[1]
+
+
 def test_ensure_indexes_creates_the_indexes_the_api_queries_need_and_can_run_again(message_store):
     message_store.ensure_indexes()
     message_store.ensure_indexes()

@@ -450,3 +450,22 @@ def test_messages_a_filter_stage_drops_are_filtered_not_missing(pipeline_config:
             assert any(line.split()[:2] == ["filtered", "3"] for line in out)
         finally:
             store.client.drop_database(settings.mongodb.database)
+
+
+@pytest.mark.integration
+def test_messages_stored_under_a_configured_id_field_verify(pipeline_config: Config):
+    settings = replace(
+        pipeline_config, consumer=replace(pipeline_config.consumer, batch_timeout_ms=50, id_field="order_id")
+    )
+    orders = [orjson.dumps({"order_id": f"o-{n}", "id": "not-the-id", "text": f"order {n}"}) for n in range(12)]
+    send(settings, *((None, value) for value in orders))
+    with consumer_running(settings):
+        wait_until(lambda: all_committed(settings), "everything consumed")
+    try:
+        with contextlib.closing(MessageStore(settings.mongodb)) as store:
+            assert store.collection.find_one({"_id": "o-3"})["data"] == {"id": "not-the-id"}
+        report = verify.verify(settings)
+        assert (report.checked, report.stored, report.missing, report.duplicated) == (12, 12, 0, 0)
+    finally:
+        with contextlib.closing(MessageStore(settings.mongodb)) as store:
+            store.client.drop_database(settings.mongodb.database)

@@ -85,10 +85,25 @@ class StatsResource:
             name: int(sum(exposition.totals(self.counters, family, label).values()))
             for name, (family, label) in SINCE_START.items()
         }
+        stats["stages"] = self.stages()
         stats["analytics"] = self.analytics()
         stats |= self.from_supervisor(errors)
         stats["errors"] = errors
         return stats
+
+    def stages(self) -> list[dict[str, Any]]:
+        """Each configured stage, in config order, with what it filtered and failed on since start."""
+        filtered = exposition.totals(self.counters, "streamd_stage_messages_filtered", "stage")
+        failed = exposition.totals(self.counters, "streamd_stage_messages_failed", "stage")
+        return [
+            {
+                "name": stage["name"],
+                "kind": stage["kind"],
+                "filtered": int(filtered.get(stage["name"], 0)),
+                "failed": int(failed.get(stage["name"], 0)),
+            }
+            for stage in self.backends.config.stages
+        ]
 
     def from_store(self, now: datetime) -> dict[str, Any]:
         store = self.backends.store

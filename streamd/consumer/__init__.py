@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 # What a consumer child reads of the config: a reload that changes one of these restarts it.
-SECTIONS = frozenset({"kafka", "mongodb", "consumer", "logging"})
+SECTIONS = frozenset({"kafka", "mongodb", "consumer", "stages", "logging"})
 
 
 def run(config: Config, shutdown: Shutdown) -> int:

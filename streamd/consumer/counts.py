@@ -22,6 +22,8 @@ class ConsumerCounters:
     unchecked: int = 0  # duplicates not looked up (time budget)
     rejected: Counter[str] = field(default_factory=Counter)  # by Rejection.reason, when the pipeline rejects
     dead_lettered: Counter[str] = field(default_factory=Counter)  # by reason, once the dead-letter topic acked
+    filtered: Counter[str] = field(default_factory=Counter)  # by filter stage name
+    failed: Counter[str] = field(default_factory=Counter)  # by stage name, messages a stage failed on
     dropped: int = 0  # messages of revoked partitions dropped from an unfinished batch (their new owner has them)
 
     def add_consumed(self, messages: int) -> None:
@@ -43,7 +45,16 @@ class ConsumerCounters:
         series.DUPLICATES_UNCHECKED.inc(duplicates)
 
     def add_rejected(self, rejections: Iterable[Rejection]) -> None:
+        rejections = list(rejections)
         self.rejected.update(series.count_by_label(series.REJECTED, (r.reason for r in rejections)))
+        failed = [r.stage_name for r in rejections if r.stage_name is not None]
+        if failed:
+            self.failed.update(series.count_by_label(series.STAGE_FAILED, failed))
+
+    def add_filtered(self, by_stage: Counter[str]) -> None:
+        for stage, count in by_stage.items():
+            series.STAGE_FILTERED.labels(stage).inc(count)
+        self.filtered.update(by_stage)
 
     def add_dead_lettered(self, rejections: Iterable[Rejection]) -> None:
         self.dead_lettered.update(series.count_by_label(series.DEAD_LETTERED, (r.reason for r in rejections)))
@@ -56,6 +67,7 @@ class ConsumerCounters:
         return (
             f"consumed {self.consumed}, stored {self.stored}, duplicates {self.duplicates}"
             + (f" ({self.id_conflicts} id conflicts)" if self.id_conflicts else "")
+            + (f", filtered {self.filtered.total()}" if self.filtered else "")
             + ", "
             f"rejected {self.rejected.total()}, dead-lettered {self.dead_lettered.total()}"
             + (f" ({reasons})" if reasons else "")

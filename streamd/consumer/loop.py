@@ -17,6 +17,7 @@ from streamd.kafka import ensure_topic, group_member
 from streamd.lifecycle import Shutdown
 from streamd.pipeline import MessageBatch, Pipeline
 from streamd.quarantine import Quarantine
+from streamd.stages import routed_collections
 
 log = logging.getLogger("streamd.consumer")
 
@@ -54,7 +55,12 @@ class BatchConsumer:
         """Create the topics when missing, join the group and connect the store."""
         pipeline = Pipeline.from_config(config)  # first, so a bad consumer.schema fails before anything opens
         ensure_topic(config, config.kafka.topic)
-        sink = Sink(store.MessageStore(config.mongodb), DeadLetterQueue.open(config), ConsumerCounters())
+        sink = Sink(
+            store.MessageStore(config.mongodb),
+            DeadLetterQueue.open(config),
+            ConsumerCounters(),
+            routed_collections(config.stages),
+        )
         batches: BatchConsumer | None = None
 
         def on_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
@@ -129,6 +135,7 @@ class BatchConsumer:
             self.hold.messages_flow()
         self.counters.add_consumed(len(batch))
         self.counters.add_rejected(batch.rejections)
+        self.counters.add_filtered(batch.filtered)
         return batch
 
     def deliver(self, batch: MessageBatch) -> bool:

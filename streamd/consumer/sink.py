@@ -1,6 +1,7 @@
 """The sink: a batch's documents into the store, then its rejections into the dead-letter topic.
 
-Either may be away; the sink then holds the batch and tries again with exponential backoff and jitter,
+A batch whose documents a route stage sent to other collections is written with one insert per
+collection. Either may be away; the sink then holds the batch and tries again with exponential backoff and jitter,
 logging each outage once when it starts and once when it ends. What the store refuses for good (a
 document it will never take) becomes a store-stage rejection, dead-lettered with the rest.
 """
@@ -35,9 +36,14 @@ class Sink:
     """Store, then dead-letter: a batch is delivered once both took what is theirs."""
 
     def __init__(
-        self, message_store: store.MessageStore, dead_letters: DeadLetterQueue, counters: ConsumerCounters
+        self,
+        message_store: store.MessageStore,
+        dead_letters: DeadLetterQueue,
+        counters: ConsumerCounters,
+        routed: tuple[str, ...] = (),
     ) -> None:
         self.store = message_store
+        self.routed = routed  # the collections route stages name, beside mongodb.collection
         self.dead_letters = dead_letters
         self.counters = counters
         self.conflicts = ConflictCheck(counters)
@@ -54,7 +60,9 @@ class Sink:
 
     def ensure_indexes(self) -> None:
         if not self.indexes_ready:
-            self.store.ensure_indexes()
+            # The API reads the routed collections as it reads the main one, so they get the same indexes.
+            for target in (None, *self.routed):
+                self.collection(target).ensure_indexes()
             self.indexes_ready = True
 
     def deliver(self, batch: MessageBatch, wait: Wait) -> bool:
@@ -77,7 +85,7 @@ class Sink:
         try:
             self.ensure_indexes()
             with series.STORE_WRITE_SECONDS.time():
-                outcome = self.store.insert_batch(batch.documents)
+                written = self.write(batch)
         # A command-level refusal (e.g. not authorized) is about the store, not about one document: the
         # batch waits for an operator to fix it rather than crash-looping this consumer.
         except (*store.UNAVAILABLE, store.StoreBusy, OperationFailure) as exc:
@@ -90,6 +98,7 @@ class Sink:
                     len(batch),
                 )
             return False
+        outcome = _combined([outcome for _, outcome in written])
         refused = batch.refuse(outcome.refused)
         self.counters.add_rejected(refused)
         for rejection in refused:
@@ -98,9 +107,28 @@ class Sink:
             log.info("store is back after %.1fs; resuming", recovery.seconds)
         self.counters.add_written(outcome)
         series.stored_batch(len(batch), batch.documents, outcome.duplicates)
-        if outcome.duplicated:
-            self.conflicts.check(self.store, outcome.duplicated)
+        for target, part in written:
+            if part.duplicated:
+                self.conflicts.check(target, part.duplicated)
         return True
+
+    def collection(self, target: str | None) -> store.MessageStore:
+        """Where a target's documents go: the store's own collection for None, else a routed one on its client."""
+        return self.store if target is None else self.store.in_collection(target)
+
+    def write(self, batch: MessageBatch) -> list[tuple[store.MessageStore, store.WriteOutcome]]:
+        """One insert per target collection; each outcome's `refused` indexes are the batch's."""
+        if not any(batch.targets):  # no document routed: the common case, one insert as ever
+            return [(self.store, self.store.insert_batch(batch.documents))]
+        written = []
+        for target, indexes in batch.by_target().items():
+            collection = self.collection(target)
+            outcome = collection.insert_batch([batch.documents[index] for index in indexes])
+            refused = {indexes[index]: why for index, why in outcome.refused.items()}
+            written.append(
+                (collection, store.WriteOutcome(outcome.inserted, outcome.duplicates, outcome.duplicated, refused))
+            )
+        return written
 
     def try_dead_letter(self) -> bool:
         """One wait for the dead-letter topic's acknowledgements."""
@@ -131,6 +159,17 @@ class Sink:
     def close(self) -> None:
         self.dead_letters.close()
         self.store.close()
+
+
+def _combined(outcomes: list[store.WriteOutcome]) -> store.WriteOutcome:
+    if len(outcomes) == 1:
+        return outcomes[0]
+    return store.WriteOutcome(
+        sum(outcome.inserted for outcome in outcomes),
+        sum(outcome.duplicates for outcome in outcomes),
+        tuple(document for outcome in outcomes for document in outcome.duplicated),
+        {index: why for outcome in outcomes for index, why in outcome.refused.items()},
+    )
 
 
 def retry(attempt: Callable[[], bool], wait: Wait) -> bool:

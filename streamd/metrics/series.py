@@ -56,6 +56,17 @@ DEAD_LETTERED = Counter(
     ["reason"],
 )
 
+STAGE_FILTERED = Counter(
+    "streamd_stage_messages_filtered",
+    "Messages a filter stage dropped (committed, neither stored nor dead-lettered), by stage name.",
+    ["stage"],
+)
+STAGE_FAILED = Counter(
+    "streamd_stage_messages_failed",
+    "Messages a stage failed on (dead-lettered with reason stage), by stage name.",
+    ["stage"],
+)
+
 BATCH_SIZE = Histogram(
     "streamd_consumer_batch_size_messages",
     "Messages per consumed batch written to the store.",

@@ -121,7 +121,7 @@ def verify(
         report.repeated_dead_letters = dead_letters.repeats
         lookup = _lookup_for(message_store)
         total = sum(end - start for start, end in ranges.values())
-        for window in windows(reader, topic, ranges, show, total, filter_check(config)):
+        for window in windows(reader, topic, ranges, show, total, filter_check(config), config.consumer.id_field):
             show(f"checking {len(window)} messages against the store", force=len(window) >= READ_BATCH)
             wanted = {entry.id for entry in window} | _legacy_ids(window, topic)
             found = _find(stores, lookup, wanted)

@@ -106,10 +106,11 @@ def windows(
     show: Progress,
     total: int,
     dropped: Dropped | None = None,
+    id_field: str | None = "id",
 ) -> Iterator[Window]:
     """An Entry for every message in range, at most WINDOW at a time; values are parsed and let go.
 
-    `dropped` (see filter_check) marks the messages the stages filter out."""
+    `dropped` (see filter_check) marks the messages the stages filter out; `id_field` is consumer.id_field."""
     window: Window = []
     read = 0
     for partition, (start, end) in ranges.items():
@@ -125,7 +126,7 @@ def windows(
                     Entry(
                         partition,
                         offset,
-                        document_id(payload, topic, partition, offset),
+                        document_id(payload, topic, partition, offset, id_field),
                         None if kind == TIMESTAMP_NOT_AVAILABLE else stamp,
                         _message_digest(payload),
                         dropped is not None and dropped(message),
