@@ -13,6 +13,7 @@ import dataclasses
 import os
 import signal
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,11 +21,22 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from streamd import config as config_module
 from streamd.analyzer import run as run_analyzer
 from streamd.config import Config
 from streamd.store import MessageStore
 
-from .probes import all_committed, committed, consumer_running, free_port, logged, partitions, read_all, wait_until
+from .probes import (
+    STAGES,
+    all_committed,
+    committed,
+    consumer_running,
+    free_port,
+    logged,
+    partitions,
+    read_all,
+    wait_until,
+)
 from .supervisor_process import api_url, get_json, start_streamd
 
 MESSAGES = 50_000
@@ -65,10 +77,14 @@ def payload(index: int, base: datetime) -> bytes:
 
 
 def produce(settings: Config, first: int, last: int, base: datetime) -> None:
+    send(settings, ((f"m-{index}", payload(index, base)) for index in range(first, last)))
+
+
+def send(settings: Config, messages: Iterable[tuple[str, bytes]]) -> None:
     producer = Producer({"bootstrap.servers": settings.kafka.brokers, "linger.ms": 20})
-    for index in range(first, last):
-        producer.produce(settings.kafka.topic, payload(index, base), key=f"m-{index}".encode())
-        if index % 10_000 == 0:
+    for count, (key, value) in enumerate(messages):
+        producer.produce(settings.kafka.topic, value, key=key.encode())
+        if count % 10_000 == 0:
             producer.poll(0)
     assert producer.flush(30) == 0
 
@@ -218,3 +234,46 @@ def test_while_the_store_is_away_the_analyzer_holds_its_batch_commits_nothing_an
         wait_until(lambda: all_committed(progress_of), what="the analyzer caught up", timeout=60)
     windows = stored_windows(settings)
     assert sum(v for k, v in windows.items() if k[0] == "1m") == 300, "each message once, on time or late"
+
+
+def test_with_stages_each_minute_counts_exactly_what_the_consumers_stored_in_every_collection(
+    analytics_config: Config, tmp_path: Path
+):
+    # STAGES filter out source "noise", compute f from temperature, rename, drop, and route f > 86 to alerts.
+    settings = dataclasses.replace(analytics_config, stages=config_module.from_mapping({"stages": STAGES}).stages)
+    sup = start_streamd(
+        tmp_path, settings, producer={"enabled": False}, consumer={"processes": 1}, analytics={"fields": ["f"]}
+    )
+    base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    try:
+        sup.wait_running("consumer-1", "analyzer", timeout=60)
+
+        def reading(index: int) -> tuple[str, bytes]:
+            moment = base + timedelta(milliseconds=200 * index)  # three minutes, in order: nothing is late
+            temperature = "warm" if index % 50 == 49 else index % 45  # "warm" fails the set stage: dead-lettered
+            source = ("A", "B", "noise")[index % 3]
+            fields = {"id": f"r-{index}", "text": "t", "source": source, "temperature": temperature, "debug": 1}
+            fields["timestamp"] = moment.isoformat()
+            return f"r-{index}", orjson.dumps(fields)
+
+        send(settings, (reading(index) for index in range(900)))
+        wait_until(lambda: all_committed(sup.config), what="the consumers caught up", timeout=60)
+        wait_until(lambda: all_committed(as_analyzer_group(sup.config)), what="the analyzer caught up", timeout=60)
+    finally:
+        sup.kill()
+
+    expected: Counter = Counter()
+    sums: Counter = Counter()
+    with contextlib.closing(MessageStore(settings.mongodb)) as store:
+        routed = list(store.in_collection("alerts").collection.find())
+        assert routed, "some messages were routed"
+        for document in [*store.collection.find(), *routed]:
+            start = document["timestamp"].replace(second=0, microsecond=0)
+            expected[start, document["source"]] += 1
+            sums[start, document["source"]] += document["data"]["f"]
+        windows = list(store.in_collection(settings.analytics.collection).collection.find({"window": "1m"}))
+    got = {(w["start"], w["group"]["source"]): w["count"] for w in windows}
+    assert got == dict(expected) and "noise" not in {source for _, source in got}
+    assert all(w["late"] == 0 for w in windows)
+    for w in windows:
+        assert w["fields"]["f"]["sum"] == pytest.approx(sums[w["start"], w["group"]["source"]])
