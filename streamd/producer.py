@@ -167,8 +167,9 @@ def send_paced(
         sender.poll(min(max(wait, 0.0), POLL_INTERVAL))
 
 
-# What the producer child reads of the config: a reload that changes one of these restarts it.
-SECTIONS = frozenset({"kafka", "producer", "logging", "supervisor.graceful_timeout"})
+# What the producer child reads of the config: a reload that changes one of these restarts it. (consumer.id_field
+# is read by `streamd produce --file` alone, in this module; restarting the generator for it costs nothing.)
+SECTIONS = frozenset({"kafka", "producer", "logging", "supervisor.graceful_timeout", "consumer.id_field"})
 
 
 def run(config: Config, shutdown: Shutdown) -> int:
