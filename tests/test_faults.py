@@ -285,6 +285,7 @@ def test_the_store_killed_and_restarted_mid_stream_pauses_the_consumers_without_
         assert_all_delivered(private_flow, producer, sup)
         restarts = {name: child["restarts"] for name, child in consumers(sup).items()}
         assert restarts == {"consumer-1": 0, "consumer-2": 0}, "no consumer crashed"
+        assert sup.children()["analyzer"]["restarts"] == 0, "the analyzer held its batch too"
         lines = sup.messages("consumer-1") + sup.messages("consumer-2")
         assert 1 <= logged(lines, "store unavailable", "holding") <= 2, "once per consumer, not per retry"
         assert logged(lines, "store is back")
@@ -308,7 +309,8 @@ def test_the_broker_killed_and_restarted_mid_stream_loses_and_duplicates_nothing
         restart_servers(private_stack)
         producer.wait(timeout=180)
         restarts = {name: child["restarts"] for name, child in sup.children().items() if name != "api"}
-        assert restarts == {"producer": 0, "consumer-1": 0, "consumer-2": 0}, "they reconnected by themselves"
+        expected = {"producer": 0, "consumer-1": 0, "consumer-2": 0, "analyzer": 0}
+        assert restarts == expected, "they reconnected by themselves"
 
         rewrite_config(sup, producer={"enabled": False})  # stop the generator: it flushes and reports
         sup.signal(signal.SIGHUP)
