@@ -92,3 +92,11 @@ def count_stored(scratch: Scratch, config: Config) -> dict[str, int]:
     with scratch.store() as client:
         database = client[config.mongodb.database]
         return {name: database[name].count_documents({}) for name in names}
+
+
+def drop_collections(scratch: Scratch, collection: str, stages: tuple[dict, ...]) -> None:
+    """Remove a finished run's collections, so that the next run starts with a database of the same size."""
+    with scratch.store() as client:
+        database = client[scratch.database]
+        for name in dict.fromkeys([collection, *routed_collections(stages)]):
+            database.drop_collection(name)
