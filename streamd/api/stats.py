@@ -11,6 +11,7 @@ document once at a time and reuses it for FRESH_SECONDS after it is done, howeve
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -106,18 +107,26 @@ class StatsResource:
         ]
 
     def from_store(self, now: datetime) -> dict[str, Any]:
-        store = self.backends.store
+        """Totals, rates and sources over every collection the API reads (routed ones included)."""
         limit = time_limit_ms(self.backends)
-        total = store.count(limit)
+        stores = self.backends.stores.values()
+        per_collection = {store.name: store.count(limit) for store in stores}
         rates = {
-            name: round(store.count_since(now - timedelta(seconds=seconds), limit) / seconds, 3)
+            name: round(
+                sum(store.count_since(now - timedelta(seconds=seconds), limit) for store in stores) / seconds, 3
+            )
             for name, seconds in RATE_WINDOWS.items()
         }
+        by_source: Counter = Counter()
+        for store in stores:
+            for source, count in store.sources(limit):
+                by_source[source] += count
         sources = sorted(
-            ({"source": source, "count": count} for source, count in store.sources(limit)),
+            ({"source": source, "count": count} for source, count in by_source.items()),
             key=lambda entry: (-entry["count"], str(entry["source"])),
         )
-        return {"totals": {"messages": total}, "rates": rates, "sources": sources}
+        totals = {"messages": sum(per_collection.values()), "collections": per_collection}
+        return {"totals": totals, "rates": rates, "sources": sources}
 
     def analytics(self) -> dict[str, Any] | None:
         """The analyzer's group, its lag (null while Kafka cannot be read) and its counts since start."""
