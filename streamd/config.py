@@ -315,7 +315,7 @@ def to_mapping(config: Config) -> dict[str, Any]:
 
 
 def documented_keys() -> Iterator[tuple[str, Any, str]]:
-    """(dotted key, default, meaning) for every key, in schema order: the source of the table in docs/configuration.md."""
+    """(dotted key, default, meaning) for every key, in schema order: docs/configuration.md tabulates them."""
     for top in dataclasses.fields(Config):
         if top.metadata.get("internal"):
             continue
