@@ -13,7 +13,8 @@ RUN python -m venv /opt/streamd && /opt/streamd/bin/pip install --no-cache-dir .
 FROM python:3.11-slim
 # A system user without a login shell; its home is the state directory (pid file, control socket,
 # metrics), the one place streamd writes to.
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/streamd --create-home --shell /usr/sbin/nologin streamd
+RUN useradd --system --uid 10001 --user-group --shell /usr/sbin/nologin \
+    --home-dir /var/lib/streamd --create-home streamd
 COPY --from=build /opt/streamd /opt/streamd
 COPY config.yaml /etc/streamd/config.yaml
 # Never provision a local Kafka or store inside the container; listen beyond the container's loopback.
