@@ -202,7 +202,7 @@ class Config:
     stages: tuple[dict, ...] = setting(
         (),
         "Processing stages every consumer applies after validation, in order: filter, set, rename, drop, route "
-        "(see the README's Stages section).",
+        "(see docs/stages.md).",
         check=lambda raw: _stages(raw),
     )
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
@@ -315,7 +315,7 @@ def to_mapping(config: Config) -> dict[str, Any]:
 
 
 def documented_keys() -> Iterator[tuple[str, Any, str]]:
-    """(dotted key, default, meaning) for every key, in schema order: the source of the README table."""
+    """(dotted key, default, meaning) for every key, in schema order: docs/configuration.md tabulates them."""
     for top in dataclasses.fields(Config):
         if top.metadata.get("internal"):
             continue

@@ -35,8 +35,8 @@ def test_every_example_config_loads_as_a_user_would_start_it(path: Path):
     assert settings.state_path.resolve() == shipped.state_path.resolve()
 
 
-def test_the_worked_example_in_the_readme_is_the_shipped_example():
-    readme = (REPO / "README.md").read_text()
+def test_the_worked_example_in_the_docs_is_the_shipped_example():
+    readme = (REPO / "docs" / "stages.md").read_text()
     section = readme.split("## Processing the stream: a worked example", 1)[1].split("\n## ", 1)[0]
     blocks = [yaml.safe_load(block.split("\n```", 1)[0]) for block in section.split("```yaml\n")[1:]]
     shown = next(block for block in blocks if "stages" in block)
@@ -180,22 +180,21 @@ def readme_default(default: object) -> str:
     return "{}" if default == {} else str(default)
 
 
-def test_the_readme_documents_every_config_key_with_its_current_default():
-    readme = (REPO / "README.md").read_text()
-    section = readme.partition("\n## Configuration\n")[2].partition("\n## ")[0]
+def test_the_docs_document_every_config_key_with_its_current_default():
+    reference = (REPO / "docs" / "configuration.md").read_text()
     rows = {
         cells[1].strip("` "): cells[2].strip("` ")
-        for line in section.splitlines()
+        for line in reference.splitlines()
         if line.startswith("| `") and len(cells := line.split("|")) > 3
     }
     missing = [key for key, _, _ in config_module.documented_keys() if key not in rows]
-    assert not missing, f"README.md lacks these config keys: {missing}"
+    assert not missing, f"docs/configuration.md lacks these config keys: {missing}"
     stale = {
         key: (rows[key], readme_default(default))
         for key, default, _ in config_module.documented_keys()
         if rows[key] != readme_default(default)
     }
-    assert not stale, f"README.md shows stale defaults (shown, actual): {stale}"
+    assert not stale, f"docs/configuration.md shows stale defaults (shown, actual): {stale}"
 
 
 def test_missing_explicit_config_file_is_a_clear_error(tmp_path):

@@ -26,7 +26,7 @@ from streamd.pipeline import Pipeline, document_id, parse, to_document
 
 TOPIC = "orders"
 NOW = datetime(2024, 6, 1, 12, 0, 30, tzinfo=UTC)
-# Every reason a stage can give (the README's dead-letter table lists them with the later ones).
+# Every reason a stage can give (the dead-letter table in docs/delivery.md lists them with the later ones).
 REASONS = {
     "tombstone",
     "empty",

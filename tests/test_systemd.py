@@ -24,7 +24,7 @@ def unit_settings() -> dict[str, list[str]]:
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     streamd = shutil.which("streamd")
     assert streamd, "streamd must be installed (pip install -e .) for the unit's ExecStart to exist"
-    # The unit names the README's install location; verify it against where streamd lives here.
+    # The unit names the install location in docs/operations.md; verify it against where streamd lives here.
     unit = tmp_path / "streamd.service"
     unit.write_text(UNIT.read_text().replace("/opt/streamd/bin/streamd", streamd))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)

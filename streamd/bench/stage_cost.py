@@ -3,7 +3,7 @@
 Both drains run back to back in the same bench run, on the same backlog, store and consumer count, so
 the ratio compares like with like on a shared machine. One consumer process: it is where the
 consumer's own per-message work (which the stages add to) shows most, and on FerretDB/SQLite it is
-also the fastest configuration (see the README's Performance section).
+also the fastest configuration (see docs/performance.md).
 
 The chain does what a user's would, on the generator's messages: a filter, a `set` with arithmetic
 and string functions, a rename, and a route sending one message in ten to a second collection. The
