@@ -84,8 +84,7 @@ def sources(directory: Path, child: str | None) -> list[Path]:
 
 def last_entries(path: Path, count: int) -> list[Entry]:
     """The last `count` entries of `path` and, when it holds fewer, of its rotated files before it."""
-    rotated = (path.with_name(f"{path.name}.{n}") for n in itertools.count(1))
-    generations = [path, *itertools.takewhile(Path.exists, rotated)]
+    generations = [path, *itertools.takewhile(Path.exists, rotations(path))]
     found: deque[Entry] = deque(maxlen=count)
     for generation in reversed(generations):
         try:
@@ -94,6 +93,11 @@ def last_entries(path: Path, count: int) -> list[Entry]:
         except FileNotFoundError:
             continue  # rotated away while we read
     return list(found)
+
+
+def rotations(path: Path) -> Iterator[Path]:
+    """`x.log.1`, `x.log.2`, …: newest first, as RotatingFileHandler names them."""
+    return (path.with_name(f"{path.name}.{n}") for n in itertools.count(1))
 
 
 def show(directory: Path, child: str | None, count: int, follow: bool, out: TextIO) -> None:
@@ -136,8 +140,12 @@ class Follower:
         except FileNotFoundError:
             current = None  # between the writer's rename and its reopen
         if current is not None and current.st_ino != self.inode:
-            # Rotated: whatever the writer put in the old file before renaming it is above; go on in the new one.
+            # Rotated: what the writer put in our file before renaming it is above; then come the files it
+            # filled and rotated since (a fast writer rotates more than once between two polls), then the new one.
             self.handle.close()
+            for newer in self._rotated_since():
+                with open(newer, encoding="utf-8", errors="replace") as whole:
+                    lines += self._complete_lines(whole.read())
             self.handle, self.at_end = None, False
             if self._open():
                 lines += self._complete_lines(self.handle.read())
@@ -147,6 +155,18 @@ class Follower:
         if found:
             self.stamp = found[-1].stamp
         return found
+
+    def _rotated_since(self) -> list[Path]:
+        """The rotated files newer than the one we were reading, oldest first."""
+        newer = []
+        for path in rotations(self.path):
+            try:
+                if os.stat(path).st_ino == self.inode:
+                    break
+            except FileNotFoundError:
+                break  # ours was rotated out of existence: every rotated file left is newer
+            newer.append(path)
+        return newer[::-1]
 
     def _open(self) -> bool:
         try:
