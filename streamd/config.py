@@ -183,7 +183,7 @@ class LoggingConfig:
     )
     file_count: int = setting(
         5,
-        "Files kept per child in <state_dir>/logs, the current one included; 0: no log files.",
+        "Files kept per child in <state_dir>/logs, the current one included: 0 (no log files), or 2 or more.",
         check=lambda count: _file_count(count),
     )
 
