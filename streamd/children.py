@@ -22,6 +22,9 @@ replaces an earlier one, so a child removed by one reload and asked for by the n
 and rapid reloads converge on the last config.  A clean exit nobody asked for (exit code 0, or
 SIGTERM/SIGINT from someone else) restarts after `backoff_initial` without counting as a crash;
 before the child is proven it counts as a failure, so a child that cannot start still ends FATAL.
+
+A little over 300 lines on purpose: the diagram, the restart policy and every transition are one
+answer to "what happens to a child when…", and are tested together without processes.
 """
 
 from __future__ import annotations

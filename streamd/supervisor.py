@@ -11,8 +11,9 @@ a self-pipe; the loop then runs, in order:
 What happens when a child dies is therefore `reap_children` plus `Child.exited` in children.py.
 Which children there are is plan.py's; how each one behaves, children.py's.
 
-A little over 300 lines on purpose: the loop, the handlers, reaping, spawning and reload all act on
-one list of children and one self-pipe, and read best as one class, as in gunicorn's arbiter.
+Over 300 lines on purpose: the loop, the handlers, reaping, spawning, reload and the control requests
+(status, the operator's stop/start/restart) all act on one list of children and one self-pipe, and read
+best as one class, as in gunicorn's arbiter.
 """
 
 from __future__ import annotations

@@ -11,6 +11,13 @@ from .test_supervisor import run_streamd, toy  # noqa: F401 - toy is the fixture
 CHILDREN = ("consumer-1", "consumer-2", "producer")
 
 
+def command(sup, *args: str) -> dict[str, dict]:
+    """Run `streamd ARGS -c <its config>`, which must succeed, and return the children's status after it."""
+    result = run_streamd(*args, "-c", str(sup.config_path))
+    assert result.returncode == 0, result.stderr
+    return sup.children()
+
+
 def test_version_is_the_installed_package_version():
     from importlib.metadata import version
 
@@ -22,9 +29,7 @@ def test_version_is_the_installed_package_version():
 def test_a_stopped_child_stays_stopped_while_the_rest_runs_until_started_again(toy):  # noqa: F811
     sup = toy().start()
     before = sup.wait_running(*CHILDREN)
-    stopped = run_streamd("stop", "consumer-1", "-c", str(sup.config_path))
-    assert stopped.returncode == 0, stopped.stderr
-    children = sup.children()
+    children = command(sup, "stop", "consumer-1")
     assert children["consumer-1"]["state"] == "STOPPED" and children["consumer-1"]["stopped_by"] == "operator"
     assert process_gone(before["consumer-1"]["pid"])
     assert children["consumer-2"]["pid"] == before["consumer-2"]["pid"]
@@ -39,18 +44,14 @@ def test_a_stopped_child_stays_stopped_while_the_rest_runs_until_started_again(t
     )
     assert sup.children()["consumer-1"]["state"] == "STOPPED"
 
-    started = run_streamd("start", "consumer-1", "-c", str(sup.config_path))
-    assert started.returncode == 0, started.stderr
-    after = sup.children()["consumer-1"]
+    after = command(sup, "start", "consumer-1")["consumer-1"]
     assert after["state"] == "RUNNING" and after["stopped_by"] is None
 
 
 def test_restart_one_child_replaces_only_that_process(toy):  # noqa: F811
     sup = toy().start()
     before = sup.wait_running(*CHILDREN)
-    result = run_streamd("restart", "producer", "-c", str(sup.config_path))
-    assert result.returncode == 0, result.stderr
-    after = sup.children()
+    after = command(sup, "restart", "producer")
     assert after["producer"]["state"] == "RUNNING" and after["producer"]["pid"] != before["producer"]["pid"]
     assert [after[name]["pid"] for name in ("consumer-1", "consumer-2")] == [
         before[name]["pid"] for name in ("consumer-1", "consumer-2")
@@ -62,11 +63,8 @@ def test_restart_without_a_child_restarts_every_child_gracefully_but_not_the_sup
     sup = toy().start()
     before = sup.wait_running(*CHILDREN)
     supervisor_pid = sup.status()["pid"]
-    result = run_streamd("restart", "-c", str(sup.config_path))
-    assert result.returncode == 0, result.stderr
-    answer = sup.status()
-    assert answer["pid"] == supervisor_pid
-    after = {child["name"]: child for child in answer["children"]}
+    after = command(sup, "restart")
+    assert sup.status()["pid"] == supervisor_pid
     for name in CHILDREN:
         assert after[name]["state"] == "RUNNING" and after[name]["pid"] != before[name]["pid"], name
     stopped = {event.split()[0] for event in sup.events() if event.endswith("stopped cleanly")}
