@@ -249,9 +249,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{'CHILD':<14}{'STATE':<10}{'PID':>8}  {'UPTIME':>9}  {'RESTARTS':>8}  LAST EXIT")
     for child in answer["children"]:
         uptime = format_duration(child["uptime"]) if child["uptime"] is not None else "-"
+        # .get: a supervisor started before this version does not say who stopped a child.
+        by = f" (stopped by {child['stopped_by']})" if child.get("stopped_by") else ""
         print(
             f"{child['name']:<14}{child['state']:<10}{child['pid'] or '-':>8}  {uptime:>9}  "
-            f"{child['restarts']:>8}  {child['last_exit'] or '-'}"
+            f"{child['restarts']:>8}  {child['last_exit'] or '-'}{by}"
         )
     return 0
 

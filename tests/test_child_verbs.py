@@ -32,6 +32,8 @@ def test_a_stopped_child_stays_stopped_while_the_rest_runs_until_started_again(t
     children = command(sup, "stop", "consumer-1")
     assert children["consumer-1"]["state"] == "STOPPED" and children["consumer-1"]["stopped_by"] == "operator"
     assert process_gone(before["consumer-1"]["pid"])
+    shown = run_streamd("status", "-c", str(sup.config_path)).stdout
+    assert "stopped by operator" in next(line for line in shown.splitlines() if line.startswith("consumer-1 "))
     assert children["consumer-2"]["pid"] == before["consumer-2"]["pid"]
     assert children["producer"]["pid"] == before["producer"]["pid"]
 
