@@ -11,11 +11,20 @@ The states are supervisord's, and every change of state goes through one named m
 A child is "proven" once it has stayed up `start_seconds`, or, for a local server, once its
 endpoint answers.  EXITED and FATAL are final until a reload or restart asks for the child again.
 
+The operator's verbs (`streamd stop|start|restart CHILD`) are events of the same machine:
+
+    any --held (operator stop)--> STOPPING --exited--> STOPPED, held: never spawned, a reload keeps it so
+    STOPPED held / BACKOFF / EXITED / FATAL --released (operator start)--> STOPPED --spawned--> STARTING
+    STARTING/RUNNING --restart_requested--> STOPPING (then=RESPAWN); any other state: as released
+
 Whoever asks a child to stop also says what follows its exit (`AfterStop`); a later request
 replaces an earlier one, so a child removed by one reload and asked for by the next comes back,
 and rapid reloads converge on the last config.  A clean exit nobody asked for (exit code 0, or
 SIGTERM/SIGINT from someone else) restarts after `backoff_initial` without counting as a crash;
 before the child is proven it counts as a failure, so a child that cannot start still ends FATAL.
+
+A little over 300 lines on purpose: the diagram, the restart policy and every transition are one
+answer to "what happens to a child when…", and are tested together without processes.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ class AfterStop(enum.Enum):
     REST = "rest"  # EXITED: the supervisor is stopping, or nobody asked for the child again
     RESPAWN = "respawn"  # STOPPED, then spawned again with the config of the last reload
     RETIRE = "retire"  # EXITED and dropped from the supervisor's list (a reload removed it)
+    HOLD = "hold"  # STOPPED and held there: the operator stopped it (`streamd stop CHILD`)
 
 
 class Tier(enum.IntEnum):
@@ -120,6 +130,7 @@ class Child:
     kill_at: float | None = None  # STOPPING: when SIGKILL follows SIGTERM
     after_stop: AfterStop = AfterStop.REST
     ever_running: bool = False
+    held: bool = False  # stopped by the operator: not spawned again until `streamd start CHILD`
 
     @property
     def name(self) -> str:
@@ -176,11 +187,38 @@ class Child:
         """A reload asks for this child, with `config`; `restart` when a section it reads changed."""
         self.config = config
         self.policy.retune(config.supervisor)
+        if self.held:
+            return  # the operator's stop outlasts reloads; `start CHILD` runs it with this config
         if self.state is ChildState.STOPPING or (self.is_alive and restart):
             # Stopping for a restart, or for a removal this reload takes back: either way it comes back.
             self.stop_requested(now, config.supervisor.graceful_timeout, then=AfterStop.RESPAWN)
         else:
             self.rearm()
+
+    def hold(self, now: float, grace: float) -> None:
+        """The operator stops this child and keeps it stopped, whatever its state."""
+        self.held = True
+        if self.is_alive:
+            self.stop_requested(now, grace, then=AfterStop.HOLD)
+        else:
+            self.state, self.after_stop = ChildState.STOPPED, AfterStop.REST
+
+    def release(self) -> None:
+        """The operator asks for this child: spawned at once if it is not running, however it ended."""
+        self.held = False
+        if self.state is ChildState.STOPPING:
+            self.after_stop = AfterStop.RESPAWN
+        elif not self.is_alive:
+            self.policy.forgive()  # the operator saying "try again", as a reload does after FATAL
+            self.state = ChildState.STOPPED
+
+    def restart_requested(self, now: float, grace: float) -> None:
+        """The operator restarts this child: a graceful stop, then a spawn with the current config."""
+        if self.is_alive:
+            self.held = False
+            self.stop_requested(now, grace, then=AfterStop.RESPAWN)
+        else:
+            self.release()
 
     def unwanted(self, now: float, grace: float) -> bool:
         """A reload removed this child; True when it can leave the list at once (no process to stop)."""
@@ -204,6 +242,9 @@ class Child:
             if self.after_stop is AfterStop.RESPAWN:
                 self.state, self.after_stop = ChildState.STOPPED, AfterStop.REST
                 log.info("%s stopped (%s); starting it again with its new config", self.name, self.last_exit)
+            elif self.after_stop is AfterStop.HOLD:
+                self.state, self.after_stop = ChildState.STOPPED, AfterStop.REST
+                log.info("%s stopped (%s); held until `streamd start %s`", self.name, self.last_exit, self.name)
             else:
                 log.info("%s stopped (%s)", self.name, self.last_exit)
             return
@@ -245,6 +286,8 @@ class Child:
     # --- helpers -----------------------------------------------------------------------------------
 
     def due_to_spawn(self, now: float) -> bool:
+        if self.held:
+            return False
         return self.state is ChildState.STOPPED or (self.state is ChildState.BACKOFF and now >= self.retry_at)
 
     def due_to_prove(self, now: float) -> bool:
@@ -270,6 +313,7 @@ class Child:
             "uptime": round(now - self.started_at, 1) if self.pid and self.started_at else None,
             "restarts": self.restarts,
             "last_exit": self.last_exit,
+            "stopped_by": "operator" if self.held else None,
         }
 
 

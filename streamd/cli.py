@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from streamd import child_verbs, control, logs
 from streamd import config as config_module
-from streamd import control, logs
 from streamd.config import Config, ConfigError
 from streamd.group_offsets import KafkaUnreadable
 from streamd.kafka import KafkaUnavailable
@@ -37,8 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"streamd: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except child_verbs.UnknownChild as exc:
+        print(f"streamd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     # Kafka going away in the middle of a command is a sentence too, not a traceback.
-    except (CommandError, KafkaUnavailable, KafkaUnreadable) as exc:
+    except (CommandError, control.NotRunning, child_verbs.VerbFailed, KafkaUnavailable, KafkaUnreadable) as exc:
         print(f"streamd: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
@@ -54,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamd", description="A supervised Kafka → MongoDB → HTTP pipeline in one command."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -62,9 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    command("start", cmd_start, "Run the supervisor and every child in the foreground.")
-    stop = command("stop", cmd_stop, "Ask the running supervisor to stop gracefully, and wait.")
+    start = command("start", cmd_start, "Run the supervisor in the foreground; with CHILD, start that child again.")
+    start.add_argument("child", nargs="?", metavar="CHILD", help="a child stopped with `streamd stop CHILD`")
+    stop = command("stop", cmd_stop, "Stop the running supervisor gracefully and wait; with CHILD, only that child.")
+    stop.add_argument("child", nargs="?", metavar="CHILD", help="e.g. consumer-2, api, producer, analyzer")
     stop.add_argument("--timeout", type=float, help="seconds to wait (default: graceful_timeout + 15)")
+    restart = command("restart", cmd_restart, "Restart every child gracefully, or only CHILD; the supervisor stays.")
+    restart.add_argument("child", nargs="?", metavar="CHILD", help="e.g. consumer-2, api, producer, analyzer")
+    logs_command = command("logs", cmd_logs, "Print the last lines of every child's log file, or of CHILD's.")
+    logs_command.add_argument("child", nargs="?", metavar="CHILD", help="e.g. consumer-2, api, supervisor")
+    logs_command.add_argument("-n", "--lines", type=positive_int, default=50, help="how many lines (default 50)")
+    logs_command.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
     status = command("status", cmd_status, "List every child with its state; exit 3 when nothing runs.")
     status.add_argument("--json", action="store_true", help="print the supervisor's answer as JSON")
     command("reload", cmd_reload, "Re-read config.yaml and apply only what changed (same as SIGHUP).")
@@ -163,6 +175,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     from streamd.plan import service_children
     from streamd.supervisor import Supervisor
 
+    if args.child is not None:
+        return child_verb(args, "start")
     config = load(args)
     logs.configure(config.logging, "supervisor")
     pid = control.running_pid(config)
@@ -171,6 +185,8 @@ def cmd_start(args: argparse.Namespace) -> int:
             f"a supervisor already runs for state directory {config.state_path} (pid {pid}); "
             "use `streamd status` to see it or `streamd stop` to stop it."
         )
+    # Only now: a second `streamd start` must not write (and rotate) the running supervisor's file.
+    logs.configure(config.logging, "supervisor", logs.log_dir(config))
     services = []
     if config.stack.local is not False:
         try:
@@ -182,6 +198,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    if args.child is not None:
+        return child_verb(args, "stop")
     config = load_to_reach_supervisor(args)
     pid = require_supervisor(config)
     os.kill(pid, signal.SIGTERM)
@@ -231,11 +249,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{'CHILD':<14}{'STATE':<10}{'PID':>8}  {'UPTIME':>9}  {'RESTARTS':>8}  LAST EXIT")
     for child in answer["children"]:
         uptime = format_duration(child["uptime"]) if child["uptime"] is not None else "-"
+        # .get: a supervisor started before this version does not say who stopped a child.
+        by = f" (stopped by {child['stopped_by']})" if child.get("stopped_by") else ""
         print(
             f"{child['name']:<14}{child['state']:<10}{child['pid'] or '-':>8}  {uptime:>9}  "
-            f"{child['restarts']:>8}  {child['last_exit'] or '-'}"
+            f"{child['restarts']:>8}  {child['last_exit'] or '-'}{by}"
         )
     return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    return child_verb(args, "restart")
+
+
+def child_verb(args: argparse.Namespace, verb: str) -> int:
+    config = load_to_reach_supervisor(args)
+    require_supervisor(config)
+    child_verbs.run(config, verb, [args.child] if args.child else [], sys.stdout)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from streamd import log_files
+
+    config = load_to_reach_supervisor(args)
+    try:
+        log_files.show(logs.log_dir(config), args.child, args.lines, args.follow, sys.stdout)
+    except log_files.NoLogFile as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamd")
+    except PackageNotFoundError:
+        return "(not installed: running from a source tree)"
 
 
 def require_supervisor(config: Config) -> int:

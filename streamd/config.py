@@ -175,6 +175,17 @@ class SupervisorConfig:
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "Lowest level logged.")
     format: Literal["text", "json"] = setting("text", "text for terminals, json for log shippers.")
+    file_max_bytes: int = setting(
+        10_000_000,
+        "Size at which a child's file in <state_dir>/logs is rotated; 0: no log files (stdout/journald only).",
+        minimum=0,
+        maximum=10**12,
+    )
+    file_count: int = setting(
+        5,
+        "Files kept per child in <state_dir>/logs, the current one included: 0 (no log files), or 2 or more.",
+        check=lambda count: _file_count(count),
+    )
 
 
 @dataclass(frozen=True)
@@ -383,6 +394,13 @@ def _windows(windows: tuple[str, ...]) -> tuple[str, ...]:
     if len(set(windows)) != len(windows):
         raise ValueError("each window length may be listed once")
     return windows
+
+
+def _file_count(count: int) -> int:
+    # Python's RotatingFileHandler never rotates without a backup file: one file would grow without bound.
+    if count == 1 or not 0 <= count <= 1000:
+        raise ValueError(f"expected 0 (no log files) or a count from 2 to 1000, got {count}")
+    return count
 
 
 def _is_section(f: dataclasses.Field) -> bool:

@@ -1,8 +1,9 @@
 """How `streamd stop|status|reload` reach a running supervisor: a pid file and a control socket.
 
 Both live in the state directory, so two pipelines with different state directories never meet.
-Stop and reload are plain signals (SIGTERM, SIGHUP), exactly what systemd sends; status asks the
-supervisor over a Unix socket because only it knows each child's state.
+Stop and reload are plain signals (SIGTERM, SIGHUP), exactly what systemd sends; status, and the verbs
+aimed at one child (`stop|start|restart CHILD`), go over a Unix socket because only the supervisor
+knows each child.  A request is one line, `status` or `<verb> [CHILD…]`; the answer one JSON object.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +22,7 @@ from streamd.config import Config
 PID_FILE = "supervisor.pid"
 SOCKET_FILE = "supervisor.sock"
 REQUEST_TIMEOUT = 5.0
+REQUEST_BYTES = 4096  # a verb and child names: one recv is enough
 
 
 class NotRunning(Exception):
@@ -95,8 +98,8 @@ class ControlServer:
         assert self.sock is not None
         return self.sock.fileno()
 
-    def serve_one(self, answer: dict) -> None:
-        """Answer one waiting client with `answer`; never block the main loop for long."""
+    def serve_one(self, answer: Callable[[str], dict]) -> None:
+        """Answer one waiting client's request line with `answer(line)`; never block the main loop for long."""
         assert self.sock is not None
         try:
             conn, _ = self.sock.accept()
@@ -105,8 +108,8 @@ class ControlServer:
         with conn:
             conn.settimeout(1.0)
             try:
-                conn.recv(256)  # the request line; status is the only question asked here
-                conn.sendall(orjson.dumps(answer) + b"\n")
+                line = conn.recv(REQUEST_BYTES).decode("utf-8", "replace")
+                conn.sendall(orjson.dumps(answer(line.strip())) + b"\n")
             except OSError:
                 pass  # a client that hung up early is its own problem
 
@@ -119,12 +122,17 @@ class ControlServer:
 
 
 def request_status(config: Config) -> dict:
+    return request(config, "status")
+
+
+def request(config: Config, line: str) -> dict:
+    """Send one request line to the running supervisor and return its answer."""
     path = socket_path(config)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(REQUEST_TIMEOUT)
         try:
             sock.connect(str(path))
-            sock.sendall(b"status\n")
+            sock.sendall(line.encode() + b"\n")
             chunks = []
             while chunk := sock.recv(65536):
                 chunks.append(chunk)

@@ -11,8 +11,9 @@ a self-pipe; the loop then runs, in order:
 What happens when a child dies is therefore `reap_children` plus `Child.exited` in children.py.
 Which children there are is plan.py's; how each one behaves, children.py's.
 
-A little over 300 lines on purpose: the loop, the handlers, reaping, spawning and reload all act on
-one list of children and one self-pipe, and read best as one class, as in gunicorn's arbiter.
+Over 300 lines on purpose: the loop, the handlers, reaping, spawning, reload and the control requests
+(status, the operator's stop/start/restart) all act on one list of children and one self-pipe, and read
+best as one class, as in gunicorn's arbiter.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from setproctitle import setproctitle
 
@@ -121,7 +122,7 @@ class Supervisor:
             except BlockingIOError:
                 pass
         if self.control.fileno() in readable:
-            self.control.serve_one(self.status())
+            self.control.serve_one(self.answer)
 
     def dispatch_signals(self) -> None:
         handlers = {
@@ -205,7 +206,9 @@ class Supervisor:
                 self.spawn(child)
         # Ready once every child has run or given up: a FATAL child must not hold systemd's start job
         # hostage until its timeout, and `streamd status` says which one failed.
-        if not self.announced_ready and all(c.ever_running or c.state is ChildState.FATAL for c in self.children):
+        if not self.announced_ready and all(
+            c.ever_running or c.held or c.state is ChildState.FATAL for c in self.children
+        ):
             self.announced_ready = True
             running = sum(c.state is ChildState.RUNNING for c in self.children)
             self.notifier.ready(f"{running} of {len(self.children)} children running")
@@ -262,7 +265,7 @@ class Supervisor:
             # Close, never unlink: the socket file belongs to the supervisor.
             self.control.sock.close()
         setproctitle(child.spec.title)
-        logs.configure(child.config.logging, child.name)
+        logs.configure(child.config.logging, child.name, logs.log_dir(child.config))
 
     # --- reload ----------------------------------------------------------------------------------
 
@@ -294,7 +297,7 @@ class Supervisor:
         if "stack" in changed or new.state_dir != self.config.state_dir:
             log.warning("changes to stack and state_dir take effect at the next `streamd start`")
         if "logging" in changed:
-            logs.configure(new.logging, "supervisor")
+            logs.configure(new.logging, "supervisor", logs.log_dir(self.config))  # state_dir waits for a start
         log.info("reloading %s: changed sections: %s", path, ", ".join(sorted(changed)) or "none")
         self.config = new
         now = time.monotonic()
@@ -318,6 +321,30 @@ class Supervisor:
         for spec in specs:  # type: ignore[attr-defined]
             self.children.append(Child(spec, RestartPolicy.from_config(self.config.supervisor), self.config))
 
+    # --- control requests: status and the operator's verbs --------------------------------------
+
+    def answer(self, request: str) -> dict:
+        verb, *names = request.split() or ["status"]
+        if verb in OPERATOR_VERBS:
+            return self.operate(verb, names)
+        return self.status()
+
+    def operate(self, verb: str, names: list[str]) -> dict:
+        """`streamd stop|start|restart [CHILD]`: an event of each named child (all without names)."""
+        if self.stopping:
+            return {"error": "the supervisor is stopping; start it again with `streamd start`."}
+        # A child a reload is removing is no longer the operator's to command.
+        known = {child.name: child for child in self.children if not child.retiring}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            return {"error": f"no child named {', '.join(unknown)}", "names": list(known)}
+        chosen = [known[name] for name in names] if names else list(known.values())
+        now, grace = time.monotonic(), self.config.supervisor.graceful_timeout
+        for child in chosen:
+            log.info("%s: %s requested by the operator", child.name, verb)
+            OPERATOR_VERBS[verb](child, now, grace)
+        return {"children": [child.snapshot(now) for child in chosen]}
+
     # --- status ----------------------------------------------------------------------------------
 
     def status(self) -> dict:
@@ -331,3 +358,11 @@ class Supervisor:
             "reload_refused": self.reload_refused,
             "children": [child.snapshot(now) for child in self.children],
         }
+
+
+# The control socket's verbs, each one event of `Child` (children.py).
+OPERATOR_VERBS: dict[str, Callable[[Child, float, float], None]] = {
+    "stop": lambda child, now, grace: child.hold(now, grace),
+    "start": lambda child, now, grace: child.release(),
+    "restart": lambda child, now, grace: child.restart_requested(now, grace),
+}

@@ -184,3 +184,72 @@ def test_a_child_without_a_process_is_removed_at_once(failures, state):
 )
 def test_wait_statuses_are_described_for_humans(status, meaning):
     assert describe_wait_status(status) == meaning
+
+
+# --- the operator's verbs: stop, start and restart one child ------------------------------------------
+
+
+def test_a_child_stopped_by_the_operator_stays_stopped_through_reloads(monkeypatch):
+    child = stopping_child(monkeypatch)
+    child.hold(now=2.0, grace=5.0)
+    assert child.state is ChildState.STOPPING
+    child.exited(0, now=3.0)
+    assert child.state is ChildState.STOPPED and child.snapshot(3.0)["stopped_by"] == "operator"
+    assert not child.due_to_spawn(100.0)
+    child.wanted(child.config, restart=True, now=4.0)
+    assert not child.due_to_spawn(100.0), "a reload does not undo the operator's stop"
+
+
+def test_an_operator_stop_outlasts_a_reload_that_arrives_while_the_child_stops(monkeypatch):
+    child = stopping_child(monkeypatch)
+    child.hold(now=2.0, grace=5.0)
+    child.wanted(child.config, restart=True, now=2.5)
+    child.exited(0, now=3.0)
+    assert child.state is ChildState.STOPPED and not child.due_to_spawn(100.0)
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_backing_off_or_fatal_child_stopped_by_the_operator_is_held_at_once(failures):
+    child = make_child(crash_limit=2)
+    for attempt in range(failures):
+        child.spawned(100 + attempt, now=float(attempt))
+        child.exited(EXIT_1, now=float(attempt))
+    child.hold(now=5.0, grace=5.0)
+    assert child.state is ChildState.STOPPED and not child.due_to_spawn(1000.0)
+
+
+def test_start_brings_a_held_child_back_and_forgives_its_crashes():
+    child = make_child(crash_limit=2)
+    for attempt in range(2):
+        child.spawned(100 + attempt, now=float(attempt))
+        child.exited(EXIT_1, now=float(attempt))
+    assert child.state is ChildState.FATAL
+    child.hold(now=5.0, grace=5.0)
+    child.release()
+    assert child.state is ChildState.STOPPED and child.due_to_spawn(5.0)
+    assert not child.policy.recent_exits
+    assert child.snapshot(5.0)["stopped_by"] is None
+
+
+def test_start_while_the_operator_stop_is_under_way_brings_the_child_back(monkeypatch):
+    child = stopping_child(monkeypatch)
+    child.hold(now=2.0, grace=5.0)
+    child.release()
+    child.exited(0, now=3.0)
+    assert child.state is ChildState.STOPPED and child.due_to_spawn(3.0)
+
+
+def test_restart_stops_a_running_child_gracefully_and_spawns_it_again(monkeypatch):
+    child = stopping_child(monkeypatch)
+    child.restart_requested(now=2.0, grace=5.0)
+    assert child.state is ChildState.STOPPING and child.kill_at == 7.0
+    child.exited(0, now=3.0)
+    assert child.state is ChildState.STOPPED and child.due_to_spawn(3.0)
+    assert not child.policy.recent_exits, "a restart asked for is not a crash"
+
+
+def test_restart_of_a_held_child_starts_it():
+    child = make_child()
+    child.hold(now=0.0, grace=5.0)
+    child.restart_requested(now=1.0, grace=5.0)
+    assert child.due_to_spawn(1.0)

@@ -26,12 +26,12 @@ def test_a_running_supervisor_answers_its_status(tmp_path):
 
     def serve() -> None:
         select.select([server.fileno()], [], [], 10.0)
-        server.serve_one({"pid": 1, "children": []})
+        server.serve_one(lambda request: {"pid": 1, "children": [], "request": request})
 
     thread = threading.Thread(target=serve)
     thread.start()
     try:
-        assert control.status_if_running(config) == ({"pid": 1, "children": []}, None)
+        assert control.status_if_running(config) == ({"pid": 1, "children": [], "request": "status"}, None)
     finally:
         thread.join()
         server.close()

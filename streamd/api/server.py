@@ -105,7 +105,7 @@ class ApiServer(BaseApplication):
     # --- hooks ----------------------------------------------------------------------------------
 
     def when_ready(self, server: Arbiter) -> None:
-        logs.configure(self.config.logging, "api")
+        logs.configure(self.config.logging, "api", logs.log_dir(self.config))
         setproctitle(PROC_NAME)
 
     def pre_fork(self, server: Arbiter, worker: Worker) -> None:
@@ -125,7 +125,7 @@ class ApiServer(BaseApplication):
             log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", exc.errno)
         name = f"api worker {worker.slot}"
         setproctitle(f"streamd: {name}")
-        logs.configure(self.config.logging, name)
+        logs.configure(self.config.logging, name, logs.log_dir(self.config))
 
     def post_worker_init(self, worker: Worker) -> None:
         # A graceful stop waits for open responses: live feeds end within a poll once the worker stops.
@@ -171,7 +171,7 @@ def run(config: Config, shutdown: Shutdown) -> int:
     """
     del shutdown
     master = os.getpid()
-    logs.configure(config.logging, "api")
+    logs.configure(config.logging, "api", logs.log_dir(config))
     try:
         ApiServer(config).run()
     except SystemExit as exc:
