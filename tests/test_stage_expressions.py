@@ -117,6 +117,22 @@ def test_compiled_expressions_give_what_the_evaluator_gives(text, payload):
     assert same(expected, compiled), (text, payload, expected, compiled)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{(1 + s): s.nothing}",  # a dict's value before its key, as simpleeval's `result[key] = value`
+        "n.upper(1 + s)",  # the callee before its arguments
+        "(1 + s) - s.nothing",  # left before right
+        "(n < 1 < s) or s.nothing",  # a chain stops at the first false comparison
+        "[s.nothing, 1 + s]",
+        "s[1 + s:s.nothing]",
+    ],
+)
+def test_parts_run_in_the_evaluators_order(text):
+    expected, compiled = run_both(text, {"n": 5, "s": "x"})
+    assert same(expected, compiled), (expected, compiled)
+
+
 # --- the limits -------------------------------------------------------------------------------------------
 
 

@@ -131,17 +131,20 @@ class Names:
         if name == "message":
             return self.payload
         if name == "kafka":
-            if self.kafka is None:
-                self.kafka = self.context()
-            return self.kafka
+            return self.read_kafka()
         return self.payload.get(name)
+
+    def read_kafka(self) -> dict:
+        if self.kafka is None:
+            self.kafka = self.context()
+        return self.kafka
 
     def reader(self, name: str) -> Callable[[], Any]:
         """`self[name]` as a function of the bound message alone, for the compiled expressions (compiled.py)."""
         if name == "message":
             return lambda: self.payload
         if name == "kafka":
-            return lambda: self["kafka"]
+            return self.read_kafka
         return lambda: self.payload.get(name)
 
 
