@@ -106,33 +106,21 @@ class _Compiler:
 
     def boolop(self, node: ast.BoolOp) -> Expression:
         values = [self.build(value) for value in node.values]
-        if isinstance(node.op, ast.And):
-            if len(values) == 2:
-                first, second = values
-                return lambda: first() and second()
-
-            def every() -> Any:
-                result = False
-                for value in values:
-                    result = value()
-                    if not result:
-                        break
-                return result
-
-            return every
+        every = isinstance(node.op, ast.And)  # else Or
         if len(values) == 2:
             first, second = values
-            return lambda: first() or second()
+            return (lambda: first() and second()) if every else (lambda: first() or second())
 
-        def either() -> Any:
+        def until_decided() -> Any:
+            # simpleeval's loop: `and` stops at the first false value, `or` at the first true one.
             result = False
             for value in values:
                 result = value()
-                if result:
+                if (not result) is every:
                     break
             return result
 
-        return either
+        return until_decided
 
     def compare(self, node: ast.Compare) -> Expression:
         left = self.build(node.left)
