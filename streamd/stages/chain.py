@@ -10,7 +10,6 @@ the pipeline parsed it for this message alone, and took its id before the stages
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +18,7 @@ from typing import Any
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from streamd.message_schema import kafka_time, parse_timestamp, refused_field, shortened
+from streamd.stages.compiled import Expression, compile_tree
 from streamd.stages.expressions import Evaluator, ExpressionError, compile_expression
 from streamd.stages.spec import StageSpecError, check_stages
 
@@ -37,7 +37,7 @@ class Step:
 
     name: str
     kind: str
-    where: ast.expr | None
+    where: Expression | None
     fields: tuple = ()  # set: (name, expression); rename: (old, new); drop: names
     collection: str | None = None
     touches: frozenset[str] = frozenset()  # the fields it may write or remove
@@ -62,9 +62,9 @@ class Outcome:
 class StageChain:
     """The config's stages, compiled; an empty chain is false, and the pipeline then skips it entirely."""
 
-    def __init__(self, steps: tuple[Step, ...]) -> None:
+    def __init__(self, steps: tuple[Step, ...], evaluator: Evaluator | None = None) -> None:
         self.steps = steps
-        self.evaluator = Evaluator()
+        self.evaluator = evaluator or Evaluator()  # the one the steps' expressions were compiled against
         # A stage that writes the timestamp makes the pipeline read it again, after the chain.
         self.touches_timestamp = any("timestamp" in step.touches for step in steps)
 
@@ -74,9 +74,9 @@ class StageChain:
         checked = check_stages(list(stages), id_field=id_field)
         evaluator = Evaluator()
 
-        def expression(text: str, at: str) -> ast.expr:
+        def expression(text: str, at: str) -> Expression:
             try:
-                return compile_expression(text, evaluator)
+                return compile_tree(compile_expression(text, evaluator), evaluator)
             except ExpressionError as exc:
                 raise StageSpecError(f"{at}: {exc}") from None
 
@@ -98,7 +98,7 @@ class StageChain:
                 compiled, touches = (), frozenset()
             builtins = touches & BUILTINS
             steps.append(Step(stage["name"], kind, where, compiled, stage.get("collection"), touches, builtins))
-        return cls(tuple(steps))
+        return cls(tuple(steps), evaluator)
 
     def __bool__(self) -> bool:
         return bool(self.steps)
@@ -110,13 +110,12 @@ class StageChain:
         """
         outcome = Outcome(payload)
         self.evaluator.bind(payload, context)
-        run = self.evaluator.run
         for step in self.steps:
             if step.kind == "route" and outcome.collection is not None:
                 _note(trace, step, "skipped", reason="already routed")
                 continue
             try:
-                if step.where is not None and not _holds(run(step.where), "where"):
+                if step.where is not None and not _holds(step.where(), "where"):
                     if step.kind == "filter":
                         outcome.dropped_by = step.name
                         _note(trace, step, "dropped")
@@ -130,7 +129,7 @@ class StageChain:
                     outcome.collection = step.collection
                     _note(trace, step, "routed", collection=step.collection)
                 elif kind == "set":
-                    values = {name: run(tree) for name, tree in step.fields}
+                    values = {name: value() for name, value in step.fields}
                     for name, value in values.items():
                         _check_storable(value, name)
                     payload.update(values)

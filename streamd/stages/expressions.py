@@ -108,6 +108,15 @@ def _power(base: Any, exponent: Any) -> Any:
     return operator.pow(base, exponent)
 
 
+def attribute(value: Any, name: str) -> Any:
+    """`value.name` in an expression: a mapping's key (None when missing), or a method in STR_METHODS of a string."""
+    if isinstance(value, dict):
+        return value.get(name)
+    if isinstance(value, str) and name in STR_METHODS:
+        return STR_METHODS[name](value)
+    raise AttributeError(f"{type(value).__name__} has no attribute {name!r}")
+
+
 class Names:
     """What an expression's names mean for one message; simpleeval reads it as a mapping."""
 
@@ -122,10 +131,21 @@ class Names:
         if name == "message":
             return self.payload
         if name == "kafka":
-            if self.kafka is None:
-                self.kafka = self.context()
-            return self.kafka
+            return self.read_kafka()
         return self.payload.get(name)
+
+    def read_kafka(self) -> dict:
+        if self.kafka is None:
+            self.kafka = self.context()
+        return self.kafka
+
+    def reader(self, name: str) -> Callable[[], Any]:
+        """`self[name]` as a function of the bound message alone, for the compiled expressions (compiled.py)."""
+        if name == "message":
+            return lambda: self.payload
+        if name == "kafka":
+            return self.read_kafka
+        return lambda: self.payload.get(name)
 
 
 class Evaluator(EvalWithCompoundTypes):
@@ -139,12 +159,7 @@ class Evaluator(EvalWithCompoundTypes):
             self.nodes.pop(statement, None)
 
     def _eval_attribute(self, node: ast.Attribute) -> Any:
-        value = self._eval(node.value)
-        if isinstance(value, dict):
-            return value.get(node.attr)
-        if isinstance(value, str) and node.attr in STR_METHODS:
-            return STR_METHODS[node.attr](value)
-        raise AttributeError(f"{type(value).__name__} has no attribute {node.attr!r}")
+        return attribute(self._eval(node.value), node.attr)
 
     def _eval(self, node: ast.AST) -> Any:
         # simpleeval checks every intermediate result for modules and forbidden builtins (a third of the
@@ -173,8 +188,15 @@ class Evaluator(EvalWithCompoundTypes):
         names.kafka = None
 
     def run(self, tree: ast.expr) -> Any:
-        self._max_count = 0  # simpleeval's comprehension budget, per evaluation as in its own eval()
+        self.start_run()
         return self._eval(tree)
+
+    def start_run(self) -> None:
+        self._max_count = 0  # simpleeval's comprehension budget, per evaluation as in its own eval()
+
+    def run_part(self, node: ast.expr) -> Any:
+        """One part of the expression being run, within the budget left since `start_run` (see compiled.py)."""
+        return self._eval(node)
 
 
 # Nodes that are parts of the ones the evaluator runs, never run on their own.
