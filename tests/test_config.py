@@ -139,9 +139,13 @@ def test_environment_variables_override_the_file(tmp_path):
     assert settings.state_path == Path("/srv/x")
 
 
-def test_a_bad_environment_value_is_reported_like_a_bad_file_value(tmp_path):
-    with pytest.raises(ConfigError, match="consumer.batch_size: expected a whole number"):
-        load_text(tmp_path, "{}\n", environ={"STREAMD_CONSUMER_BATCH_SIZE": "lots"})
+def test_a_bad_environment_value_names_the_variable_not_the_file(tmp_path):
+    with pytest.raises(ConfigError) as refused:
+        load_text(tmp_path, "api:\n  port: 8080\n", environ={"STREAMD_API_PORT": "lots"})
+    assert str(refused.value).startswith("environment variable STREAMD_API_PORT: expected a whole number")
+    assert "config.yaml" not in str(refused.value)
+    with pytest.raises(ConfigError, match="^environment variable STREAMD_ANALYTICS_WINDOWS: .*window length"):
+        load_text(tmp_path, "{}\n", environ={"STREAMD_ANALYTICS_WINDOWS": "[1x]"})
 
 
 def test_an_unknown_streamd_variable_is_an_error_not_a_silent_typo(tmp_path):
