@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("start", cmd_start, "Run the supervisor and every child in the foreground.")
     stop = command("stop", cmd_stop, "Ask the running supervisor to stop gracefully, and wait.")
     stop.add_argument("--timeout", type=float, help="seconds to wait (default: graceful_timeout + 15)")
-    status = command("status", cmd_status, "List every child with its state; exit 3 when nothing runs.")
+    status = command(
+        "status", cmd_status, "List every child with its state; exit 3 unless every child runs (LSB, supervisorctl)."
+    )
     status.add_argument("--json", action="store_true", help="print the supervisor's answer as JSON")
     command("reload", cmd_reload, "Re-read config.yaml and apply only what changed (same as SIGHUP).")
 
@@ -183,7 +185,11 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     config = load_to_reach_supervisor(args)
-    pid = require_supervisor(config)
+    pid = control.running_pid(config)
+    if pid is None:
+        # LSB and systemctl: stopping what is already stopped succeeds.
+        print(f"streamd is not running (state directory {config.state_path}); nothing to stop")
+        return 0
     os.kill(pid, signal.SIGTERM)
     timeout = args.timeout if args.timeout is not None else config.supervisor.graceful_timeout + 15
     deadline = time.monotonic() + timeout
@@ -216,8 +222,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         answer = control.request_status(config)
     except control.NotRunning as exc:
-        print(f"streamd: {exc}", file=sys.stderr)
+        if args.json:
+            print(orjson.dumps({"running": False, "reason": str(exc)}, option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(f"streamd: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    # As supervisorctl: a health check built on the exit code must see a child in BACKOFF or FATAL.
+    code = 0 if all(child["state"] == "RUNNING" for child in answer["children"]) else EXIT_NOT_RUNNING
     if answer.get("reload_refused"):
         print(
             f"streamd: warning: the last reload was refused; the supervisor runs its previous config: "
@@ -225,8 +236,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.json:
-        print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
-        return 0
+        print(orjson.dumps({"running": True, **answer}, option=orjson.OPT_INDENT_2).decode())
+        return code
     print(f"supervisor pid {answer['pid']}, up {format_duration(answer['uptime'])}, config {answer['config']}")
     print(f"{'CHILD':<14}{'STATE':<10}{'PID':>8}  {'UPTIME':>9}  {'RESTARTS':>8}  LAST EXIT")
     for child in answer["children"]:
@@ -235,7 +246,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{child['name']:<14}{child['state']:<10}{child['pid'] or '-':>8}  {uptime:>9}  "
             f"{child['restarts']:>8}  {child['last_exit'] or '-'}"
         )
-    return 0
+    return code
 
 
 def require_supervisor(config: Config) -> int:

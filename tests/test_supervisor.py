@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import orjson
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -284,6 +285,20 @@ def test_status_command_prints_every_child_and_exits_3_when_nothing_runs(toy):
         "consumer-2": "RUNNING",
         "producer": "RUNNING",
     }
+
+
+def test_status_exits_3_while_a_child_is_not_running_as_supervisorctl_does(toy):
+    sup = toy(producer={"source": "crasher"}, supervisor={"crash_limit": 1}).start()
+    sup.wait_running("consumer-1", "consumer-2")
+    wait_until(lambda: sup.children()["producer"]["state"] == "FATAL", "the producer FATAL")
+    shown = run_streamd("status", "-c", str(sup.config_path))
+    assert shown.returncode == 3, shown.stderr
+    assert "FATAL" in shown.stdout
+    as_json = run_streamd("status", "--json", "-c", str(sup.config_path))
+    assert as_json.returncode == 3
+    answer = orjson.loads(as_json.stdout)
+    assert answer["running"] is True
+    assert {c["name"]: c["state"] for c in answer["children"]}["producer"] == "FATAL"
 
 
 def run_streamd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
