@@ -371,6 +371,8 @@ def cmd_stages(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
+    from streamd.redaction import shown_config
+
     if args.keys:
         for key, default, meaning in config_module.documented_keys():
             shown = "" if default is None else default
@@ -378,7 +380,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     config = load(args)
     print(f"# effective config from {config.source or 'built-in defaults'} and STREAMD_* variables")
-    print(yaml.safe_dump(config_module.to_mapping(config), sort_keys=False, allow_unicode=True), end="")
+    # Secrets are masked: this output lands in terminals and bug reports.
+    print(yaml.safe_dump(shown_config(config), sort_keys=False, allow_unicode=True), end="")
     return 0
 
 
