@@ -335,6 +335,7 @@ def env_name(dotted_key: str) -> str:
 
 def _checked_across(config: Config, label: str) -> Config:
     """Rules that tie keys of different sections together; each refusal names the key to change."""
+    from streamd.config_rules import conflicts
     from streamd.stages import StageChain, StageSpecError
 
     try:
@@ -342,47 +343,9 @@ def _checked_across(config: Config, label: str) -> Config:
         StageChain.compile(config.stages, config.consumer.id_field)
     except StageSpecError as exc:
         raise ConfigError(f"{label}: {exc}.") from None
-    for problem in _conflicts(config):
+    for problem in conflicts(config):
         raise ConfigError(f"{label}: {problem}.")
     return config
-
-
-def _conflicts(config: Config) -> Iterator[str]:
-    """Values that each pass their own bounds but cannot work together; each names both keys."""
-    supervisor = config.supervisor
-    if supervisor.backoff_initial > supervisor.backoff_max:
-        yield (
-            f"supervisor.backoff_initial ({supervisor.backoff_initial:g}) is longer than supervisor.backoff_max "
-            f"({supervisor.backoff_max:g}), the longest restart delay; lower the first or raise the second"
-        )
-    # A child that dies at once is restarted after initial, 2×initial, … seconds; when crash_limit exits
-    # cannot fit in crash_window, the crash loop is never stopped and the child restarts forever.
-    needed = sum(
-        min(supervisor.backoff_initial * 2**n, supervisor.backoff_max) for n in range(supervisor.crash_limit - 1)
-    )
-    if needed > supervisor.crash_window:
-        yield (
-            f"supervisor.crash_limit ({supervisor.crash_limit}) exits take at least {needed:g} s of restart delays, "
-            f"longer than supervisor.crash_window ({supervisor.crash_window:g} s), so a crash loop would never be "
-            "stopped; raise crash_window or lower crash_limit"
-        )
-    kafka = config.kafka
-    if kafka.dead_letter_topic == kafka.topic:
-        yield (
-            f"kafka.dead_letter_topic is kafka.topic ({kafka.topic!r}): the consumers would read their own dead "
-            "letters back; name another topic"
-        )
-    analytics = config.analytics
-    if analytics.enabled and analytics.group == config.consumer.group:
-        yield (
-            f"analytics.group is consumer.group ({analytics.group!r}): the analyzer and the consumers would split "
-            "the partitions and each see part of the stream; name another group"
-        )
-    if analytics.enabled and analytics.collection == config.mongodb.collection:
-        yield (
-            f"analytics.collection is mongodb.collection ({analytics.collection!r}): window aggregates would be "
-            "written among the messages; name another collection"
-        )
 
 
 def _stages(raw: Any) -> tuple[dict, ...]:
