@@ -75,7 +75,7 @@ def test_an_empty_file_tells_how_to_get_the_defaults(tmp_path):
     assert "write {} in it or delete it" in result.stderr
 
 
-def test_a_bad_environment_override_is_reported_the_same_way(tmp_path):
+def test_a_bad_environment_override_names_the_variable(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("{}\n")
     env = {**os.environ, "STREAMD_API_PORT": "http", "PYTHONPATH": str(REPO)}
@@ -83,7 +83,7 @@ def test_a_bad_environment_override_is_reported_the_same_way(tmp_path):
         [sys.executable, "-m", "streamd", "config", "-c", str(config)], capture_output=True, text=True, env=env
     )
     assert result.returncode == 2
-    assert "api.port: expected a whole number from 1 to 65535, got 'http'" in result.stderr
+    assert "environment variable STREAMD_API_PORT: expected a whole number from 1 to 65535, got 'http'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
