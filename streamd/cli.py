@@ -229,12 +229,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_NOT_RUNNING
     # As supervisorctl: a health check built on the exit code must see a child in BACKOFF or FATAL.
     code = 0 if all(child["state"] == "RUNNING" for child in answer["children"]) else EXIT_NOT_RUNNING
+    if answer.get("waiting_for"):
+        code = EXIT_NOT_RUNNING  # the children run, but the pipeline cannot work yet
     if answer.get("reload_refused"):
         print(
             f"streamd: warning: the last reload was refused; the supervisor runs its previous config: "
             f"{answer['reload_refused']}",
             file=sys.stderr,
         )
+    if answer.get("waiting_for"):
+        print(f"streamd: not ready yet: waiting for {answer['waiting_for']}", file=sys.stderr)
     if args.json:
         print(orjson.dumps({"running": True, **answer}, option=orjson.OPT_INDENT_2).decode())
         return code
