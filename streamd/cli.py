@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     logs_command.add_argument("child", nargs="?", metavar="CHILD", help="e.g. consumer-2, api, supervisor")
     logs_command.add_argument("-n", "--lines", type=positive_int, default=50, help="how many lines (default 50)")
     logs_command.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
-    status = command("status", cmd_status, "List every child with its state; exit 3 when nothing runs.")
+    status = command(
+        "status", cmd_status, "List every child with its state; exit 3 unless every child runs (LSB, supervisorctl)."
+    )
     status.add_argument("--json", action="store_true", help="print the supervisor's answer as JSON")
     command("reload", cmd_reload, "Re-read config.yaml and apply only what changed (same as SIGHUP).")
 
@@ -201,7 +203,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if args.child is not None:
         return child_verb(args, "stop")
     config = load_to_reach_supervisor(args)
-    pid = require_supervisor(config)
+    pid = control.running_pid(config)
+    if pid is None:
+        # LSB and systemctl: stopping what is already stopped succeeds.
+        print(f"streamd is not running (state directory {config.state_path}); nothing to stop")
+        return 0
     os.kill(pid, signal.SIGTERM)
     timeout = args.timeout if args.timeout is not None else config.supervisor.graceful_timeout + 15
     deadline = time.monotonic() + timeout
@@ -234,17 +240,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         answer = control.request_status(config)
     except control.NotRunning as exc:
-        print(f"streamd: {exc}", file=sys.stderr)
+        if args.json:
+            print(orjson.dumps({"running": False, "reason": str(exc)}, option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(f"streamd: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    # As supervisorctl: a health check built on the exit code must see a child in BACKOFF or FATAL.
+    code = 0 if all(child["state"] == "RUNNING" for child in answer["children"]) else EXIT_NOT_RUNNING
+    if answer.get("waiting_for"):
+        code = EXIT_NOT_RUNNING  # the children run, but the pipeline cannot work yet
     if answer.get("reload_refused"):
         print(
             f"streamd: warning: the last reload was refused; the supervisor runs its previous config: "
             f"{answer['reload_refused']}",
             file=sys.stderr,
         )
+    if answer.get("waiting_for"):
+        print(f"streamd: not ready yet: waiting for {answer['waiting_for']}", file=sys.stderr)
     if args.json:
-        print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
-        return 0
+        print(orjson.dumps({"running": True, **answer}, option=orjson.OPT_INDENT_2).decode())
+        return code
     print(f"supervisor pid {answer['pid']}, up {format_duration(answer['uptime'])}, config {answer['config']}")
     print(f"{'CHILD':<14}{'STATE':<10}{'PID':>8}  {'UPTIME':>9}  {'RESTARTS':>8}  LAST EXIT")
     for child in answer["children"]:
@@ -255,7 +270,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{child['name']:<14}{child['state']:<10}{child['pid'] or '-':>8}  {uptime:>9}  "
             f"{child['restarts']:>8}  {child['last_exit'] or '-'}{by}"
         )
-    return 0
+    return code
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
@@ -411,6 +426,8 @@ def cmd_stages(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
+    from streamd.redaction import shown_config
+
     if args.keys:
         for key, default, meaning in config_module.documented_keys():
             shown = "" if default is None else default
@@ -418,7 +435,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     config = load(args)
     print(f"# effective config from {config.source or 'built-in defaults'} and STREAMD_* variables")
-    print(yaml.safe_dump(config_module.to_mapping(config), sort_keys=False, allow_unicode=True), end="")
+    # Secrets are masked: this output lands in terminals and bug reports.
+    print(yaml.safe_dump(shown_config(config), sort_keys=False, allow_unicode=True), end="")
     return 0
 
 

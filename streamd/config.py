@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from streamd.config_file import ConfigError, clipped, find_config_path, parse_yaml, read_file
-from streamd.config_values import build, default_of, field_type
+from streamd.config_values import build, check_one, default_of, field_type
 
 ENV_PREFIX = "STREAMD_"
 # Keys that size the pipeline rather than configure a child: changing one adds or removes children.
@@ -346,6 +346,7 @@ def env_name(dotted_key: str) -> str:
 
 def _checked_across(config: Config, label: str) -> Config:
     """Rules that tie keys of different sections together; each refusal names the key to change."""
+    from streamd.config_rules import conflicts
     from streamd.stages import StageChain, StageSpecError
 
     try:
@@ -353,6 +354,8 @@ def _checked_across(config: Config, label: str) -> Config:
         StageChain.compile(config.stages, config.consumer.id_field)
     except StageSpecError as exc:
         raise ConfigError(f"{label}: {exc}.") from None
+    for problem in conflicts(config):
+        raise ConfigError(f"{label}: {problem}.")
     return config
 
 
@@ -424,6 +427,8 @@ def _with_env_overrides(raw: dict, environ: Mapping[str, str]) -> dict:
         except Exception:
             value = text  # not YAML (e.g. `a: b: c`): the text itself, which validation then judges
         section, _, key = known[variable].rpartition(".")
+        # Judged here, on its own, so that a bad value names the variable rather than the file.
+        check_one(field_type(Config, section) if section else Config, key, value, f"environment variable {variable}")
         if section:
             target = merged.setdefault(section, {})
             if not isinstance(target, dict):

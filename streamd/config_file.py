@@ -2,6 +2,12 @@
 
 Validation, defaults and env overrides are config.py's job; this module only turns a file into plain
 data or a ConfigError, and keeps any file, even a hostile one, from taking the process that reads it.
+
+A key written twice in one mapping (two `api:` blocks) is refused: PyYAML would keep the last silently.
+The check is a few lines in the loader subclass the bounds already need, rather than a library:
+ruamel.yaml refuses duplicates but reads YAML 1.2, where `yes` and `on` are strings, which would turn
+working configs (`enabled: yes`) into errors, and its loader would need these bounds written again;
+yamllint's key-duplicates rule would parse every file a second time with its own, unbounded, pass.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ def read_file(source: Path) -> Any:
         raise ConfigError(f"{source}: line {line} is not UTF-8 text; save the file as UTF-8.") from None
     try:
         return parse_yaml(text)
+    except DuplicateKey as exc:
+        raise ConfigError(f"{source}: {exc.sentence}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" line {mark.line + 1}" if mark else ""
@@ -73,8 +81,34 @@ def parse_yaml(text: str) -> Any:
         loader.dispose()
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping holds the same key twice; `sentence` names it and both lines."""
+
+    def __init__(self, key: Any, first: yaml.Mark, second: yaml.Mark) -> None:
+        self.sentence = (
+            f"key {clipped(repr(key))} is written twice in the same mapping, at lines {first.line + 1} and "
+            f"{second.line + 1}; keep one (YAML would silently use the last)."
+        )
+        super().__init__(None, None, self.sentence, second)
+
+
 class _BoundedLoader(yaml.SafeLoader):
     depth = 0
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        # Merge keys (<<) are left out: a key written beside a merge overrides the merged one, by design.
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            try:
+                if key in seen:
+                    raise DuplicateKey(key, seen[key], key_node.start_mark)
+                seen[key] = key_node.start_mark
+            except TypeError:
+                continue  # unhashable: the constructor below refuses it with its own sentence
+        return super().construct_mapping(node, deep)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         self.depth += 1

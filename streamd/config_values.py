@@ -51,10 +51,21 @@ def build(cls: type, raw: dict, label: str, prefix: str, extra: dict) -> Any:
     return cls(**values)
 
 
-def _checked(value: Any, f: dataclasses.Field, label: str, key: str) -> Any:
+def check_one(cls: type, name: str, value: Any, origin: str) -> None:
+    """Judge one key's value on its own, as `build` would, with refusals naming `origin` instead of a file.
+
+    For values that come from elsewhere than the file (an environment variable): the user must be sent
+    to the variable, not to a file that does not hold the bad value.
+    """
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    _checked(_coerce(value, field_type(cls, name), f, origin), f, origin, key=None)
+
+
+def _checked(value: Any, f: dataclasses.Field, label: str, key: str | None) -> Any:
     """The field's own `check`, when it has one; a ValueError from it becomes the key's ConfigError.
 
-    A check of a list may name the entry itself (`stages[2].where: ...`); otherwise the key is named here.
+    A check of a list may name the entry itself (`stages[2].where: ...`); otherwise the key is named here
+    (unless `key` is None: `label` already says where the value came from).
     """
     check = f.metadata.get("check")
     if check is None or value is None:
@@ -63,8 +74,8 @@ def _checked(value: Any, f: dataclasses.Field, label: str, key: str) -> Any:
         return check(value)
     except ValueError as exc:
         sentence = str(exc)
-        where = "" if sentence.startswith((f"{key}[", f"{key}.", f"{key}:")) else f"{key}: "
-        raise ConfigError(f"{label}: {where}{sentence}.") from None
+        named = key is None or sentence.startswith((f"{key}[", f"{key}.", f"{key}:"))
+        raise ConfigError(f"{label}: {'' if named else key + ': '}{sentence}.") from None
 
 
 def _coerce(value: Any, expected: Any, f: dataclasses.Field, where: str) -> Any:

@@ -36,6 +36,7 @@ from streamd.config import Config, ConfigError
 from streamd.control import ControlServer
 from streamd.lifecycle import PR_SET_CHILD_SUBREAPER, Shutdown, die_with_parent, prctl
 from streamd.plan import Planner, plan_children
+from streamd.readiness import ReadinessProbe
 from streamd.sdnotify import Notifier
 
 log = logging.getLogger("streamd.supervisor")
@@ -59,6 +60,7 @@ class Supervisor:
         self.interrupts = 0
         self.exit_code = 0
         self.announced_ready = False
+        self.readiness: ReadinessProbe | None = None  # READY waits for Kafka and the store to answer
         self.reloads = 0  # reload requests handled, refused ones included
         self.reload_refused: str | None = None  # why the last reload kept the previous config
 
@@ -74,6 +76,7 @@ class Supervisor:
         # Before planning imports any child's code: prometheus-client picks file-backed values at import.
         metrics.prepare(self.config)
         self.adopt(self.plan(self.config, self.services))
+        self.readiness = ReadinessProbe(self.config)
         log.info("supervisor started (pid %d) with %d children", self.pid, len(self.children))
         try:
             while not self.finished():
@@ -83,6 +86,7 @@ class Supervisor:
                 self.manage_children()
                 self.notifier.watchdog(time.monotonic())
         finally:
+            self.readiness.stop()
             self.control.close()
         log.info("supervisor stopped")
         return self.exit_code
@@ -111,10 +115,13 @@ class Supervisor:
         """Wait for a signal, a control request or the next deadline; whichever comes first."""
         busy = any(c.state in (ChildState.STARTING, ChildState.STOPPING) for c in self.children)
         timeout = 0.2 if busy or self.signal_queue else 1.0
+        probe = [self.readiness] if self.readiness is not None and self.readiness.open else []
         try:
-            readable, _, _ = select.select([self.wake_r, self.control.fileno()], [], [], timeout)
+            readable, _, _ = select.select([self.wake_r, self.control.fileno(), *probe], [], [], timeout)
         except InterruptedError:
             return
+        if probe and self.readiness in readable:
+            self.readiness.read()
         if self.wake_r in readable:
             try:
                 while os.read(self.wake_r, 512):
@@ -204,11 +211,11 @@ class Supervisor:
         for child in self.children:
             if child.due_to_spawn(now) and (child.spec.tier is Tier.SERVICE or services_up):
                 self.spawn(child)
-        # Ready once every child has run or given up: a FATAL child must not hold systemd's start job
-        # hostage until its timeout, and `streamd status` says which one failed.
-        if not self.announced_ready and all(
-            c.ever_running or c.held or c.state is ChildState.FATAL for c in self.children
-        ):
+        # Ready once every child has run, given up or been held by the operator, and Kafka and the store
+        # answer: a FATAL child must not hold systemd's start job hostage until its timeout, and
+        # `streamd status` says which one failed.
+        settled = all(c.ever_running or c.held or c.state is ChildState.FATAL for c in self.children)
+        if not self.announced_ready and settled and self.readiness is not None and self.readiness.ready:
             self.announced_ready = True
             running = sum(c.state is ChildState.RUNNING for c in self.children)
             self.notifier.ready(f"{running} of {len(self.children)} children running")
@@ -264,6 +271,8 @@ class Supervisor:
         if self.control.sock is not None:
             # Close, never unlink: the socket file belongs to the supervisor.
             self.control.sock.close()
+        if self.readiness is not None:
+            self.readiness.forget()
         setproctitle(child.spec.title)
         logs.configure(child.config.logging, child.name, logs.log_dir(child.config))
 
@@ -356,6 +365,7 @@ class Supervisor:
             "stopping": self.stopping,
             "reloads": self.reloads,
             "reload_refused": self.reload_refused,
+            "waiting_for": self.readiness.waiting_for if self.readiness is not None else None,
             "children": [child.snapshot(now) for child in self.children],
         }
 

@@ -95,6 +95,15 @@ class SupervisorProcess:
 
         return wait_until(all_running, f"{', '.join(names)} RUNNING; log:\n{self.log_tail()}", timeout)
 
+    def wait_ready(self, timeout: float = 30.0) -> dict:
+        """The status once Kafka and the store answered (the supervisor waits for nothing any more)."""
+
+        def ready():
+            answer = self.status()
+            return answer if answer is not None and answer.get("waiting_for") is None else None
+
+        return wait_until(ready, f"the supervisor ready; log:\n{self.log_tail()}", timeout)
+
     def signal(self, signum: int) -> None:
         assert self.process is not None
         self.process.send_signal(signum)

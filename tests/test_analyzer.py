@@ -136,7 +136,7 @@ def test_windows_equal_the_counts_recomputed_from_the_topic_after_four_kill_9s(a
             "fields": ["v"],
             "allowed_lateness": LATENESS,
         },
-        supervisor={"crash_limit": 20},
+        supervisor={"crash_limit": 20, "crash_window": 600},  # 20 exits must fit the window (config refuses less)
     )
     progress_of = as_analyzer_group(sup.config)
     base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=15)

@@ -75,7 +75,7 @@ def test_an_empty_file_tells_how_to_get_the_defaults(tmp_path):
     assert "write {} in it or delete it" in result.stderr
 
 
-def test_a_bad_environment_override_is_reported_the_same_way(tmp_path):
+def test_a_bad_environment_override_names_the_variable(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("{}\n")
     env = {**os.environ, "STREAMD_API_PORT": "http", "PYTHONPATH": str(REPO)}
@@ -83,7 +83,7 @@ def test_a_bad_environment_override_is_reported_the_same_way(tmp_path):
         [sys.executable, "-m", "streamd", "config", "-c", str(config)], capture_output=True, text=True, env=env
     )
     assert result.returncode == 2
-    assert "api.port: expected a whole number from 1 to 65535, got 'http'" in result.stderr
+    assert "environment variable STREAMD_API_PORT: expected a whole number from 1 to 65535, got 'http'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -153,13 +153,30 @@ def test_produce_takes_either_a_count_or_a_file(tmp_path):
     assert result.returncode == 2 and "--source" in result.stderr
 
 
-def test_stop_and_reload_without_a_supervisor_say_so(tmp_path):
+def test_reload_without_a_supervisor_says_so(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(f"state_dir: {tmp_path / 'state'}\n")
-    for command in ("stop", "reload"):
-        result = streamd(command, "-c", str(config))
-        assert result.returncode == 1
-        assert "no streamd supervisor is running for state directory" in result.stderr
+    result = streamd("reload", "-c", str(config))
+    assert result.returncode == 1
+    assert "no streamd supervisor is running for state directory" in result.stderr
+
+
+def test_stop_without_a_supervisor_succeeds_and_says_so(tmp_path):
+    # LSB and systemctl: stopping a stopped service is a success, so scripts can stop unconditionally.
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    result = streamd("stop", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "not running" in result.stdout
+
+
+def test_status_json_without_a_supervisor_is_a_json_object_saying_so(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    result = streamd("status", "--json", "-c", str(config))
+    assert result.returncode == 3
+    answer = orjson.loads(result.stdout)
+    assert answer["running"] is False and str(tmp_path / "state") in answer["reason"]
 
 
 def test_kafka_going_away_in_the_middle_of_verify_is_a_sentence_not_a_traceback(tmp_path, monkeypatch, capsys):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from streamd import config as config_module
 from streamd.config import ConfigError
+from streamd.config_file import parse_yaml
 from tests.hostile_files import merge_bomb
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +69,30 @@ def test_an_empty_mapping_means_all_defaults(tmp_path):
 def test_an_empty_file_is_an_error_not_a_silent_switch_to_default_endpoints(tmp_path, text):
     with pytest.raises(ConfigError, match=r"holds no settings.*write \{\} in it or delete it"):
         load_text(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("api:\n  port: 8080\nconsumer:\n  processes: 1\napi:\n  host: 0.0.0.0\n", "'api'", (1, 5)),
+        ("kafka:\n  client:\n    sasl.username: a\n    acks: all\n    sasl.username: b\n", "'sasl.username'", (3, 5)),
+        ("stages:\n  - set: {a: '1', a: '2'}\n", "'a'", (2, 2)),
+        ("api: {port: 1, port: 2}\n", "'port'", (1, 1)),
+        ("".join(f"k{n}: 1\n" for n in range(5_000)) + "k0: 2\n", "'k0'", (1, 5001)),
+    ],
+    ids=["a section twice", "a nested key", "inside a list", "flow mapping", "among many keys"],
+)
+def test_a_key_written_twice_is_refused_naming_the_key_and_both_lines(tmp_path, text, key, lines):
+    with pytest.raises(ConfigError) as refused:
+        load_text(tmp_path, text)
+    message = str(refused.value)
+    assert message.startswith(str(tmp_path / "config.yaml")) and message.endswith(".") and "\n" not in message
+    assert f"key {key}" in message and f"lines {lines[0]} and {lines[1]}" in message
+
+
+def test_a_key_beside_a_merge_key_overrides_the_merged_one_as_yaml_says():
+    text = "base: &base {port: 1, host: h}\napi:\n  <<: *base\n  port: 8080\n"
+    assert parse_yaml(text)["api"] == {"port": 8080, "host": "h"}
 
 
 # Each of these raised something other than ConfigError (or hung) before the loader was bounded.
@@ -139,9 +164,13 @@ def test_environment_variables_override_the_file(tmp_path):
     assert settings.state_path == Path("/srv/x")
 
 
-def test_a_bad_environment_value_is_reported_like_a_bad_file_value(tmp_path):
-    with pytest.raises(ConfigError, match="consumer.batch_size: expected a whole number"):
-        load_text(tmp_path, "{}\n", environ={"STREAMD_CONSUMER_BATCH_SIZE": "lots"})
+def test_a_bad_environment_value_names_the_variable_not_the_file(tmp_path):
+    with pytest.raises(ConfigError) as refused:
+        load_text(tmp_path, "api:\n  port: 8080\n", environ={"STREAMD_API_PORT": "lots"})
+    assert str(refused.value).startswith("environment variable STREAMD_API_PORT: expected a whole number")
+    assert "config.yaml" not in str(refused.value)
+    with pytest.raises(ConfigError, match="^environment variable STREAMD_ANALYTICS_WINDOWS: .*window length"):
+        load_text(tmp_path, "{}\n", environ={"STREAMD_ANALYTICS_WINDOWS": "[1x]"})
 
 
 def test_an_unknown_streamd_variable_is_an_error_not_a_silent_typo(tmp_path):

@@ -6,6 +6,7 @@ tests/test_pipeline_flow.py shows the same promises with the real producer, cons
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import orjson
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -27,7 +29,7 @@ from streamd.children import ChildState
 from streamd.supervisor import Supervisor
 from tests.hostile_files import merge_bomb
 
-from .probes import logged, wait_until
+from .probes import free_port, logged, wait_until
 from .supervisor_process import REPO, SupervisorProcess, process_gone
 from .toy_supervisor import toy_plan
 
@@ -275,6 +277,7 @@ def test_status_command_prints_every_child_and_exits_3_when_nothing_runs(toy):
 
     sup.start()
     sup.wait_running("consumer-1", "consumer-2", "producer")
+    sup.wait_ready()
     shown = subprocess.run(streamd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert shown.returncode == 0
     lines = shown.stdout.splitlines()
@@ -284,6 +287,68 @@ def test_status_command_prints_every_child_and_exits_3_when_nothing_runs(toy):
         "consumer-2": "RUNNING",
         "producer": "RUNNING",
     }
+
+
+def test_status_exits_3_while_a_child_is_not_running_as_supervisorctl_does(toy):
+    sup = toy(producer={"source": "crasher"}, supervisor={"crash_limit": 1}).start()
+    sup.wait_running("consumer-1", "consumer-2")
+    wait_until(lambda: sup.children()["producer"]["state"] == "FATAL", "the producer FATAL")
+    shown = run_streamd("status", "-c", str(sup.config_path))
+    assert shown.returncode == 3, shown.stderr
+    assert "FATAL" in shown.stdout
+    as_json = run_streamd("status", "--json", "-c", str(sup.config_path))
+    assert as_json.returncode == 3
+    answer = orjson.loads(as_json.stdout)
+    assert answer["running"] is True
+    assert {c["name"]: c["state"] for c in answer["children"]}["producer"] == "FATAL"
+
+
+@pytest.mark.parametrize(
+    ("unreachable", "waiting_for"),
+    [
+        ({"kafka": {"brokers": "127.0.0.1:{port}"}}, "Kafka at 127.0.0.1:{port}"),
+        (
+            {"mongodb": {"uri": "mongodb://127.0.0.1:{port}", "timeout_ms": 500}},
+            "the store at mongodb://127.0.0.1:{port}",
+        ),
+    ],
+    ids=["kafka", "store"],
+)
+def test_ready_waits_until_kafka_and_the_store_answer_and_status_says_for_what(toy, tmp_path, unreachable, waiting_for):
+    port = free_port()
+    section, settings = next(iter(unreachable.items()))
+    settings = {key: value.format(port=port) if isinstance(value, str) else value for key, value in settings.items()}
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.setblocking(False)
+    sup = toy(**{section: settings}).start(env={"NOTIFY_SOCKET": address})
+    sup.wait_running("consumer-1", "consumer-2", "producer")
+    expected = waiting_for.format(port=port)
+    wait_until(
+        lambda: logged(sup.messages("supervisor"), "waiting for", expected), f"the wait logged; {sup.log_tail()}"
+    )
+    answer = sup.status()
+    assert answer["waiting_for"].startswith(expected)
+    shown = run_streamd("status", "-c", str(sup.config_path))
+    assert shown.returncode == 3 and expected in shown.stderr
+    # Every child runs, and a few probes later still nothing was announced: the pipeline cannot work.
+    probes = logged(sup.messages("supervisor"), "waiting for")
+    wait_until(lambda: sup.status()["uptime"] > 3, "a few probes")
+    assert logged(sup.messages("supervisor"), "children are running") == 0
+    notes = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            notes.extend(listener.recv(4096).decode().splitlines())
+    assert not any(note.startswith("READY=1") for note in notes), notes
+    assert logged(sup.messages("supervisor"), "waiting for") == probes, "the wait is logged once, not per probe"
+    listener.close()
+
+
+def test_ready_is_announced_once_kafka_and_the_store_answer(toy):
+    sup = toy().start()
+    assert sup.wait_ready()["waiting_for"] is None
+    wait_until(lambda: logged(sup.messages("supervisor"), "3 of 3 children"), f"the ready line; {sup.log_tail()}")
 
 
 def run_streamd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -296,6 +361,7 @@ def run_streamd(*args: str, env: dict | None = None) -> subprocess.CompletedProc
 def test_status_and_stop_still_reach_the_supervisor_while_the_config_file_is_invalid(toy):
     sup = toy().start()
     sup.wait_running("consumer-1", "consumer-2", "producer")
+    sup.wait_ready()
     state_dir = str(sup.config.state_path)
     sup.config_path.write_text(f"state_dir: {state_dir}\nconsumer:\n  processes: many\n")
     shown = run_streamd("status", "-c", str(sup.config_path))
@@ -329,7 +395,8 @@ def test_reload_with_an_invalid_file_says_so_and_sends_nothing(toy):
 
 def test_status_warns_when_the_last_reload_was_refused(toy):
     sup = toy().start()
-    sup.wait_running("consumer-1")
+    sup.wait_running("consumer-1", "consumer-2", "producer")
+    sup.wait_ready()
     sup.config_path.write_text("")
     sup.signal(signal.SIGHUP)
     wait_until(lambda: (sup.status() or {}).get("reloads") == 1, what="the reload")

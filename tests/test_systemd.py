@@ -48,3 +48,18 @@ def test_the_unit_is_hardened_and_never_starts_a_local_stack():
         assert settings[option] == ["yes"], option
     assert settings["ProtectSystem"] == ["strict"]
     assert "STREAMD_STACK_LOCAL=false" in settings["Environment"]
+
+
+def test_a_bad_config_is_not_restarted_in_a_loop():
+    # `streamd start` exits 2 on a config it refuses; restarting every RestartSec cannot fix the file.
+    assert unit_settings()["RestartPreventExitStatus"] == ["2"]
+
+
+def test_the_documentation_is_streamds_own_and_the_readme_installs_it_there():
+    documentation = unit_settings()["Documentation"]
+    assert documentation and all(uri.startswith("file:/usr/share/doc/streamd/") for uri in documentation)
+    readme = (UNIT.parent.parent / "README.md").read_text()
+    for uri in documentation:
+        path = uri.removeprefix("file:")
+        assert (UNIT.parent.parent / Path(path).name).is_file(), path
+        assert "/usr/share/doc/streamd" in readme and Path(path).name in readme, path

@@ -31,6 +31,7 @@ from streamd.bench.scratch import BenchError, Scratch
 from streamd.bench.supervised import SupervisedRun, keep_largest
 from streamd.config import Config
 from streamd.kafka import ensure_topic
+from streamd.redaction import masked_uri
 
 __all__ = ["BenchError", "BenchOptions", "render", "run"]
 
@@ -80,7 +81,7 @@ def run(config: Config, options: BenchOptions, progress: Progress | None = None)
     try:
         figures = measure(scratch, options, progress)
     except pymongo.errors.PyMongoError as exc:
-        raise BenchError(f"the store at {config.mongodb.uri} failed during the run ({exc}).") from None
+        raise BenchError(f"the store at {masked_uri(config.mongodb.uri)} failed during the run ({exc}).") from None
     finally:
         problems = scratch.cleanup()
         for problem in problems:

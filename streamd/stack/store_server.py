@@ -19,6 +19,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from streamd.config import Config
+from streamd.redaction import masked_uri
 from streamd.stack.endpoint import Endpoint, any_answers, is_srv_uri, mongodb_endpoints
 from streamd.stack.pidfile import server_data, server_home
 from streamd.stack.provisioning import (
@@ -68,7 +69,7 @@ def store_endpoint(config: Config) -> Endpoint:
     try:
         endpoints = mongodb_endpoints(uri)
     except ValueError as exc:
-        raise StackError(f"mongodb.uri {uri!r} names no valid host:port ({exc}).") from None
+        raise StackError(f"mongodb.uri {masked_uri(uri)!r} names no valid host:port ({exc}).") from None
     if len(endpoints) != 1 or not endpoints[0].is_loopback:
         raise StackError(
             f"mongodb.uri points at {', '.join(map(str, endpoints)) or 'no host'}, not one loopback "
