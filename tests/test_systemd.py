@@ -55,10 +55,10 @@ def test_a_bad_config_is_not_restarted_in_a_loop():
     assert unit_settings()["RestartPreventExitStatus"] == ["2"]
 
 
-def test_the_documentation_is_streamds_own_and_the_readme_installs_it_there():
+def test_the_documentation_is_streamds_own_and_the_install_steps_put_it_there():
     documentation = unit_settings()["Documentation"]
     assert documentation and all(uri.startswith("file:/usr/share/doc/streamd/") for uri in documentation)
-    readme = (UNIT.parent.parent / "README.md").read_text()
+    readme = (UNIT.parent.parent / "docs" / "operations.md").read_text()  # "Running under systemd"
     for uri in documentation:
         path = uri.removeprefix("file:")
         assert (UNIT.parent.parent / Path(path).name).is_file(), path
