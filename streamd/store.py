@@ -363,6 +363,18 @@ class MessageStore:
         """
         return iter(self.collection.find({}, {"kafka": 1}))
 
+    def kafka_each(self, ids: Iterable[str]) -> Iterator[dict]:
+        """The same as kafka_of, one find per id: the only `_id` query FerretDB 1.x hands to SQLite, where the
+        local store has an index for it (streamd.stack.ferretdb_ids)."""
+        for message_id in ids:
+            found = self.collection.find_one({"_id": message_id}, {"kafka": 1})
+            if found is not None:
+                yield found
+
+    def stats_count(self) -> int:
+        """The number of documents from collStats: no scan on FerretDB, where count_documents({}) reads them all."""
+        return self.collection.database.command("collStats", self.name).get("count", 0)
+
     def contents_of(self, ids: list[str], batch: int) -> Iterator[dict]:
         """The `_id`, `content` and `source` of the stored ones among `ids`, `batch` ids per `$in`."""
         return self._among(ids, batch, {"content": 1, "source": 1})

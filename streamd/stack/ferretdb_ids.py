@@ -17,6 +17,7 @@ the collection drops the table and the index with it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Iterable
@@ -65,20 +66,30 @@ def index_id_lookups(config: Config, kind: StoreKind, collections: Iterable[str]
         log.info("store is a FerretDB streamd did not start from %s: its _id lookups are left as they are", path)
         return []
     try:
-        with sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000) as connection:
+        with contextlib.closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)) as connection, connection:
             return create_indexes(connection, list(collections))
     except sqlite3.Error as exc:
         log.warning("could not index _id lookups in %s (%s); each stays a table scan", path, exc)
         return []
 
 
+def searches_ids(config: Config, collection: str) -> bool:
+    """Whether FerretDB's `_id` lookups on this collection of the local store are an index search (read only)."""
+    path = database_file(config)
+    if owned_pid(config, "store") is None or not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            return "USING INDEX" in lookup_plan(connection, collection)
+    except sqlite3.Error:
+        return False
+
+
 def create_indexes(connection: sqlite3.Connection, collections: list[str]) -> list[str]:
     """The index on each existing collection's table, found in FerretDB's metadata table."""
     marks = ",".join("?" * len(collections))
-    rows = connection.execute(
-        f"SELECT table_name FROM _ferretdb_collections WHERE name IN ({marks})", collections
-    ).fetchall()
-    tables = [table for (table,) in rows]
+    rows = connection.execute(f"SELECT table_name FROM _ferretdb_collections WHERE name IN ({marks})", collections)
+    tables = [table for (table,) in rows.fetchall()]
     for table in tables:
         connection.execute(f'CREATE INDEX IF NOT EXISTS "{index_name(table)}" ON "{table}" ({ID_EXPRESSION})')
     return tables
@@ -86,7 +97,10 @@ def create_indexes(connection: sqlite3.Connection, collections: list[str]) -> li
 
 def lookup_plan(connection: sqlite3.Connection, collection: str) -> str:
     """SQLite's plan for FerretDB's `_id` lookup on this collection, e.g. "SEARCH ... USING INDEX ..."."""
-    (table,) = connection.execute(TABLE_OF, (collection,)).fetchone()
+    row = connection.execute(TABLE_OF, (collection,)).fetchone()
+    if row is None:
+        return "no such collection"
+    (table,) = row
     plan = connection.execute(
         f'EXPLAIN QUERY PLAN SELECT _ferretdb_sjson FROM "{table}" WHERE {ID_EXPRESSION} = ?', [""]
     )
