@@ -6,6 +6,7 @@ are all there, of the right kind, and that the run cleaned up after itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from streamd.bench.scratch import BenchError, Scratch
 from streamd.bench.stage_cost import CHAIN, ROUTED_COLLECTION
 from streamd.cli import build_parser
 from streamd.config import Config
+from tests.probes import STACK_STATE_DIR
 
 
 def test_percentiles_are_nearest_rank_and_count_what_never_arrived():
@@ -91,8 +93,10 @@ def test_bench_options_parse_from_the_command_line():
 
 @pytest.mark.integration
 def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_config: Config, tmp_path: Path):
+    # The state directory that runs the local store (resolved: it may be a symlink), as a user's config names it.
+    settings = dataclasses.replace(pipeline_config, state_dir=str(STACK_STATE_DIR.resolve()))
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config_module.to_mapping(pipeline_config)))
+    config_path.write_text(yaml.safe_dump(config_module.to_mapping(settings)))
     out = tmp_path / "out.json"
     result = subprocess.run(
         [sys.executable, "-m", "streamd", "bench", "--quick", "-c", str(config_path), "--json", str(out)],
@@ -131,6 +135,10 @@ def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_c
         for runs in api["endpoints"].values():
             for run in runs:
                 assert run["rps"] > 0 and run["p50_ms"] <= run["p99_ms"]
+        sizes = api["id_lookup_by_size"]
+        assert list(sizes) == [str(BenchOptions().api_documents), str(figures["messages"])]
+        assert all(run["errors"] == 0 and run["p50_ms"] <= run["p99_ms"] for run in sizes.values())
+        assert api["id_index"] is True, "the bench's collection is indexed for _id lookups as the consumer's is"
     else:
         assert "apt-get install wrk" in api["error"]
     assert any(name.startswith("consumer") for name in figures["rss_mb"]) and "api" in figures["rss_mb"]

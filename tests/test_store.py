@@ -20,6 +20,7 @@ from streamd.store import (
     UNAVAILABLE,
     MessageStore,
     StoreBusy,
+    StoreKind,
     WriteOutcome,
     connect,
     newest_filter,
@@ -108,12 +109,35 @@ def test_a_document_bson_cannot_encode_is_refused_and_the_rest_of_the_batch_stor
     assert "cannot be stored" in outcome.refused[1]
 
 
-def test_ensure_indexes_creates_the_indexes_the_api_queries_need_and_can_run_again(message_store):
-    message_store.ensure_indexes()
-    message_store.ensure_indexes()
-    keys = [index["key"] for index in message_store.collection.index_information().values()]
-    assert [("timestamp", -1), ("_id", -1)] in keys
-    assert [("source", 1), ("timestamp", -1), ("_id", -1)] in keys
+def test_ensure_indexes_creates_the_indexes_the_api_queries_need_on_mongodb_and_can_run_again(pipeline_config):
+    on_mongodb = MessageStore(pipeline_config.mongodb, kind=StoreKind(None))
+    try:
+        on_mongodb.ensure_indexes()
+        on_mongodb.ensure_indexes()
+        keys = [index["key"] for index in on_mongodb.collection.index_information().values()]
+        assert [("timestamp", -1), ("_id", -1)] in keys
+        assert [("source", 1), ("timestamp", -1), ("_id", -1)] in keys
+    finally:
+        on_mongodb.client.drop_database(pipeline_config.mongodb.database)
+        on_mongodb.close()
+
+
+def test_on_ferretdb_ensure_indexes_creates_the_collection_and_no_index_its_queries_cannot_use(pipeline_config):
+    on_ferretdb = MessageStore(pipeline_config.mongodb, kind=StoreKind("v1.24.2"))
+    try:
+        on_ferretdb.ensure_indexes()
+        on_ferretdb.ensure_indexes()
+        assert on_ferretdb.name in on_ferretdb.collection.database.list_collection_names()
+        assert list(on_ferretdb.collection.index_information()) == ["_id_"]
+    finally:
+        on_ferretdb.client.drop_database(pipeline_config.mongodb.database)
+        on_ferretdb.close()
+
+
+def test_the_store_kind_is_what_the_server_says_it_is(message_store):
+    build = message_store.client.admin.command("buildInfo")
+    assert message_store.kind() == StoreKind(build.get("ferretdbVersion"))
+    assert message_store.in_collection("other").kind() is message_store.kind()
 
 
 def test_ping_answers_when_the_store_is_up_and_raises_unavailable_when_it_is_not(message_store):

@@ -21,10 +21,11 @@ from streamd import config as config_module
 from streamd.config import Config
 from streamd.dead_letter import headers_for
 from streamd.pipeline import Rejection
+from streamd.stack import ferretdb_ids
 from streamd.stages.spec import check_stages
 from streamd.store import MessageStore
 from streamd.verify import DeadLetterIndex, Reconciliation
-from tests.probes import all_committed, consumer_running, end_offsets, free_port, wait_until
+from tests.probes import STACK_STATE_DIR, all_committed, consumer_running, end_offsets, free_port, wait_until
 
 # --- without servers ------------------------------------------------------------------------------------
 
@@ -196,13 +197,13 @@ def test_long_topics_are_checked_in_bounded_windows_with_progress_on_stderr(cons
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("lookup", ["_look_up", "_scan"])
+@pytest.mark.parametrize("lookup", ["_look_up", "_scan", "_look_up_each"])
 def test_index_lookups_and_a_collection_scan_find_the_same(consumed: Config, monkeypatch, lookup):
-    """MongoDB is asked by `$in` on _id, FerretDB (no _id index) by one scan; both must count alike."""
+    """MongoDB is asked by `$in` on _id, FerretDB by one scan or one find per id; all must count alike."""
     with contextlib.closing(MessageStore(consumed.mongodb)) as store:
         store.collection.delete_one({"_id": "v-0002"})
     monkeypatch.setattr(verify, "LOOKUP_BATCH", 5)
-    monkeypatch.setattr(verify, "_lookup_for", lambda message_store: getattr(verify, lookup))
+    monkeypatch.setattr(verify, "_lookup_for", lambda config, message_store: getattr(verify, lookup))
     report = verify.verify(consumed)
     assert (report.checked, report.stored, report.dead_lettered, report.missing) == (42, 39, 2, 1)
 
@@ -252,8 +253,8 @@ def test_a_slow_store_is_not_taken_for_kafka_stalling(consumed: Config, monkeypa
     monkeypatch.setattr(verify.topic, "WINDOW", 7)  # several windows, so reading resumes after a slow lookup
     real_lookup_for = verify._lookup_for
 
-    def slow_lookup_for(message_store):
-        lookup = real_lookup_for(message_store)
+    def slow_lookup_for(config, message_store):
+        lookup = real_lookup_for(config, message_store)
 
         def slow(*args):
             time.sleep(verify.topic.STALL_TIMEOUT + 1.5)
@@ -385,10 +386,10 @@ def routed_topic(pipeline_config: Config) -> Iterator[tuple[Config, list[tuple[d
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("lookup", ["_look_up", "_scan"])
+@pytest.mark.parametrize("lookup", ["_look_up", "_scan", "_look_up_each"])
 def test_messages_routed_to_another_collection_are_found_there(routed_topic, monkeypatch, lookup):
     settings, _ = routed_topic
-    monkeypatch.setattr(verify, "_lookup_for", lambda message_store: getattr(verify, lookup))
+    monkeypatch.setattr(verify, "_lookup_for", lambda config, message_store: getattr(verify, lookup))
 
     report = verify.verify(settings)
     assert (report.checked, report.stored, report.missing, report.duplicated) == (6, 6, 0, 0)
@@ -468,4 +469,34 @@ def test_messages_stored_under_a_configured_id_field_verify(pipeline_config: Con
         assert (report.checked, report.stored, report.missing, report.duplicated) == (12, 12, 0, 0)
     finally:
         with contextlib.closing(MessageStore(settings.mongodb)) as store:
+            store.client.drop_database(settings.mongodb.database)
+
+
+@pytest.mark.integration
+def test_on_the_local_ferretdb_a_few_ids_are_looked_up_one_by_one_once_indexed_and_else_scanned(
+    local_stack: Config, pipeline_config: Config, monkeypatch
+):
+    # The state directory that started the local store (resolved: it may be a symlink, see test_ferretdb_ids).
+    settings = replace(pipeline_config, state_dir=str(STACK_STATE_DIR.resolve()))
+    with contextlib.closing(MessageStore(settings.mongodb)) as store:
+        if not store.is_ferretdb():
+            pytest.skip("the local store is mongod")
+        try:
+            store.ensure_indexes()
+            store.insert_batch(
+                [{"_id": f"s-{n}", "kafka": {"topic": "t", "partition": 0, "offset": n}} for n in range(100)]
+            )
+            wanted = {"s-3", "s-50", "absent"}
+            scans: list[str] = []
+            monkeypatch.setattr(verify, "_scan", lambda message_store, ids: scans.append(message_store.name) or {})
+
+            assert verify._on_ferretdb(settings, store, wanted) == {}  # not indexed yet: scanned
+            assert scans == [store.name]
+
+            ferretdb_ids.index_id_lookups(settings, store.kind(), [store.name])
+            assert verify._on_ferretdb(settings, store, wanted) == {"s-3": ("t", 0, 3), "s-50": ("t", 0, 50)}
+            assert scans == [store.name], "a few ids beside an indexed collection are not a scan"
+            verify._on_ferretdb(settings, store, {f"s-{n}" for n in range(20)})
+            assert scans == [store.name] * 2, "ids many beside the collection are cheaper in one scan"
+        finally:
             store.client.drop_database(settings.mongodb.database)

@@ -8,7 +8,8 @@ locally when `stack.local` allows), in this order:
     pipeline runs        `streamd start` with 1, 2, 4… consumers draining the backlog (pipeline_runs)
     stage cost           the same drain with a 4-stage chain and with none, back to back (stage_cost)
     latency              offered loads through one running pipeline (latency)
-    API load             wrk against the Gunicorn API over a collection of known size (api_load)
+    API load             wrk against the Gunicorn API over a collection of known size (api_load), then
+                         GET /messages/{id} at api_documents and again with the whole backlog stored
 
 Everything is written under scratch names (scratch) and removed at the end, also after a failure.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import socket
 import time
 import urllib.request
@@ -36,6 +38,8 @@ from streamd.redaction import masked_uri
 __all__ = ["BenchError", "BenchOptions", "render", "run"]
 
 HEALTH_TIMEOUT = 30.0
+LOOKUP_CONCURRENCY = 4  # GET /messages/{id} at two collection sizes: a latency comparison, not a saturation
+LOOKUP_PATHS = 10_000  # ids asked at each size, drawn from every stored one
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
     progress(f"stage cost: {stages['ratio']:.2f} times the rate without stages (target ≥ {stages['target']})")
 
     latency_figures = measure_latency(scratch, options, progress, rss)
-    api_figures = measure_api(scratch, options, documents[: options.api_documents], progress, rss)
+    api_figures = measure_api(scratch, options, documents, progress, rss)
 
     return {
         "run_id": scratch.run_id,
@@ -180,8 +184,10 @@ def measure_latency(scratch: Scratch, options: BenchOptions, progress: Progress,
 
 
 def measure_api(
-    scratch: Scratch, options: BenchOptions, documents: list[dict], progress: Progress, rss: dict[str, float]
+    scratch: Scratch, options: BenchOptions, backlog: list[dict], progress: Progress, rss: dict[str, float]
 ) -> dict:
+    """The endpoints over api_documents stored messages; then GET /messages/{id} at that size and with the whole
+    backlog stored, side by side (the target: flat)."""
     from streamd.api.server import ApiServer
 
     wrk = api_load.wrk_path()
@@ -189,10 +195,12 @@ def measure_api(
         progress(api_load.MISSING)
         return {"error": api_load.MISSING}
     config = scratch.config("api", topic=scratch.topic("api"), collection="api", processes=0, api_port=free_port())
+    documents = backlog[: options.api_documents]
     with scratch.store() as client:
         collection = client[scratch.database]["api"]
         ceilings.prepare(collection)
         collection.insert_many(documents, ordered=False)
+    id_index = scratch.index_id_lookups("api")
     endpoints = {
         "GET /messages": ["/messages"],
         "GET /messages/{id}": [f"/messages/{document['_id']}" for document in documents],
@@ -213,6 +221,20 @@ def measure_api(
                     f"  {endpoint} × {concurrency}: {figures['rps']:,.0f} req/s, "
                     f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms"
                 )
+        by_size: dict[str, dict] = {}
+        stored = len(documents)
+        for size in sorted({len(documents), len(backlog)}):
+            if size > stored:
+                with scratch.store() as client:
+                    client[scratch.database]["api"].insert_many(backlog[stored:size], ordered=False)
+                stored = size
+            ids = [document["_id"] for document in backlog[:size]]
+            paths = [f"/messages/{i}" for i in random.Random(size).sample(ids, min(LOOKUP_PATHS, size))]
+            figures = api_load.load(
+                wrk, config.api.port, paths, LOOKUP_CONCURRENCY, options.api_seconds, config.state_path / "wrk"
+            )
+            by_size[str(size)] = figures
+            progress(f"  GET /messages/{{id}}, {size:,} stored: p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
         keep_largest(rss, supervised.rss_mb())
     settings = ApiServer(config).settings()
     return {
@@ -222,6 +244,9 @@ def measure_api(
         "threads": settings["threads"],
         "documents": len(documents),
         "endpoints": results,
+        "id_lookup_by_size": by_size,
+        "id_lookup_concurrency": LOOKUP_CONCURRENCY,
+        "id_index": id_index,
     }
 
 

@@ -23,7 +23,7 @@ from streamd.group_offsets import partitions_of, watermarks
 from streamd.kafka import make_client
 from streamd.pipeline import to_document
 from streamd.producer import Sender, new_message
-from streamd.store import INDEXES
+from streamd.store import StoreKind
 
 FETCH_TIMEOUT = 1.0
 # A backlog that does not drain in this long has stalled; the run says so instead of hanging.
@@ -62,7 +62,7 @@ def documents_of(messages: list[tuple[bytes, bytes]], topic: str) -> list[dict]:
 
 def prepare(collection: Collection) -> None:
     """The indexes the consumer creates: the store ceiling pays for the same index upkeep as the pipeline."""
-    for index in INDEXES:
+    for index in StoreKind.of(collection.database.client).indexes():
         collection.create_indexes([index])
 
 

@@ -90,6 +90,15 @@ def render(figures: dict[str, Any]) -> str:
                         f"{run['rps']:,.0f} req/s  p50 {ms(run['p50_ms'])}  p99 {ms(run['p99_ms'])}{errors}",
                     )
                 )
+        sizes = api["id_lookup_by_size"]
+        index = "an index search" if api["id_index"] else "a scan: the local FerretDB's _id index is missing"
+        rows.append(
+            (
+                f"GET /messages/{{id}} by stored messages, {api['id_lookup_concurrency']} connections",
+                "  ".join(f"{int(n):,}: p50 {ms(r['p50_ms'])} p99 {ms(r['p99_ms'])}" for n, r in sizes.items())
+                + f"  ({index})",
+            )
+        )
     memory = ", ".join(f"{name} {size:.0f}" for name, size in figures["rss_mb"].items())
     rows.append(("RSS (MB)", memory or "-"))
     rows.append(("duration", f"{figures['duration_s']:.0f} s"))

@@ -19,6 +19,8 @@ from confluent_kafka.admin import AdminClient
 
 from streamd.config import Config
 from streamd.kafka import make_client
+from streamd.stack import ferretdb_ids
+from streamd.store import StoreKind
 
 CLEANUP_TIMEOUT = 15.0
 # Enough partitions for the largest consumer count measured, so no consumer of a 4-process run idles.
@@ -92,6 +94,17 @@ class Scratch:
         return pymongo.MongoClient(
             self.base.mongodb.uri, serverSelectionTimeoutMS=self.base.mongodb.timeout_ms, tz_aware=True
         )
+
+    def index_id_lookups(self, collection: str) -> bool:
+        """What the consumer's index step adds on the local FerretDB, for a collection filled without a consumer;
+        whether `_id` lookups in it are an index search now (always so on MongoDB)."""
+        with self.store() as client:
+            kind = StoreKind.of(client)
+        if not kind.is_ferretdb:
+            return True
+        # The user's config, not a scratch one: it names the state directory whose stack runs the store.
+        config = dataclasses.replace(self.base, mongodb=dataclasses.replace(self.base.mongodb, database=self.database))
+        return bool(ferretdb_ids.index_id_lookups(config, kind, [collection]))
 
     def cleanup(self) -> list[str]:
         """Delete this run's topics, groups, database and directory; what could not be removed, in sentences."""

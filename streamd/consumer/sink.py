@@ -30,6 +30,9 @@ RETRY_MAX = 30.0
 DEAD_LETTER_WAIT = 1.0  # longest wait for dead-letter acknowledgements before pausing and polling again
 
 Wait = Callable[[float], bool]  # hold for this many seconds between attempts; False when a stop is requested
+# The store kind's own indexing of existing collections, beyond what the wire protocol can ask for (the local
+# FerretDB's _id index, see streamd.stack.ferretdb_ids).
+IndexTables = Callable[[store.StoreKind, list[str]], object]
 
 
 class Sink:
@@ -41,9 +44,11 @@ class Sink:
         dead_letters: DeadLetterQueue,
         counters: ConsumerCounters,
         routed: tuple[str, ...] = (),
+        index_tables: IndexTables | None = None,
     ) -> None:
         self.store = message_store
         self.routed = routed  # the collections route stages name, beside mongodb.collection
+        self.index_tables = index_tables
         self.dead_letters = dead_letters
         self.counters = counters
         self.conflicts = ConflictCheck(counters)
@@ -63,6 +68,10 @@ class Sink:
             # The API reads the routed collections as it reads the main one, so they get the same indexes.
             for target in (None, *self.routed):
                 self.collection(target).ensure_indexes()
+            if self.index_tables is not None:
+                # Here, because the collections exist now (ensure_indexes creates them) and before the first
+                # write; every consumer asks, and asking again is harmless.
+                self.index_tables(self.store.kind(), [self.store.name, *self.routed])
             self.indexes_ready = True
 
     def deliver(self, batch: MessageBatch, wait: Wait) -> bool:
