@@ -82,10 +82,10 @@ def test_each_stage_kind_applies_through_a_real_consumer(settings: Config):
     assert indexed == {("_id",), *used}, "routed collections get the indexes the store uses, as the main one"
 
 
-def write_config(path: Path, settings: Config, version: str) -> None:
+def write_config(path: Path, settings: Config, version: str, producing: bool = True) -> None:
     raw = config_module.to_mapping(settings)
     raw["stages"] = [{"name": "mark", "kind": "set", "fields": {"version": repr(version)}}]
-    raw["producer"] = {**raw["producer"], "rate": 100.0}
+    raw["producer"] = {**raw["producer"], "rate": 100.0, "enabled": producing}
     raw["consumer"] = {**raw["consumer"], "processes": 2}
     path.write_text(yaml.safe_dump(raw))
 
@@ -107,6 +107,11 @@ def test_a_reload_with_changed_stages_applies_to_the_next_batch_losing_and_repea
             f"stored with the reloaded chain; log:\n{supervisor.log_tail()}",
             timeout=90,
         )
+        # The generator stops first (a reload that changes only its section), so that what it sent last
+        # is consumed before the end: a message still in the topic at SIGTERM is neither lost nor stored.
+        write_config(path, settings, "v2", producing=False)
+        supervisor.signal(signal.SIGHUP)
+        wait_until(lambda: all_committed(settings), f"everything consumed; log:\n{supervisor.log_tail()}", timeout=90)
         supervisor.signal(signal.SIGTERM)
         assert supervisor.wait_exit(timeout=60) == 0, supervisor.log_tail()
     finally:
