@@ -11,8 +11,8 @@ collection a route stage names, and asks the store kind (once) how to expire the
   into a TTL index (and changes its expiry when the retention changes).
 - FerretDB 1.x: no TTL monitor is known to run there, so the child deletes what expired itself, in
   bounded chunks: one `delete_many` of everything expired fails with "too many SQL variables" on a large
-  collection (FerretDB deletes the matches by listing every one in one SQLite statement). It reads up to
-  ROUND expired ids, deletes them CHUNK at a time by `_id`, and goes on until nothing expired is left.
+  collection (FerretDB deletes the matches by listing every one in one SQLite statement), so it deletes
+  ranges of `ingested_at` of about CHUNK documents each, oldest first (see delete_expired).
 
 The aggregates collection is not expired: it holds one document per window and group, which grows with
 time only as fast as windows close (a few thousand a day), not with the message rate.
@@ -21,6 +21,7 @@ time only as fast as windows close (a few thousand a day), not with the message 
 from __future__ import annotations
 
 import logging
+from array import array
 from datetime import UTC, datetime, timedelta
 
 from pymongo import DESCENDING, IndexModel
@@ -38,8 +39,9 @@ log = logging.getLogger("streamd.retention")
 # What the retention child reads of the config: the collections (mongodb, the route stages) and its logs.
 SECTIONS = frozenset({"mongodb", "stages", "logging"})
 
-CHUNK = 500  # ids per delete: well under SQLite's limit on variables in one statement (999 in old builds)
-ROUND = 5000  # expired ids read per find: FerretDB filters by scanning, so fewer, larger reads are cheaper
+# Documents per delete: FerretDB deletes the matches by listing every one in one SQLite statement, whose
+# limit is 32,766 variables; each delete also scans the collection once, so fewer, larger ones are cheaper.
+CHUNK = 10_000
 INDEX_OPTIONS_CONFLICT = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
 
 
@@ -69,16 +71,26 @@ def ensure_ttl(collection: Collection, seconds: int) -> None:
 
 
 def delete_expired(collection: Collection, cutoff: datetime) -> int:
-    """Delete every document ingested before `cutoff`, CHUNK ids per delete (FerretDB); how many went."""
+    """Delete every document ingested before `cutoff`, about CHUNK per delete (FerretDB); how many went.
+
+    The deletes are ranges of `ingested_at`, oldest first: FerretDB matches `_id: {$in: [...]}` by comparing
+    every row with every listed id (2,000 ids took 3.4 s at 30,000 documents), while a range costs one scan
+    whatever it matches (15,000 in 1.7 s). The bounds come from one read of the expired `ingested_at` values,
+    kept as 8-byte floats. A consumer batch shares one `ingested_at`, so a range may exceed CHUNK by a batch.
+    """
+    stamps = array("d", (d["ingested_at"].timestamp() for d in collection.find(_before(cutoff), {"ingested_at": 1})))
+    if not stamps:
+        return 0
+    ordered = sorted(stamps)
+    bounds = sorted({datetime.fromtimestamp(ordered[i], UTC) for i in range(CHUNK, len(ordered), CHUNK)})
     deleted = 0
-    while True:
-        ids = [
-            document["_id"] for document in collection.find({"ingested_at": {"$lt": cutoff}}, {"_id": 1}).limit(ROUND)
-        ]
-        for first in range(0, len(ids), CHUNK):
-            deleted += collection.delete_many({"_id": {"$in": ids[first : first + CHUNK]}}).deleted_count
-        if len(ids) < ROUND:
-            return deleted
+    for bound in [*bounds, cutoff]:
+        deleted += collection.delete_many(_before(min(bound, cutoff))).deleted_count
+    return deleted
+
+
+def _before(moment: datetime) -> dict:
+    return {"ingested_at": {"$lt": moment}}
 
 
 def run(config: Config, shutdown: Shutdown) -> int:

@@ -56,14 +56,35 @@ def test_the_ttl_index_replaces_the_plain_one_and_follows_a_new_retention(store:
     assert expiries == [60]
 
 
+class CountedDeletes:
+    """A collection that remembers how many documents each delete_many took."""
+
+    def __init__(self, collection) -> None:
+        self.collection, self.deletes = collection, []
+
+    def find(self, *args, **kwargs):
+        return self.collection.find(*args, **kwargs)
+
+    def delete_many(self, selector):
+        result = self.collection.delete_many(selector)
+        self.deletes.append(result.deleted_count)
+        return result
+
+
 @pytest.mark.integration
 def test_expired_messages_are_deleted_in_bounded_chunks_and_fresh_ones_kept(store: MessageStore, monkeypatch):
-    monkeypatch.setattr(retention, "ROUND", 700)  # several rounds, each over several chunks
+    monkeypatch.setattr(retention, "CHUNK", 700)
     now = datetime.now(UTC)
-    store.insert_batch(documents("old", 1600, now - timedelta(hours=2)))
+    old = now - timedelta(hours=2)
+    # Consumer batches share one ingested_at: 50 documents per moment.
+    for batch in range(32):
+        store.insert_batch(documents(f"old{batch}", 50, old + timedelta(seconds=batch)))
     store.insert_batch(documents("new", 30, now))
-    assert retention.delete_expired(store.collection, now - timedelta(hours=1)) == 1600
+    counted = CountedDeletes(store.collection)
+    assert retention.delete_expired(counted, now - timedelta(hours=1)) == 1600
+    assert len(counted.deletes) >= 3 and max(counted.deletes) <= 700, counted.deletes
     assert sorted(d["_id"] for d in store.collection.find({}, {"_id": 1})) == sorted(f"new-{n}" for n in range(30))
+    assert retention.delete_expired(store.collection, now - timedelta(hours=1)) == 0
 
 
 @pytest.mark.integration
@@ -71,7 +92,7 @@ def test_a_short_retention_keeps_the_collection_bounded_under_a_steady_load(pipe
     if not store.is_ferretdb():
         pytest.skip("on MongoDB the TTL monitor deletes about once a minute: too slow to watch in a test")
     settings = replace(pipeline_config, mongodb=replace(pipeline_config.mongodb, retention="2s"))
-    rate, seconds = 500, 12  # messages per second, for this long
+    rate, seconds = 1000, 12  # the issue's load  # messages per second, for this long
     shutdown, sizes = Shutdown(), []
     child = threading.Thread(target=retention.run, args=(settings, shutdown), name="retention")
     child.start()
