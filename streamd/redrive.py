@@ -22,7 +22,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
@@ -105,7 +105,7 @@ def redrive(
     since: datetime | None = None,
     until: datetime | None = None,
     dry_run: bool = False,
-    progress: Any = None,
+    progress: TextIO | None = None,
 ) -> RedriveReport:
     """Produce the selected dead letters of kafka.topic back to it, each once. Raises KafkaUnavailable or
     RedriveError when it cannot be made."""
