@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--until", type=iso_time, help="only messages with a Kafka timestamp at or before (ISO 8601)")
     verify.add_argument("--json", action="store_true", help="print the counts and problems as JSON")
 
+    redrive = command(
+        "redrive", cmd_redrive, "Send dead letters back to the topic once their cause is fixed; each at most once."
+    )
+    redrive.add_argument("--reason", help="only dead letters of this reason (e.g. schema, stage, not_json)")
+    redrive.add_argument("--since", type=iso_time, help="only dead letters written at or after (ISO 8601)")
+    redrive.add_argument("--until", type=iso_time, help="only dead letters written at or before (ISO 8601)")
+    redrive.add_argument("--dry-run", action="store_true", help="count what would be sent; send nothing")
+    redrive.add_argument("--json", action="store_true", help="print the counts as JSON")
+
     bench = command(
         "bench", cmd_bench, "Measure throughput, latency and API speed against the store's and Kafka's own limits."
     )
@@ -358,6 +367,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except verify.VerifyError as exc:
         raise CommandError(str(exc)) from None
     verify.print_report(report, as_json=args.json)
+    return 0 if report.ok else 1
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    import orjson
+
+    from streamd import redrive
+    from streamd.verify import VerifyError
+
+    config = load(args)
+    logs.configure(config.logging, "redrive")
+    try:
+        report = redrive.redrive(config, args.reason, args.since, args.until, args.dry_run, progress=sys.stderr)
+    except VerifyError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print("\n".join(report.lines()))
     return 0 if report.ok else 1
 
 

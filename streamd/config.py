@@ -68,6 +68,12 @@ class MongoConfig:
     timeout_ms: int = setting(
         5000, "How long an operation waits for a usable server before failing.", minimum=100, maximum=600_000
     )
+    retention: str | None = setting(
+        None,
+        "Delete stored messages this long after they were stored (by ingested_at), e.g. 7d or 12h; "
+        "empty keeps them forever.",
+        check=lambda text: _retention(text),
+    )
 
 
 @dataclass(frozen=True)
@@ -380,11 +386,25 @@ def _field_name(name: str) -> str:
 
 
 def window_seconds(window: str) -> int:
-    """The length of a window written like `30s`, `1m`, `1h` or `1d`, in seconds."""
+    """A length of time written like `30s`, `1m`, `1h` or `1d` (windows, retention), in seconds."""
     match = WINDOW.fullmatch(window)
     if match is None:
-        raise ValueError(f"expected a window length like 30s, 1m, 1h or 1d, got {window!r}")
+        raise ValueError(f"expected a length of time like 30s, 1m, 1h or 1d, got {window!r}")
     return int(match.group(1)) * WINDOW_SECONDS[match.group(2)]
+
+
+RETENTION_LIMIT = 3650 * 86_400  # ten years: longer is "forever", which is an empty retention
+
+
+def _retention(text: str) -> str:
+    if not 1 <= window_seconds(text) <= RETENTION_LIMIT:
+        raise ValueError(f"{text} is outside 1s to 3650d; leave it empty to keep messages forever")
+    return text
+
+
+def retention_seconds(settings: MongoConfig) -> int | None:
+    """mongodb.retention in seconds, or None: keep messages forever."""
+    return None if settings.retention is None else window_seconds(settings.retention)
 
 
 def _windows(windows: tuple[str, ...]) -> tuple[str, ...]:

@@ -16,6 +16,11 @@ A dead letter is the original message, with its key, value and headers unchanged
     streamd.error.value_dropped only when the value itself was too large for the dead-letter topic: its size
                                 in bytes; the dead letter then carries an empty value and everything else
 
+`streamd redrive` (streamd.redrive) sends a dead letter back to its topic with every header it carries,
+plus `streamd.redriven` (the dead letter's own coordinates, `topic:partition:offset`): a redriven message
+that fails again is dead-lettered with its whole history, and the last set of streamd headers is the
+newest. A redriven message without an id keeps the fallback id of the message it first was (redriven_id).
+
 Delivery is at least once: the consumer commits a rejected message's offset only after this topic has
 acknowledged it, so a crash in between dead-letters it a second time. Readers (and `streamd verify`)
 identify a dead letter by its original coordinates, which makes a repeat harmless.
@@ -27,13 +32,17 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamd.config import Config
+from streamd.ids import offset_id
 from streamd.kafka import ensure_topic, make_client
 from streamd.outage import Outage
-from streamd.pipeline import Rejection
+
+if TYPE_CHECKING:  # the pipeline asks redriven_id() of this module: only the type is needed here
+    from streamd.pipeline import Rejection
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,7 @@ ORIGINAL_PARTITION = "streamd.original.partition"
 ORIGINAL_OFFSET = "streamd.original.offset"
 ORIGINAL_TIMESTAMP = "streamd.original.timestamp"
 STAGE_NAME = "streamd.stage"
+REDRIVEN = "streamd.redriven"
 
 # librdkafka refuses, before sending, any message over its own message.max.bytes (1 MB by default),
 # which is below the broker's default limit: a too_large message could never be dead-lettered. The
@@ -72,6 +82,28 @@ def headers_for(rejection: Rejection, now: datetime, value_dropped: int | None =
     if value_dropped is not None:
         added.append((VALUE_DROPPED, str(value_dropped)))
     return [*(rejection.headers or ()), *((name, text.encode()) for name, text in added)]
+
+
+Headers = list[tuple[str, bytes | None]] | None
+
+
+def redriven_id(headers: Headers) -> str | None:
+    """The fallback id of the message a redriven one first was, or None when it was never redriven.
+
+    A message without an id is stored under its Kafka coordinates; redriven, it has new ones. Its first
+    streamd.original.* headers are those of the message that first failed, so every copy of it, however
+    often redriven, is stored under one id and a second copy is a duplicate, not a second document.
+    """
+    if not headers or not any(name == REDRIVEN for name, _ in headers):
+        return None
+    first: dict[str, bytes] = {}
+    for name, value in headers:
+        if name.startswith("streamd.original.") and value is not None:
+            first.setdefault(name, value)
+    try:
+        return offset_id(first[ORIGINAL_TOPIC].decode(), int(first[ORIGINAL_PARTITION]), int(first[ORIGINAL_OFFSET]))
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
 
 from streamd.config import Config
-from streamd.ids import is_valid_id, offset_id
+from streamd.dead_letter import redriven_id
+from streamd.ids import FALLBACK_PREFIX, is_valid_id, offset_id
 from streamd.message_schema import Invalid, PayloadSchema, kafka_time, parse_timestamp, refused_field, shortened
 from streamd.stages.chain import StageChain, kafka_context
 
@@ -164,6 +165,15 @@ def document_id(payload: object, topic: str, partition: int, offset: int, id_fie
     return candidate if is_valid_id(candidate) else offset_id(topic, partition, offset)
 
 
+def message_id(message: Message, payload: object, id_field: str | None = "id") -> str:
+    """document_id of a consumed message, except that a redriven message without an id keeps the fallback
+    id of the message it first was (see streamd.dead_letter.redriven_id): redriving it twice stores it once."""
+    found = document_id(payload, message.topic(), message.partition(), message.offset(), id_field)
+    if found.startswith(FALLBACK_PREFIX):
+        return redriven_id(message.headers()) or found
+    return found
+
+
 def to_document(
     payload: dict,
     topic: str,
@@ -262,7 +272,7 @@ class Pipeline:
                         "field_name",
                         shortened(f"{refused}: the store refuses field names starting with $ or holding . or NUL"),
                     )
-                message_id = document_id(payload, topic, partition, offset, id_field)
+                stored_as = message_id(message, payload, id_field)
                 target = None
                 if staged:
                     outcome = chain.apply(payload, lambda m=message: kafka_context(m))
@@ -277,7 +287,7 @@ class Pipeline:
                     if chain.touches_timestamp:
                         timestamp = None
                 document = to_document(
-                    payload, topic, partition, offset, message.timestamp(), ingested_at, timestamp, id_field, message_id
+                    payload, topic, partition, offset, message.timestamp(), ingested_at, timestamp, id_field, stored_as
                 )
             except Invalid as exc:
                 rejections.append(Rejection.of(message, exc.stage, exc.reason, exc.detail))

@@ -20,7 +20,7 @@ Planner = Callable[[Config, Sequence[ChildSpec]], list[ChildSpec]]
 
 def plan_children(config: Config, services: Sequence[ChildSpec] = ()) -> list[ChildSpec]:
     """The children this config asks for, in start order.  Imports stay lazy so `streamd status` is quick."""
-    from streamd import analyzer, consumer, producer
+    from streamd import analyzer, consumer, producer, retention
     from streamd.api import server as api_server
 
     specs = list(services)
@@ -30,6 +30,8 @@ def plan_children(config: Config, services: Sequence[ChildSpec] = ()) -> list[Ch
         specs.append(ChildSpec(f"consumer-{index}", f"streamd: consumer {index}", consumer.run, consumer.SECTIONS))
     if config.analytics.enabled:
         specs.append(ChildSpec("analyzer", "streamd: analyzer", analyzer.run, analyzer.SECTIONS))
+    if config.mongodb.retention is not None:
+        specs.append(ChildSpec("retention", "streamd: retention", retention.run, retention.SECTIONS))
     specs.append(ChildSpec("api", "streamd: api", api_server.run, api_server.SECTIONS))
     return specs
 

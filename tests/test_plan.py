@@ -65,7 +65,9 @@ def undeclared(reads: set[str], declared: frozenset[str]) -> set[str]:
     return {read for read in reads if read not in declared and read.split(".")[0] not in declared}
 
 
-@pytest.mark.parametrize("module", ["streamd.producer", "streamd.consumer", "streamd.analyzer", "streamd.api.server"])
+@pytest.mark.parametrize(
+    "module", ["streamd.producer", "streamd.consumer", "streamd.analyzer", "streamd.retention", "streamd.api.server"]
+)
 def test_every_child_declares_each_config_section_its_code_reads(module):
     declared = importlib.import_module(module).SECTIONS
     assert not undeclared(config_reads(module), declared), f"{module}.SECTIONS misses what its code reads"
@@ -101,3 +103,9 @@ def test_a_reload_restarts_exactly_the_children_that_read_what_changed(change, r
 def test_the_analyzer_runs_after_the_consumers_when_analytics_is_enabled():
     assert list(planned(config_module.from_mapping({}))) == ["producer", "consumer-1", "consumer-2", "analyzer", "api"]
     assert "analyzer" not in planned(config_module.from_mapping({"analytics": {"enabled": False}}))
+
+
+def test_the_retention_child_runs_only_when_a_retention_is_set():
+    assert "retention" not in planned(config_module.from_mapping({}))
+    kept = planned(config_module.from_mapping({"mongodb": {"retention": "7d"}}))
+    assert "retention" in kept and "mongodb" in kept["retention"]

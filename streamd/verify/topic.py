@@ -13,7 +13,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Kafka
 
 from streamd.config import Config
 from streamd.kafka import KafkaUnavailable
-from streamd.pipeline import Pipeline, document_id
+from streamd.pipeline import Pipeline, message_id
 from streamd.verify.report import Progress, VerifyError
 
 WINDOW = 100_000  # messages held at once (~200 bytes each) between reading Kafka and asking the store
@@ -126,7 +126,7 @@ def windows(
                     Entry(
                         partition,
                         offset,
-                        document_id(payload, topic, partition, offset, id_field),
+                        message_id(message, payload, id_field),
                         None if kind == TIMESTAMP_NOT_AVAILABLE else stamp,
                         _message_digest(payload),
                         dropped is not None and dropped(message),
