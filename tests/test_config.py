@@ -169,7 +169,7 @@ def test_a_bad_environment_value_names_the_variable_not_the_file(tmp_path):
         load_text(tmp_path, "api:\n  port: 8080\n", environ={"STREAMD_API_PORT": "lots"})
     assert str(refused.value).startswith("environment variable STREAMD_API_PORT: expected a whole number")
     assert "config.yaml" not in str(refused.value)
-    with pytest.raises(ConfigError, match="^environment variable STREAMD_ANALYTICS_WINDOWS: .*window length"):
+    with pytest.raises(ConfigError, match="^environment variable STREAMD_ANALYTICS_WINDOWS: .*length of time"):
         load_text(tmp_path, "{}\n", environ={"STREAMD_ANALYTICS_WINDOWS": "[1x]"})
 
 

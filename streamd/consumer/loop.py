@@ -18,7 +18,7 @@ from streamd.kafka import ensure_topic, group_member
 from streamd.lifecycle import Shutdown
 from streamd.pipeline import MessageBatch, Pipeline
 from streamd.quarantine import Quarantine
-from streamd.stack import ferretdb_ids
+from streamd.stack.ferretdb_ids import index_id_lookups
 from streamd.stages import routed_collections
 
 log = logging.getLogger("streamd.consumer")
@@ -62,7 +62,7 @@ class BatchConsumer:
             DeadLetterQueue.open(config),
             ConsumerCounters(),
             routed_collections(config.stages),
-            functools.partial(ferretdb_ids.index_id_lookups, config),
+            functools.partial(index_id_lookups, config),
         )
         batches: BatchConsumer | None = None
 
