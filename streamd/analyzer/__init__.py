@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 
 from streamd.analyzer.loop import Analyzer
-from streamd.config import Config, ConfigError
-from streamd.kafka import KafkaUnavailable
+from streamd.config import Config
+from streamd.consumer import run_member
 from streamd.lifecycle import Shutdown
 
 __all__ = ["SECTIONS", "Analyzer", "run"]
@@ -29,23 +29,9 @@ SECTIONS = frozenset({"kafka", "mongodb", "consumer", "stages", "analytics", "lo
 
 def run(config: Config, shutdown: Shutdown) -> int:
     """The analyzer child's main; returns its exit status."""
-    try:
-        analyzer = Analyzer.open(config, shutdown)
-    except (KafkaUnavailable, ConfigError) as exc:
-        log.error("%s", exc)
-        return 1
-    log.info(
-        "analyzing %s as group %s: windows %s by %s",
-        config.kafka.topic,
-        config.analytics.group,
-        ", ".join(config.analytics.windows),
-        ", ".join(config.analytics.group_by) or "nothing",
+    analytics = config.analytics
+    started = (
+        f"analyzing {config.kafka.topic} as group {analytics.group}: windows {', '.join(analytics.windows)} "
+        f"by {', '.join(analytics.group_by) or 'nothing'}"
     )
-    clean = False
-    try:
-        analyzer.run()
-        clean = True
-    finally:
-        analyzer.close(clean)
-        log.info("stopped: %s", analyzer.counters)
-    return 0
+    return run_member(lambda: Analyzer.open(config, shutdown), started, log)

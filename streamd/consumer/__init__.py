@@ -32,6 +32,8 @@ The parts, one job each:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Protocol
 
 from streamd.config import Config, ConfigError
 from streamd.consumer.counts import ConsumerCounters
@@ -39,7 +41,7 @@ from streamd.consumer.loop import BatchConsumer
 from streamd.kafka import KafkaUnavailable
 from streamd.lifecycle import Shutdown
 
-__all__ = ["SECTIONS", "BatchConsumer", "ConsumerCounters", "run"]
+__all__ = ["SECTIONS", "BatchConsumer", "ConsumerCounters", "GroupMember", "run", "run_member"]
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +52,36 @@ SECTIONS = frozenset({"kafka", "mongodb", "consumer", "stages", "logging"})
 
 def run(config: Config, shutdown: Shutdown) -> int:
     """The consumer child's main; returns its exit status."""
+    started = f"consuming {config.kafka.topic} as group {config.consumer.group}"
+    return run_member(lambda: BatchConsumer.open(config, shutdown), started, log)
+
+
+class GroupMember(Protocol):
+    """A child that consumes in a group until asked to stop: the consumers' BatchConsumer, the Analyzer."""
+
+    counters: object
+
+    def run(self) -> None: ...
+    def close(self, clean: bool = True) -> None: ...
+
+
+def run_member(open_member: Callable[[], GroupMember], started: str, logger: logging.Logger) -> int:
+    """Open, run until asked to stop, close: the main of every group-member child; returns its exit status.
+
+    A member that cannot start (Kafka unreachable, a config the child refuses) exits 1 with one sentence;
+    one that leaves on an exception closes without marking its in-flight messages done (see quarantine).
+    """
     try:
-        batches = BatchConsumer.open(config, shutdown)
+        member = open_member()
     except (KafkaUnavailable, ConfigError) as exc:
-        log.error("%s", exc)
+        logger.error("%s", exc)
         return 1
-    log.info("consuming %s as group %s", config.kafka.topic, config.consumer.group)
+    logger.info("%s", started)
     clean = False
     try:
-        batches.run()
+        member.run()
         clean = True
     finally:
-        batches.close(clean)
-        log.info("stopped: %s", batches.counters)
+        member.close(clean)
+        logger.info("stopped: %s", member.counters)
     return 0
