@@ -103,12 +103,16 @@ def rotations(path: Path) -> Iterator[Path]:
 def show(directory: Path, child: str | None, count: int, follow: bool, out: TextIO) -> None:
     """Print the last `count` entries, interleaved by time; with `follow`, then every new one until Ctrl-C."""
     paths = sources(directory, child)
+    # Followers open their files (at the end) before the last entries are read: a line written in between
+    # may then show twice, but none written before the first poll is skipped, even across a rotation.
+    followers = {path: Follower(path, at_end=True) for path in paths} if follow else {}
+    for follower in followers.values():
+        follower.read_new()
     merged = list(heapq.merge(*(last_entries(path, count) for path in paths), key=lambda entry: entry.stamp))
     for entry in merged[-count:]:
         out.write(entry.text)
     out.flush()
     if follow:
-        followers = {path: Follower(path, at_end=True) for path in paths}
         while True:
             time.sleep(FOLLOW_POLL_SECONDS)
             for path in sources(directory, child):
@@ -142,6 +146,8 @@ class Follower:
         if current is not None and current.st_ino != self.inode:
             # Rotated: what the writer put in our file before renaming it is above; then come the files it
             # filled and rotated since (a fast writer rotates more than once between two polls), then the new one.
+            # What it wrote between our read and the rename is still in our handle: read it before closing.
+            lines += self._complete_lines(self.handle.read())
             self.handle.close()
             for newer in self._rotated_since():
                 with open(newer, encoding="utf-8", errors="replace") as whole:
