@@ -34,12 +34,14 @@ from pymongo.errors import (
     ConfigurationError,
     ConnectionFailure,
     ExecutionTimeout,
+    OperationFailure,
     WTimeoutError,
 )
 
 from streamd.config import ConfigError, MongoConfig
 
 DUPLICATE_KEY = 11000
+NAMESPACE_EXISTS = 48
 
 # Errors after which the same write can succeed later. ConnectionFailure covers AutoReconnect,
 # NotPrimaryError (a replica set election), NetworkTimeout and ServerSelectionTimeoutError.
@@ -265,6 +267,10 @@ class MessageStore:
                 self.collection.database.create_collection(self.name)
             except CollectionInvalid:
                 pass  # it exists already
+            except OperationFailure as exc:
+                if exc.code != NAMESPACE_EXISTS:
+                    raise
+                # Another consumer created it between pymongo's existence check and ours.
         # One index per createIndexes: FerretDB 1.24 drops the connection when a single createIndexes
         # names several indexes that all exist already, which is every start after the first.
         for index in indexes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -120,6 +121,20 @@ def test_ensure_indexes_creates_the_indexes_the_api_queries_need_on_mongodb_and_
     finally:
         on_mongodb.client.drop_database(pipeline_config.mongodb.database)
         on_mongodb.close()
+
+
+def test_consumers_creating_the_collection_at_once_all_carry_on(pipeline_config):
+    """Each consumer ensures the collection at start; whoever loses the race to create it is not an error."""
+    stores = [MessageStore(pipeline_config.mongodb, kind=StoreKind("v1.24.2")) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            outcomes = list(pool.map(lambda each: each.ensure_indexes(), stores))
+        assert outcomes == [None] * len(stores)
+        assert stores[0].name in stores[0].collection.database.list_collection_names()
+    finally:
+        stores[0].client.drop_database(pipeline_config.mongodb.database)
+        for each in stores:
+            each.close()
 
 
 def test_on_ferretdb_ensure_indexes_creates_the_collection_and_no_index_its_queries_cannot_use(pipeline_config):
