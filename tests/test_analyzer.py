@@ -46,7 +46,6 @@ WINDOWS = {"1m": 60, "5m": 300}
 SOURCES = ("sensor-a", "sensor-b", "sensor-c")
 
 
-@pytest.fixture
 def absorbed(settings: Config) -> int | None:
     """Messages the group has committed over all partitions, or None while the group coordinator cannot
     answer (it moves, e.g. right after the broker started): a wait on it simply goes on."""
@@ -56,6 +55,7 @@ def absorbed(settings: Config) -> int | None:
         return None
 
 
+@pytest.fixture
 def analytics_config(pipeline_config: Config) -> Config:
     yield pipeline_config
     with contextlib.closing(MessageStore(pipeline_config.mongodb)) as store:
