@@ -13,6 +13,7 @@ The message id is taken before the stages, so that a replay and `streamd verify`
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -210,19 +211,17 @@ def to_document(
         "ingested_at": ingested_at,
         "kafka": {"topic": topic, "partition": partition, "offset": offset},
     }
-    reserved = _RESERVED.get(id_field) or _reserved(id_field)
+    reserved = _reserved(id_field)
     # A set comparison in C: the tutorial's messages carry nothing else, and pay nothing for `data`.
     if not payload.keys() <= reserved:
         document["data"] = {name: value for name, value in payload.items() if name not in reserved}
     return document
 
 
+@functools.cache
 def _reserved(id_field: str | None) -> frozenset[str]:
     """The payload fields stored at the top level of a document, not in `data`."""
-    return _RESERVED.setdefault(id_field, frozenset({"text", "source", "timestamp"} | ({id_field} - {None})))
-
-
-_RESERVED: dict[str | None, frozenset[str]] = {}
+    return frozenset({"text", "source", "timestamp"} | ({id_field} - {None}))
 
 
 class Pipeline:
