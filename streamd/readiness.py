@@ -93,30 +93,43 @@ class ReadinessProbe:
             self.process.stdout.close()
 
 
-def first_missing(config: Config) -> str | None:
-    """What the pipeline still waits for, with why (`Kafka at host:9092 (…)`); None once both answer."""
-    import pymongo
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+class Checks:
+    """The two checks, with clients made at the first check and kept for the next ones: librdkafka then
+    reconnects with its own backoff instead of starting over every second."""
 
-    from streamd.kafka import make_client
-    from streamd.store import connect
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.admin = None
+        self.client = None
 
-    kafka = f"Kafka at {config.kafka.brokers}"
-    try:
-        make_client(AdminClient, config.kafka, "readiness").list_topics(timeout=CHECK_TIMEOUT)
-    except KafkaException as exc:
-        return f"{kafka} ({exc.args[0].str()})"
-    except ConfigError as exc:
-        return f"{kafka} ({exc})"
-    store = f"the store at {masked_uri(config.mongodb.uri)}"
-    try:
-        with connect(config.mongodb) as client, pymongo.timeout(CHECK_TIMEOUT):
-            client.admin.command("ping")
-    except (pymongo.errors.PyMongoError, ConfigError) as exc:
-        reason = str(exc).partition(" (configured timeouts")[0].partition(", Timeout:")[0]
-        return f"{store} ({reason[:200]})"
-    return None
+    def first_missing(self) -> str | None:
+        """What the pipeline still waits for, with why (`Kafka at host:9092 (…)`); None once both answer."""
+        import pymongo
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        from streamd.kafka import make_client
+        from streamd.store import connect, failure_reason
+
+        config = self.config
+        kafka = f"Kafka at {config.kafka.brokers}"
+        try:
+            if self.admin is None:
+                self.admin = make_client(AdminClient, config.kafka, "readiness")
+            self.admin.list_topics(timeout=CHECK_TIMEOUT)
+        except KafkaException as exc:
+            return f"{kafka} ({exc.args[0].str()})"
+        except ConfigError as exc:
+            return f"{kafka} ({exc})"
+        store = f"the store at {masked_uri(config.mongodb.uri)}"
+        try:
+            if self.client is None:
+                self.client = connect(config.mongodb)
+            with pymongo.timeout(CHECK_TIMEOUT):
+                self.client.admin.command("ping")
+        except (pymongo.errors.PyMongoError, ConfigError) as exc:
+            return f"{store} ({failure_reason(exc)})"
+        return None
 
 
 def main() -> int:
@@ -124,10 +137,10 @@ def main() -> int:
 
     die_with_parent(signal.SIGKILL, os.getppid())
     logging.disable(logging.CRITICAL)  # librdkafka would log every refused connection; the line says why
-    config = from_mapping(orjson.loads(sys.stdin.buffer.read()))
+    checks = Checks(from_mapping(orjson.loads(sys.stdin.buffer.read())))
     said = None
     try:
-        while (missing := first_missing(config)) is not None:
+        while (missing := checks.first_missing()) is not None:
             # The reason may change every try (a timeout, then a refusal): a new line only for a new thing.
             what = missing.partition(" (")[0]
             if what != said:

@@ -221,6 +221,12 @@ class StoreKind:
         return [] if self.is_ferretdb else INDEXES
 
 
+def failure_reason(exc: Exception) -> str:
+    """Why the store did not answer, in at most 200 characters: the first clause names the server and the
+    socket error; pymongo's topology dump after it belongs in a debugger, not in a probe's answer."""
+    return str(exc).partition(" (configured timeouts")[0].partition(", Timeout:")[0][:200]
+
+
 def connect(settings: MongoConfig) -> pymongo.MongoClient:
     """A client for mongodb.uri; it connects lazily, so an unreachable store shows up at the first operation."""
     try:

@@ -10,7 +10,7 @@ import pymongo
 from confluent_kafka import KafkaException
 from pymongo.errors import PyMongoError
 
-from streamd import control
+from streamd import control, store
 from streamd.api.backends import Backends
 from streamd.api.lag import GroupLag, KafkaUnreadable
 from streamd.api.params import reject_unknown
@@ -103,7 +103,4 @@ class ReadyResource:
                 self.backends.store.ping()
             return "ok"
         except PyMongoError as exc:
-            # The first clause names the server and the socket error; the topology dump after it
-            # belongs in a debugger, not in a probe's answer.
-            reason = str(exc).partition(" (configured timeouts")[0].partition(", Timeout:")[0]
-            return f"unreachable ({reason[:200]})"
+            return f"unreachable ({store.failure_reason(exc)})"
