@@ -116,8 +116,8 @@ class Analyzer:
     def open(cls, config: Config, shutdown: Shutdown) -> Analyzer:
         pipeline = Pipeline.from_config(config)  # first, so a bad consumer.schema fails before anything opens
         ensure_topic(config, config.kafka.topic)
-        messages = store.MessageStore(config.mongodb)
-        aggregates = Aggregates(messages.in_collection(config.analytics.collection))
+        # Its own client, closed with the analyzer (a store made by in_collection would not close it).
+        aggregates = Aggregates(store.MessageStore(config.mongodb, collection=config.analytics.collection))
         analyzer: Analyzer | None = None
 
         def on_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
