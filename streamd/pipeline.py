@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
 
+from streamd import coordinates
 from streamd.config import Config
 from streamd.dead_letter import redriven_id
 from streamd.ids import FALLBACK_PREFIX, is_valid_id, offset_id
@@ -209,7 +210,7 @@ def to_document(
         "timestamp": timestamp,
         "source": payload.get("source"),
         "ingested_at": ingested_at,
-        "kafka": {"topic": topic, "partition": partition, "offset": offset},
+        "kafka": coordinates.stored(topic, partition, offset),
     }
     reserved = _reserved(id_field)
     # A set comparison in C: the tutorial's messages carry nothing else, and pay nothing for `data`.

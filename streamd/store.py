@@ -3,10 +3,11 @@
 A stored message looks like this (the API reads exactly these fields)::
 
     {"_id": "<message id>", "content": "<text>", "timestamp": <datetime UTC>, "source": "<str>" or None,
-     "ingested_at": <datetime UTC>, "kafka": {"topic": "<str>", "partition": <int>, "offset": <int>},
+     "ingested_at": <datetime UTC>, "kafka": "<topic>:<partition>:<offset>",
      "data": {<every other field of the payload, after the stages>}}
 
-`data` is left out when the message has no other field; readers take a missing `data` as {}. Route
+`data` is left out when the message has no other field; readers take a missing `data` as {}. `kafka` is
+written and read by streamd.coordinates (older documents hold a subdocument there). Route
 stages spread messages over several collections of this shape: one MessageStore per collection
 (`in_collection`), all sharing one client.
 
@@ -38,6 +39,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
+from streamd import coordinates
 from streamd.config import ConfigError, MongoConfig
 
 DUPLICATE_KEY = 11000
@@ -171,22 +173,12 @@ class Conflict:
     """One id, two different messages: the stored one and a newcomer from other Kafka coordinates."""
 
     id: str
-    stored: dict  # {"topic", "partition", "offset"} of the stored document, or {} when something else wrote it
-    refused: dict  # the same, of the message refused as a duplicate
+    stored: coordinates.Coordinates | None  # of the stored document; None when something else wrote it
+    refused: coordinates.Coordinates | None  # of the message refused as a duplicate
 
     def __str__(self) -> str:
-        return f"id {self.id} of {_where(self.refused)} is already stored from {_where(self.stored)} with other content"
-
-
-def _where(kafka: dict) -> str:
-    if not kafka:
-        return "outside streamd"
-    return f"{kafka.get('topic')}[{kafka.get('partition')}]@{kafka.get('offset')}"
-
-
-def _kafka(stored: dict) -> dict:
-    kafka = stored.get("kafka")
-    return kafka if isinstance(kafka, dict) else {}
+        stored = self.stored or "outside streamd"
+        return f"id {self.id} of {self.refused} is already stored from {stored} with other content"
 
 
 def same_message(stored: dict, document: dict) -> bool:
@@ -194,7 +186,7 @@ def same_message(stored: dict, document: dict) -> bool:
 
     The timestamp is left out: a message sent again without a timestamp of its own gets a new Kafka one.
     """
-    return stored.get("kafka") == document["kafka"] or (
+    return coordinates.read(stored.get("kafka")) == coordinates.read(document["kafka"]) or (
         stored.get("content") == document["content"] and stored.get("source") == document["source"]
     )
 
@@ -335,7 +327,9 @@ class MessageStore:
             return []
         found = self.collection.find({"_id": {"$in": list(wanted)}}, {"content": 1, "source": 1, "kafka": 1})
         return [
-            Conflict(stored["_id"], _kafka(stored), wanted[stored["_id"]]["kafka"])
+            Conflict(
+                stored["_id"], coordinates.read(stored.get("kafka")), coordinates.read(wanted[stored["_id"]]["kafka"])
+            )
             for stored in found
             if not same_message(stored, wanted[stored["_id"]])
         ]

@@ -20,6 +20,7 @@ from typing import Any
 import falcon.testing
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
+from streamd import coordinates
 from streamd.api import create_app
 from streamd.api.backends import Backends
 from streamd.config import Config
@@ -101,7 +102,7 @@ def stored_document(message_id: str, moment: datetime, source: str | None, offse
         "timestamp": moment,
         "source": source,
         "ingested_at": moment,
-        "kafka": {"topic": "data-stream", "partition": 0, "offset": offset},
+        "kafka": coordinates.stored("data-stream", 0, offset),
     }
 
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamd import config as config_module
+from streamd import coordinates
 from streamd.analyzer.windows import (
     WindowSpec,
     apply,
@@ -42,7 +43,7 @@ def document(partition: int, offset: int, seconds: float, source: str = "A", val
         "content": "x",
         "timestamp": BASE + timedelta(seconds=seconds),
         "source": source,
-        "kafka": {"topic": "t", "partition": partition, "offset": offset},
+        "kafka": coordinates.stored("t", partition, offset),
         **({"data": data} if data else {}),
     }
 
@@ -156,7 +157,7 @@ class Run:
             if delta is not None:
                 self.store[key] = apply(self.store.get(key), delta)
         self.times = times
-        for partition in {d["kafka"]["partition"] for d in taken}:
+        for partition in {coordinates.read(d["kafka"]).partition for d in taken}:
             self.committed[partition] = (self.position[partition], times.get(partition))
 
     def done(self) -> bool:

@@ -56,7 +56,7 @@ def stored(message_id: str, timestamp: datetime, source: str | None = "sensor-a"
         "timestamp": timestamp,
         "source": source,
         "ingested_at": timestamp + timedelta(seconds=1),
-        "kafka": {"topic": "data-stream", "partition": 0, "offset": 7},
+        "kafka": "data-stream:0:7",
         **extra,
     }
 
@@ -123,6 +123,15 @@ def test_list_returns_newest_first_in_the_documented_shape(client, store):
         "kafka": {"topic": "data-stream", "partition": 0, "offset": 7},
         "data": {},
     }
+
+
+@pytest.mark.integration
+def test_a_message_stored_before_the_coordinates_became_one_string_is_served_the_same(client, store):
+    store.insert_batch([stored("m-old", T0, kafka={"topic": "data-stream", "partition": 0, "offset": 7})])
+
+    item = client.simulate_get("/messages/m-old").json
+
+    assert item["kafka"] == {"topic": "data-stream", "partition": 0, "offset": 7}
 
 
 @pytest.mark.integration

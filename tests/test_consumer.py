@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import REGISTRY
 from pymongo.errors import BulkWriteError, DocumentTooLarge
 
+from streamd import coordinates
 from streamd.config import Config
 from streamd.consumer import BatchConsumer, ConsumerCounters
 from streamd.consumer.conflicts import ConflictCheck
@@ -71,20 +72,18 @@ def test_produced_messages_are_stored_exactly_once_in_the_stored_shape(settings:
         assert document["timestamp"] == sent_at
         assert document["timestamp"].utcoffset() == timedelta(0)
         assert document["timestamp"] <= document["ingested_at"]
-        assert set(document["kafka"]) == {"topic", "partition", "offset"}
-        assert document["kafka"]["topic"] == settings.kafka.topic
+        assert coordinates.read(document["kafka"]).topic == settings.kafka.topic
 
     [anonymous] = [d for d in documents if d["content"] == "no id, no timestamp"]
-    where = anonymous["kafka"]
-    assert anonymous["_id"] == f"~{settings.kafka.topic}:{where['partition']}:{where['offset']}"
+    assert anonymous["_id"] == f"~{anonymous['kafka']}", "stored under its Kafka coordinates"
     assert anonymous["source"] is None
     assert abs(anonymous["timestamp"] - anonymous["ingested_at"]) < timedelta(seconds=30), "the Kafka timestamp"
 
     # Exactly once: every offset of the topic is either one stored document or the one rejection.
-    coordinates = sorted((d["kafka"]["partition"], d["kafka"]["offset"]) for d in documents)
+    where = sorted(coordinates.read(d["kafka"])[1:] for d in documents)
     everything = sorted((p, o) for p, end in end_offsets(settings).items() for o in range(end))
-    [rejected] = sorted(set(everything) - set(coordinates))
-    assert len(coordinates) == len(set(coordinates)) == len(everything) - 1
+    [rejected] = sorted(set(everything) - set(where))
+    assert len(where) == len(set(where)) == len(everything) - 1
     assert logged(caplog.messages, f"{settings.kafka.topic}[{rejected[0]}]@{rejected[1]}", "not_json")
     stopped = {"consumed": 42, "stored": 41, "duplicates": 0, "rejected": 1, "dead-lettered": 1, "not_json": 1}
     assert stopped in summaries(caplog.messages)

@@ -8,6 +8,7 @@ from pathlib import Path
 from confluent_kafka import KafkaError, Message, TopicPartition
 from pymongo.errors import AutoReconnect
 
+from streamd import coordinates
 from streamd.config import ConsumerConfig
 from streamd.consumer import BatchConsumer, ConsumerCounters
 from streamd.consumer.book import OffsetBook
@@ -74,7 +75,7 @@ def test_a_partition_revoked_while_its_batch_waits_for_the_store_is_neither_writ
 
     assert batches.deliver(batch)
 
-    assert {document["kafka"]["partition"] for document in store.written} == {0}
+    assert {coordinates.read(document["kafka"]).partition for document in store.written} == {0}
     assert batch.next_offsets == {("t", 0): 3}, "the revoked partition's offsets are its new owner's to commit"
     assert batches.counters.dropped == 3
     assert batches.hold.assigned == {("t", 0)}

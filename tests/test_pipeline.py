@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from streamd import config as config_module
+from streamd import coordinates
 from streamd.config import ConfigError
 from streamd.message_schema import BUILTIN_SCHEMA, EPOCH, FORMATS, Invalid, PayloadSchema, kafka_time, parse_timestamp
 from streamd.pipeline import Pipeline, document_id, parse, to_document
@@ -227,7 +228,7 @@ def test_a_custom_schema_file_adds_rules_to_the_built_in_schema(tmp_path):
         ingested_at=NOW,
     )
 
-    assert [document["kafka"]["offset"] for document in batch.documents] == [0]
+    assert [coordinates.read(document["kafka"]).offset for document in batch.documents] == [0]
     details = [rejection.detail for rejection in batch.rejections]
     assert details == ["'source' is a required property", "'text' is a required property"]
 
@@ -257,7 +258,7 @@ def test_to_document_has_the_stored_shape_with_every_other_field_under_data(pipe
         "timestamp": datetime(2024, 6, 1, 12, 0, 0, 250_000, tzinfo=UTC),
         "source": "web",
         "ingested_at": NOW,
-        "kafka": {"topic": TOPIC, "partition": 2, "offset": 41},
+        "kafka": f"{TOPIC}:2:41",
         "data": {"x": 1},
     }
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from streamd import config as config_module
+from streamd import coordinates
 from streamd.config import Config
 from streamd.dead_letter import DeadLetter
 from streamd.store import MessageStore
@@ -118,16 +119,16 @@ def test_a_reload_with_changed_stages_applies_to_the_next_batch_losing_and_repea
         supervisor.kill()
 
     stored = list(documents(settings).values())
-    coordinates = [(d["kafka"]["partition"], d["kafka"]["offset"]) for d in stored]
+    where = [coordinates.read(d["kafka"])[1:] for d in stored]
     everything = {(p, o) for p, end in end_offsets(settings).items() for o in range(end)}
-    assert len(coordinates) == len(set(coordinates)), "nothing processed twice"
-    assert set(coordinates) == everything, "nothing lost: every produced message is stored"
+    assert len(where) == len(set(where)), "nothing processed twice"
+    assert set(where) == everything, "nothing lost: every produced message is stored"
     # Per partition, every message after the first one the new chain processed has the new chain's mark.
-    for partition in {p for p, _ in coordinates}:
+    for partition in {p for p, _ in where}:
         versions = [
             d["data"]["version"]
-            for d in sorted(stored, key=lambda d: d["kafka"]["offset"])
-            if d["kafka"]["partition"] == partition
+            for d in sorted(stored, key=lambda d: coordinates.read(d["kafka"]).offset)
+            if coordinates.read(d["kafka"]).partition == partition
         ]
         first_new = versions.index("v2") if "v2" in versions else len(versions)
         assert set(versions[first_new:]) <= {"v2"}, f"partition {partition} went back to the old chain"

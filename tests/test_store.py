@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pymongo.errors import InvalidOperation
 
 from streamd import config as config_module
+from streamd import coordinates
 from streamd.config import Config, ConfigError
 from streamd.store import (
     DUPLICATE_KEY,
@@ -45,7 +46,7 @@ def document(message_id: str, offset: int = 0) -> dict:
         "timestamp": datetime(2024, 6, 1, 12, 0, offset % 60, tzinfo=UTC),
         "source": "test",
         "ingested_at": datetime(2024, 6, 1, 12, 1, tzinfo=UTC),
-        "kafka": {"topic": "t", "partition": 0, "offset": offset},
+        "kafka": coordinates.stored("t", 0, offset),
     }
 
 
@@ -88,7 +89,7 @@ def test_duplicates_that_are_replays_or_repeats_are_told_from_id_conflicts(messa
     )
     assert outcome == WriteOutcome(inserted=1, duplicates=3)
     [conflict] = message_store.conflicts(outcome.duplicated)
-    assert (conflict.id, conflict.stored["offset"], conflict.refused["offset"]) == ("claimed", 3, 8)
+    assert (conflict.id, conflict.stored.offset, conflict.refused.offset) == ("claimed", 3, 8)
     assert "t[0]@8" in str(conflict) and "t[0]@3" in str(conflict)
 
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streamd import cli, verify
+from streamd import cli, coordinates, verify
 from streamd import config as config_module
 from streamd.config import Config
 from streamd.dead_letter import headers_for
@@ -128,8 +128,8 @@ def test_a_document_deleted_by_hand_is_reported_missing_with_exit_one(consumed: 
     out = capsys.readouterr().out
     report = verify.verify(consumed)
     assert (report.checked, report.stored, report.missing, report.dead_lettered) == (42, 39, 1, 2)
-    where = gone["kafka"]
-    assert f"missing: {where['topic']}[{where['partition']}]@{where['offset']} id v-0013" in out
+    where = coordinates.read(gone["kafka"])
+    assert f"missing: {where} id v-0013" in out
 
 
 @pytest.mark.integration
@@ -161,10 +161,8 @@ def test_the_same_id_sent_twice_and_stored_once_is_fine_but_reported(consumed: C
 @pytest.mark.integration
 def test_a_message_both_stored_and_dead_lettered_is_a_duplicate(consumed: Config):
     with contextlib.closing(MessageStore(consumed.mongodb)) as store:
-        where = store.collection.find_one({"_id": "v-0007"})["kafka"]
-    stored_one = Rejection(
-        "validate", "schema", "by hand", where["topic"], where["partition"], where["offset"], None, b""
-    )
+        where = coordinates.read(store.collection.find_one({"_id": "v-0007"})["kafka"])
+    stored_one = Rejection("validate", "schema", "by hand", where.topic, where.partition, where.offset, None, b"")
     producer = Producer({"bootstrap.servers": consumed.kafka.brokers})
     for _ in range(2):
         producer.produce(consumed.kafka.dead_letter_topic, b"", headers=headers_for(stored_one, datetime.now(UTC)))
@@ -172,9 +170,7 @@ def test_a_message_both_stored_and_dead_lettered_is_a_duplicate(consumed: Config
 
     report = verify.verify(consumed)
     assert (report.stored, report.duplicated, report.repeated_dead_letters) == (40, 1, 1)
-    assert report.problems == [
-        f"duplicated: {where['topic']}[{where['partition']}]@{where['offset']} id v-0007 is stored and dead-lettered"
-    ]
+    assert report.problems == [f"duplicated: {where} id v-0007 is stored and dead-lettered"]
     assert not report.ok
 
 
@@ -274,9 +270,9 @@ def test_an_old_dead_letter_does_not_vouch_for_a_new_message_at_its_offset(consu
     with contextlib.closing(MessageStore(consumed.mongodb)) as store:
         stored_one = store.collection.find_one({"_id": "v-0007"})
         store.collection.delete_one({"_id": "v-0007"})  # as if the new message at this offset were lost
-    where = stored_one["kafka"]
+    where = coordinates.read(stored_one["kafka"])
     old = Rejection(
-        "validate", "schema", "old topic", where["topic"], where["partition"], where["offset"], None, b"", None, 1_000
+        "validate", "schema", "old topic", where.topic, where.partition, where.offset, None, b"", None, 1_000
     )
     producer = Producer({"bootstrap.servers": consumed.kafka.brokers})
     producer.produce(consumed.kafka.dead_letter_topic, b"", headers=headers_for(old, datetime.now(UTC)))
@@ -355,7 +351,7 @@ def document_of(settings: Config, payload: dict, partition: int, offset: int) ->
         "timestamp": now,
         "source": payload.get("source"),
         "ingested_at": now,
-        "kafka": {"topic": settings.kafka.topic, "partition": partition, "offset": offset},
+        "kafka": coordinates.stored(settings.kafka.topic, partition, offset),
     }
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from streamd import coordinates
 from streamd.config import AnalyticsConfig, window_seconds
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -104,8 +105,7 @@ def contributions(documents: Iterable[Mapping], spec: WindowSpec, stream_times: 
     """
     found: list[Contribution] = []
     for document in documents:
-        kafka = document["kafka"]
-        partition, offset = kafka["partition"], kafka["offset"]
+        _, partition, offset = coordinates.read(document["kafka"])
         event = micros(document["timestamp"])
         stream_time = max(stream_times.get(partition, event), event)
         stream_times[partition] = stream_time

@@ -13,6 +13,7 @@ from typing import Any
 
 import falcon
 
+from streamd import coordinates
 from streamd.api.backends import Backends
 from streamd.api.errors import MessageNotFound
 from streamd.api.params import Cursor, MessageQuery, parse_collection, parse_id, reject_unknown
@@ -27,18 +28,14 @@ def iso(value: object) -> str | None:
 
 
 def render(document: Mapping[str, Any]) -> dict[str, Any]:
-    kafka = document.get("kafka")
+    kafka = coordinates.read(document.get("kafka"))
     return {
         "id": document["_id"],
         "content": document.get("content"),
         "timestamp": iso(document.get("timestamp")),
         "source": document.get("source"),
         "ingested_at": iso(document.get("ingested_at")),
-        "kafka": (
-            {"topic": kafka.get("topic"), "partition": kafka.get("partition"), "offset": kafka.get("offset")}
-            if isinstance(kafka, Mapping)
-            else None
-        ),
+        "kafka": kafka._asdict() if kafka is not None else None,
         "data": plain(document.get("data") or {}),
     }
 

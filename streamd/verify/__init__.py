@@ -59,7 +59,7 @@ from typing import TextIO
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from streamd import group_offsets, store
+from streamd import coordinates, group_offsets, store
 from streamd.config import Config
 from streamd.group_offsets import partitions_of
 from streamd.ids import FALLBACK_PREFIX, legacy_offset_id
@@ -86,7 +86,7 @@ LOOKUP_BATCH = 5000  # ids per `$in` query
 # scan about 31 µs per stored document (1.56 s), so one find per id pays off below 1 id in 15 stored ones.
 LOOKUPS_PER_SCANNED = 15
 
-Coordinates = tuple[str, int, int]
+Coordinates = coordinates.Coordinates
 
 
 def verify(
@@ -216,10 +216,7 @@ def _contents(stores: list[store.MessageStore], ids: set[str]) -> dict[str, set[
 
 
 def _coordinates(document: dict) -> Coordinates | None:
-    where = document.get("kafka")
-    if not isinstance(where, dict):
-        return None  # written by something else than streamd
-    return where.get("topic"), where.get("partition"), where.get("offset")
+    return coordinates.read(document.get("kafka"))  # None: written by something else than streamd
 
 
 def _classify(
