@@ -49,6 +49,10 @@ Span = tuple[str, int, int, int]  # topic, partition, first offset, last offset 
 Where = tuple[str, int, int]  # topic, partition, offset
 
 
+class Flight(tuple[Span, ...]):
+    """The spans of one batch in flight; told apart by identity, as two batches can hold the same spans."""
+
+
 class Quarantine:
     """One consumer's in-flight record, and its view of the suspects every consumer of the state dir shares."""
 
@@ -64,7 +68,9 @@ class Quarantine:
         fcntl.flock(self.record, fcntl.LOCK_EX)
         self.path = directory / f"{name}.inflight"
         os.rename(draft, self.path)
-        self.in_flight = False
+        # The spans of each batch begun and not done; the record holds them all.
+        self.flights: list[Flight] = []
+        self.recorded = b""
         self.ranges: dict[Partition, list[tuple[int, int]]] = {}
         self.deaths: dict[Where, int] = {}
         self._loaded: tuple[int, int, int] | None = None  # (inode, mtime, size) of the suspects record read
@@ -90,8 +96,9 @@ class Quarantine:
 
     # --- in flight --------------------------------------------------------------------------------
 
-    def begin(self, messages: Sequence[Message]) -> None:
-        """Record these messages as in flight; one write, since a death must find them."""
+    def begin(self, messages: Sequence[Message]) -> Flight:
+        """Record these messages as in flight, beside the batches still in flight (the one being written while
+        this one is prepared); one write, since a death must find them. done() takes what this returns."""
         spans: dict[Partition, list[int]] = {}
         for message in messages:
             if message.error() is not None:
@@ -104,23 +111,27 @@ class Quarantine:
                 span[1] = offset
             elif offset < span[0]:
                 span[0] = offset
-        if not spans:
-            return
-        text = "".join(
-            f"{topic}\t{partition}\t{first}\t{last}\n" for (topic, partition), (first, last) in spans.items()
-        )
-        data = text.encode()
+        flight = Flight((topic, partition, first, last) for (topic, partition), (first, last) in spans.items())
+        self.flights.append(flight)
+        self._record()
+        return flight
+
+    def done(self, flight: Flight | None) -> None:
+        """The batch begin() returned this for is stored or dead-lettered, or holds nothing to handle (None: a
+        condemned message, never begun)."""
+        if flight is not None:
+            self.flights = [other for other in self.flights if other is not flight]
+            self._record()
+
+    def _record(self) -> None:
+        data = "".join(f"{t}\t{p}\t{first}\t{last}\n" for flight in self.flights for t, p, first, last in flight)
         # Write, then cut what a longer previous record left: a death in between leaves extra lines,
         # which only makes more messages suspect, never fewer.
-        os.pwrite(self.record, data, 0)
-        os.ftruncate(self.record, len(data))
-        self.in_flight = True
-
-    def done(self) -> None:
-        """The messages in flight are stored or dead-lettered."""
-        if self.in_flight:
-            os.ftruncate(self.record, 0)
-            self.in_flight = False
+        encoded = data.encode()
+        if encoded != self.recorded:
+            os.pwrite(self.record, encoded, 0)
+            os.ftruncate(self.record, len(encoded))
+            self.recorded = encoded
 
     def close(self, clean: bool = True) -> None:
         """Remove the record on a clean stop; after a crash keep it, for the next consumer to adopt."""
@@ -135,7 +146,7 @@ class Quarantine:
         """The messages to handle as one batch each, in order: all of them, unless some are suspect;
         then every suspect message is a portion of its own, between the runs of the others."""
         self.refresh()
-        if not self.ranges and not self.deaths:
+        if not self.suspects():
             return [messages] if messages else []
         portions: list[list[Message]] = []
         ordinary: list[Message] = []
@@ -150,6 +161,10 @@ class Quarantine:
         if ordinary:
             portions.append(ordinary)
         return portions
+
+    def suspects(self) -> bool:
+        """Whether any message is suspect (as of the last portions() or refresh())."""
+        return bool(self.ranges or self.deaths)
 
     def is_suspect(self, topic: str, partition: int, offset: int) -> bool:
         return (topic, partition, offset) in self.deaths or any(

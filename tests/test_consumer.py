@@ -331,11 +331,11 @@ def test_finished_batches_whose_commit_is_still_pending_are_committed_when_the_p
         replace(settings, consumer=replace(settings.consumer, batch_timeout_ms=1000)), Shutdown()
     )
     try:
-        batch = batches.fetch()
-        while not batch:
-            batch = batches.fetch()
-        assert batches.deliver(batch)
-        batches.book.finished(batch.next_offsets)  # finished, its commit not answered yet
+        prepared = batches.fetch()
+        while not prepared.batch:
+            prepared = batches.fetch()
+        batch = prepared.batch
+        assert batches.deliver(prepared)  # finished and booked, its commit not sent yet
         assert committed(settings) == {}
     finally:
         batches.close()

@@ -92,10 +92,10 @@ def test_a_death_with_several_messages_in_flight_counts_against_none_of_them(tmp
 
 def test_a_living_consumers_record_is_left_alone_and_a_clean_stop_leaves_nothing(tmp_path: Path):
     alive = Quarantine.open(tmp_path)
-    alive.begin(messages(0, 1, 2))
+    flight = alive.begin(messages(0, 1, 2))
     other = Quarantine.open(tmp_path)
     assert offsets(other.portions(messages(0, 1, 2))) == [[(0, 1), (0, 2)]]
-    alive.done()
+    alive.done(flight)
     alive.close()
     other.close()
     assert [p.name for p in (tmp_path / "consumers").iterdir()] == ["suspects.lock"]
@@ -122,9 +122,22 @@ def test_an_ordinary_batch_is_one_portion_recorded_as_one_line_per_partition(tmp
     quarantine = Quarantine.open(tmp_path)
     batch = messages(0, *range(500)) + messages(1, *range(500))
     [portion] = quarantine.portions(batch)
-    quarantine.begin(portion)
+    flight = quarantine.begin(portion)
     assert quarantine.path.read_text().splitlines() == [f"{TOPIC}\t0\t0\t499", f"{TOPIC}\t1\t0\t499"]
-    quarantine.done()
+    quarantine.done(flight)
+    assert quarantine.path.read_text() == ""
+
+
+def test_while_one_batch_is_written_and_the_next_prepared_the_record_holds_both(tmp_path: Path):
+    """The consumer overlaps a batch's write with the next batch's preparation: a death then finds both."""
+    quarantine = Quarantine.open(tmp_path)
+    written = quarantine.begin(messages(0, *range(0, 500)))
+    prepared = quarantine.begin(messages(0, *range(500, 1000)))
+    assert quarantine.path.read_text().splitlines() == [f"{TOPIC}\t0\t0\t499", f"{TOPIC}\t0\t500\t999"]
+
+    quarantine.done(written)
+    assert quarantine.path.read_text().splitlines() == [f"{TOPIC}\t0\t500\t999"]
+    quarantine.done(prepared)
     assert quarantine.path.read_text() == ""
 
 

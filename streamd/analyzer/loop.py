@@ -163,16 +163,18 @@ class Analyzer:
             self.forget({self.hold.restart(event)}, set())
         messages = [m for m in messages if not offsets.is_reset(m)]
         condemned = self.quarantine.condemned(messages[0]) if len(messages) == 1 else None
+        flight = None
         if condemned is not None:
             log.error("%s; left out of the windows", condemned)
             batch = MessageBatch()
             batch.next_offsets[condemned.topic, condemned.partition] = condemned.offset + 1
         else:
-            self.quarantine.begin(messages)
+            flight = self.quarantine.begin(messages)
             batch = self.pipeline.batch(messages)
         for error in batch.errors:
             self.hold.kafka_error(error)
         if not batch.next_offsets:
+            self.quarantine.done(flight)
             return None
         self.hold.messages_flow()
         try:
@@ -180,7 +182,7 @@ class Analyzer:
         finally:
             self.hold.resume()
         if delivered:
-            self.quarantine.done()
+            self.quarantine.done(flight)
         return delivered
 
     def deliver(self, batch: MessageBatch) -> bool:

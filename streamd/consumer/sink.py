@@ -1,5 +1,7 @@
 """The sink: a batch's documents into the store, then its rejections into the dead-letter topic.
 
+The first attempt at a batch's write can run in the writer thread (start, see streamd.consumer.writer)
+while the loop prepares the next batch; its outcome is taken, and any further attempt made, by store().
 A batch whose documents a route stage sent to other collections is written with one insert per
 collection. Either may be away; the sink then holds the batch and tries again with exponential backoff and jitter,
 logging each outage once when it starts and once when it ends. What the store refuses for good (a
@@ -12,12 +14,14 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 
 from pymongo.errors import OperationFailure
 
 from streamd import store
 from streamd.consumer.conflicts import ConflictCheck
 from streamd.consumer.counts import ConsumerCounters
+from streamd.consumer.writer import StoreWriter
 from streamd.dead_letter import DeadLetterQueue
 from streamd.metrics import series
 from streamd.outage import Outage
@@ -30,6 +34,7 @@ RETRY_MAX = 30.0
 DEAD_LETTER_WAIT = 1.0  # longest wait for dead-letter acknowledgements before pausing and polling again
 
 Wait = Callable[[float], bool]  # hold for this many seconds between attempts; False when a stop is requested
+Written = list[tuple[store.MessageStore, store.WriteOutcome]]  # the outcome of each collection's insert
 # The store kind's own indexing of existing collections, beyond what the wire protocol can ask for (the local
 # FerretDB's _id index, see streamd.stack.ferretdb_ids).
 IndexTables = Callable[[store.StoreKind, list[str]], object]
@@ -45,8 +50,10 @@ class Sink:
         counters: ConsumerCounters,
         routed: tuple[str, ...] = (),
         index_tables: IndexTables | None = None,
+        writer: StoreWriter | None = None,
     ) -> None:
         self.store = message_store
+        self.writer = writer or StoreWriter(None)
         self.routed = routed  # the collections route stages name, beside mongodb.collection
         self.index_tables = index_tables
         self.dead_letters = dead_letters
@@ -72,16 +79,33 @@ class Sink:
                 # Here, because the collections exist now (ensure_indexes creates them) and before the first
                 # write; every consumer asks, and asking again is harmless.
                 self.index_tables(self.store.kind(), [self.store.name, *self.routed])
+            if self.store.kind().single_writer:
+                self.writer.single_writer()
             self.indexes_ready = True
 
-    def deliver(self, batch: MessageBatch, wait: Wait) -> bool:
+    def deliver(self, batch: MessageBatch, wait: Wait, started: Future[Written] | None = None) -> bool:
         """Store the batch and dead-letter its rejections, waiting between attempts while either is away.
 
         False when a stop request came first; the batch is then left uncommitted.
         """
-        if not retry(lambda: self.try_store(batch), wait):
-            log.warning("stopping with %d messages unstored; they stay uncommitted for a replay", len(batch))
+        return self.store_batch(batch, wait, started) and self.dead_letter(batch, wait)
+
+    def start(self, batch: MessageBatch) -> Future[Written]:
+        """The first attempt at the batch's write, in the writer thread; store_batch() takes its outcome."""
+        return self.writer.start(lambda: self.write_batch(batch))
+
+    def store_batch(self, batch: MessageBatch, wait: Wait | None, started: Future[Written] | None = None) -> bool:
+        """Write the batch's documents (the first attempt is `started`, when given), waiting between attempts
+        while the store is away; with no `wait`, one attempt only. False when it is not stored (yet)."""
+        first = [started] if started is not None else []
+        if not retry(lambda: self.try_store(batch, first.pop() if first else None), wait):
+            if wait is not None:
+                log.warning("stopping with %d messages unstored; they stay uncommitted for a replay", len(batch))
             return False
+        return True
+
+    def dead_letter(self, batch: MessageBatch, wait: Wait) -> bool:
+        """Dead-letter the batch's rejections, waiting while the topic does not acknowledge them."""
         if batch.rejections:
             self.dead_letters.submit(batch.rejections)
             if not retry(self.try_dead_letter, wait):
@@ -89,12 +113,16 @@ class Sink:
                 return False
         return True
 
-    def try_store(self, batch: MessageBatch) -> bool:
-        """One attempt at writing the batch's documents."""
+    def write_batch(self, batch: MessageBatch) -> Written:
+        """One write of the batch's documents, in the store's turn (see streamd.consumer.writer)."""
+        self.ensure_indexes()
+        with self.writer.turn(), series.STORE_WRITE_SECONDS.time():
+            return self.write(batch)
+
+    def try_store(self, batch: MessageBatch, started: Future[Written] | None = None) -> bool:
+        """One attempt at writing the batch's documents: the outcome of `started`, or a write made now."""
         try:
-            self.ensure_indexes()
-            with series.STORE_WRITE_SECONDS.time():
-                written = self.write(batch)
+            written = started.result() if started is not None else self.write_batch(batch)
         # A command-level refusal (e.g. not authorized) is about the store, not about one document: the
         # batch waits for an operator to fix it rather than crash-looping this consumer.
         except (*store.UNAVAILABLE, store.StoreBusy, OperationFailure) as exc:
@@ -125,7 +153,7 @@ class Sink:
         """Where a target's documents go: the store's own collection for None, else a routed one on its client."""
         return self.store if target is None else self.store.in_collection(target)
 
-    def write(self, batch: MessageBatch) -> list[tuple[store.MessageStore, store.WriteOutcome]]:
+    def write(self, batch: MessageBatch) -> Written:
         """One insert per target collection; each outcome's `refused` indexes are the batch's."""
         if not any(batch.targets):  # no document routed: the common case, one insert as ever
             return [(self.store, self.store.insert_batch(batch.documents))]
@@ -166,6 +194,7 @@ class Sink:
         return settled.done
 
     def close(self) -> None:
+        self.writer.close()
         self.dead_letters.close()
         self.store.close()
 
@@ -181,10 +210,13 @@ def _combined(outcomes: list[store.WriteOutcome]) -> store.WriteOutcome:
     )
 
 
-def retry(attempt: Callable[[], bool], wait: Wait) -> bool:
-    """Run `attempt` until it succeeds, with exponential backoff and jitter; False when stopping first."""
+def retry(attempt: Callable[[], bool], wait: Wait | None) -> bool:
+    """Run `attempt` until it succeeds, with exponential backoff and jitter; False when stopping first.
+    Without `wait`, one attempt."""
     delay = RETRY_INITIAL
     while not attempt():
+        if wait is None:
+            return False
         # Jitter keeps the consumers of a group from hammering a recovering server in step.
         if not wait(random.uniform(delay / 2, delay)):
             return False
