@@ -116,6 +116,10 @@ def group_member(settings: KafkaConfig, role: str, group: str, on_commit: Callab
             # far-away cloud brokers; heartbeats come from librdkafka's own thread, so a busy batch never
             # delays them. kafka.client can set another value.
             "session.timeout.ms": 10_000,
+            # A rebalance reaches the other members with their next heartbeat, and cooperative-sticky takes
+            # two rounds: at librdkafka's 3 s a consumer joining a busy group waited up to 6 s for its
+            # partitions while they sat idle. One heartbeat a second costs the broker next to nothing.
+            "heartbeat.interval.ms": 1_000,
         },
     )
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import falcon.testing
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamd import config as config_module
@@ -110,6 +112,28 @@ def test_a_stored_batch_records_its_size_and_each_message_latency_unless_it_held
     series.stored_batch(2, documents, duplicates=1, now=NOW)
     assert value("streamd_consumer_batch_size_messages_count") - batches == 2
     assert latency_count() - count == 2, "a replayed batch's age is not the pipeline's latency"
+
+
+@given(st.lists(st.floats(min_value=0, max_value=10_000, allow_nan=False), max_size=50))
+@settings(max_examples=200, deadline=None)
+def test_observing_a_batch_at_once_gives_the_histogram_observing_each_value_gives(values):
+    """observe_all reaches into prometheus-client's value objects: this fails first if an upgrade changes them."""
+    registry = CollectorRegistry()
+    bounds = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+    one_by_one = Histogram("one_by_one", "test", buckets=bounds, registry=registry)
+    at_once = Histogram("at_once", "test", buckets=bounds, registry=registry)
+    for observed in values:
+        one_by_one.observe(observed)
+    series.observe_all(at_once, values)
+
+    def samples(name: str) -> tuple[list[tuple[str, dict]], list[float]]:
+        [family] = [f for f in registry.collect() if f.name == name]
+        kept = [sample for sample in family.samples if not sample.name.endswith("_created")]
+        return [(sample.name.removeprefix(name), sample.labels) for sample in kept], [s.value for s in kept]
+
+    (series_at_once, values_at_once), (series_each, values_each) = samples("at_once"), samples("one_by_one")
+    assert series_at_once == series_each
+    assert values_at_once == pytest.approx(values_each)
 
 
 # --- the multiprocess directory -------------------------------------------------------------------

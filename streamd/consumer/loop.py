@@ -215,6 +215,8 @@ class BatchConsumer:
         """What moved or restarted since the last call, applied to the batches in hand: fetched before it, so
         they may hold messages of those partitions. None of them is being written (see the module's doc)."""
         moved, restarted = self.hold.take_changes()
+        if not moved and not restarted:
+            return
         dropped = 0
         for batch in self.in_hand:
             for key in restarted:
