@@ -28,51 +28,17 @@ from pymongo.database import Database
 from streamd.bench.scratch import BenchError, Scratch
 from streamd.config import Config
 from streamd.lifecycle import die_with_parent
-from streamd.stack.provisioning import is_complete, resolve_jars
+from streamd.stack.kafka_server import SLF4J_BINDING
+from streamd.stack.provisioning import is_complete, pom, resolve_jars
 from streamd.stack.service import StackError
 
 SINK_VERSION = "1.13.0"  # the newest 1.x on Maven Central, the issue's "1.13"
-SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")  # Connect 3.x logs through log4j 1, like Kafka
 HEAP = "512m"
 COUNT_POLL = 0.05
 START_TIMEOUT = 120.0  # JVM start, plugin scan and group join, up to the first stored document
 MIN_RATE = 200.0  # below this a drain counts as stalled, as for streamd's drains
 STOP_TIMEOUT = 20.0
 LOG_TAIL_LINES = 20
-
-POM = """\
-<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by streamd bench: only its dependency list matters, to copy Kafka Connect's jars into libs/. -->
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>streamd.bench</groupId>
-  <artifactId>connect-runtime</artifactId>
-  <version>{kafka}</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>connect-runtime</artifactId>
-      <version>{kafka}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>connect-json</artifactId>
-      <version>{kafka}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.mongodb.kafka</groupId>
-      <artifactId>mongo-kafka-connect</artifactId>
-      <version>{sink}</version>
-    </dependency>
-    <dependency>
-      <groupId>{slf4j[0]}</groupId>
-      <artifactId>{slf4j[1]}</artifactId>
-      <version>{slf4j[2]}</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
 
 # Warnings and errors only, plus Connect's own started/stopped lines: the log tail is for failures.
 LOG4J = """\
@@ -108,10 +74,16 @@ def provision(config: Config) -> tuple[str, Path]:
         raise ConnectUnavailable(
             "mvn is not on PATH, so Kafka Connect cannot be downloaded and its peer rows are skipped; install Maven."
         )
-    pom = POM.format(kafka=version, sink=SINK_VERSION, slf4j=SLF4J_BINDING)
+    dependencies = [
+        ("org.apache.kafka", "connect-runtime", version),
+        ("org.apache.kafka", "connect-json", version),
+        ("org.mongodb.kafka", "mongo-kafka-connect", SINK_VERSION),
+        SLF4J_BINDING,  # Connect logs through log4j 1 (reload4j), like the broker
+    ]
+    pom_text = pom("connect-runtime", version, dependencies)
     advice = "the Kafka Connect peer rows are skipped; check the network and stack.kafka_version"
     try:
-        return java, resolve_jars(mvn, config.cache_path, directory, pom, f"Kafka Connect {version}", advice)
+        return java, resolve_jars(mvn, config.cache_path, directory, pom_text, f"Kafka Connect {version}", advice)
     except StackError as exc:
         raise ConnectUnavailable(str(exc)) from None
 

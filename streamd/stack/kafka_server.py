@@ -27,6 +27,7 @@ from streamd.stack.provisioning import (
     INSTEAD,
     is_complete,
     phase,
+    pom,
     require_tool,
     resolve_jars,
 )
@@ -35,30 +36,6 @@ from streamd.stack.service import Service, StackError
 SCALA_VERSION = "2.13"
 SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")  # Kafka 3.x logs through log4j 1 (reload4j)
 NODE_ID = 1
-
-POM = """\
-<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by streamd: only its dependency list matters, to copy Kafka's runtime jars into libs/. -->
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>streamd.stack</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>{version}</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>kafka_{scala}</artifactId>
-      <version>{version}</version>
-    </dependency>
-    <dependency>
-      <groupId>{slf4j[0]}</groupId>
-      <artifactId>{slf4j[1]}</artifactId>
-      <version>{slf4j[2]}</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
 
 
 def artifacts_dir(config: Config) -> Path:
@@ -147,9 +124,10 @@ def provision(config: Config) -> Path:
         return directory / "libs"
     require_tool("java", "run a local Kafka", "a JDK 17 (e.g. openjdk-17-jdk-headless)")
     mvn = require_tool("mvn", "download a local Kafka from Maven Central", "Maven (e.g. the maven package)")
-    pom = POM.format(version=version, scala=SCALA_VERSION, slf4j=SLF4J_BINDING)
+    dependencies = [("org.apache.kafka", f"kafka_{SCALA_VERSION}", version), SLF4J_BINDING]
     advice = f"check the network and stack.kafka_version, {INSTEAD}"
-    return resolve_jars(mvn, config.cache_path, directory, pom, f"Kafka {version}", advice)
+    pom_text = pom("kafka-runtime", version, dependencies)
+    return resolve_jars(mvn, config.cache_path, directory, pom_text, f"Kafka {version}", advice)
 
 
 def service(config: Config) -> Service:

@@ -72,6 +72,34 @@ def cache_lock(cache: Path) -> Iterator[None]:
         yield
 
 
+POM = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by streamd: only its dependency list matters, to copy the runtime jars into libs/. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>streamd</groupId>
+  <artifactId>{artifact}</artifactId>
+  <version>{version}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+{dependencies}
+  </dependencies>
+</project>
+"""
+DEPENDENCY = """\
+    <dependency>
+      <groupId>{0}</groupId>
+      <artifactId>{1}</artifactId>
+      <version>{2}</version>
+    </dependency>"""
+
+
+def pom(artifact: str, version: str, dependencies: list[tuple[str, str, str]]) -> str:
+    """A pom whose only content is a list of (groupId, artifactId, version) to resolve with resolve_jars."""
+    listed = "\n".join(DEPENDENCY.format(*dependency) for dependency in dependencies)
+    return POM.format(artifact=artifact, version=version, dependencies=listed)
+
+
 def resolve_jars(mvn: str, cache: Path, directory: Path, pom: str, what: str, advice: str) -> Path:
     """Copy the runtime dependencies of `pom` from Maven Central into directory/libs once; return libs.
 
