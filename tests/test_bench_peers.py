@@ -16,7 +16,7 @@ import pytest
 from streamd import config as config_module
 from streamd.bench import ceilings, connect, free_port, peers, with_topic
 from streamd.bench.report import Progress, peer_rows
-from streamd.bench.scratch import Scratch
+from streamd.bench.scratch import BenchError, Scratch
 from streamd.cli import build_parser
 from streamd.config import Config
 from streamd.kafka import ensure_topic
@@ -86,6 +86,24 @@ def test_connect_drains_a_backlog_into_the_store_and_leaves_nothing_behind(pipel
     finally:
         problems = scratch.cleanup()
     assert problems == [], "Connect's topic, group and collection are scratch names the bench removes"
+
+
+@needs_jdk
+@pytest.mark.integration
+def test_a_connect_that_stores_nothing_fails_the_run_with_its_log_and_is_stopped(
+    pipeline_config: Config, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(connect, "START_TIMEOUT", 8.0)
+    scratch = Scratch(with_shared_cache(pipeline_config), partitions=1)
+    try:
+        topic = scratch.topic("empty")
+        ensure_topic(with_topic(scratch.base, topic), topic, partitions=1)
+        with pytest.raises(BenchError) as raised:
+            connect.drain(scratch, connect.provision(scratch.base), topic, 10, 1, "peers-connect1-1", free_port())
+        assert "stored 0 of 10" in str(raised.value) and "its log ends" in str(raised.value)
+        assert java_processes_under(scratch.directory) == [], "Connect is stopped after a failed drain too"
+    finally:
+        scratch.cleanup()
 
 
 def test_without_java_the_peer_rows_are_skipped_with_one_sentence(tmp_path: Path, monkeypatch):
