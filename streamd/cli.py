@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = command(
         "bench", cmd_bench, "Measure throughput, latency and API speed against the store's and Kafka's own limits."
     )
-    bench.add_argument("--quick", action="store_true", help="fewer messages and points: under a minute")
+    bench.add_argument("--quick", action="store_true", help="fewer messages, points and rounds: about a minute")
     bench.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
     bench.add_argument("--messages", type=positive_int, help="backlog size for the throughput figures")
     bench.add_argument("--processes", type=int_list, help="consumer process counts to drain with, e.g. 1,2,4")

@@ -59,7 +59,7 @@ class BenchOptions:
 
     @classmethod
     def quick_run(cls) -> BenchOptions:
-        """Under a minute: fewer messages, fewer points, the same figures."""
+        """About a minute: fewer messages, fewer points, one peer round, the same figures."""
         return cls(
             messages=20_000,
             naive_messages=1_000,
