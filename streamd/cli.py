@@ -113,11 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = command(
         "bench", cmd_bench, "Measure throughput, latency and API speed against the store's and Kafka's own limits."
     )
-    bench.add_argument("--quick", action="store_true", help="fewer messages and points: under a minute")
+    bench.add_argument("--quick", action="store_true", help="fewer messages, points and rounds: about a minute")
     bench.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
     bench.add_argument("--messages", type=positive_int, help="backlog size for the throughput figures")
     bench.add_argument("--processes", type=int_list, help="consumer process counts to drain with, e.g. 1,2,4")
     bench.add_argument("--loads", type=int_list, help="offered loads in messages/s for latency, e.g. 100,1000")
+    bench.add_argument(
+        "--rounds", type=positive_int, help="rounds of streamd next to Kafka Connect (default 3, 1 with --quick)"
+    )
 
     stack = command("stack", cmd_stack, "Run the local Kafka and MongoDB-wire store for development.")
     stack.add_argument("action", choices=["up", "down", "status"])
@@ -399,7 +402,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = load(args)
     logs.configure(dataclasses.replace(config.logging, level="WARNING"), "bench")
     options = bench.BenchOptions.quick_run() if args.quick else bench.BenchOptions()
-    overrides = {"messages": args.messages, "processes": args.processes, "loads": args.loads}
+    overrides = {"messages": args.messages, "processes": args.processes, "loads": args.loads, "rounds": args.rounds}
     options = dataclasses.replace(options, **{key: value for key, value in overrides.items() if value is not None})
     try:
         figures = bench.run(config, options)

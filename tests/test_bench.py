@@ -115,6 +115,16 @@ def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_c
         assert run["msgs_per_s"] > 0 and run["startup_s"] >= 0 and run["stored"] == figures["messages"]
     assert figures["pipeline_msgs_per_s"] == max(run["msgs_per_s"] for run in by_processes.values())
     assert isinstance(figures["pipeline_vs_ceiling"], float) and figures["pipeline_vs_ceiling"] > 0
+    peers = figures["peers"]
+    if shutil.which("java") and shutil.which("mvn"):
+        assert set(peers["systems"]) == {"streamd-1", "connect-1", "connect-3"}
+        for system in peers["systems"].values():
+            assert len(system["runs"]) == BenchOptions.quick_run().rounds and system["msgs_per_s"] > 0
+            assert all(run["stored"] == figures["messages"] for run in system["runs"]), "every drain stores it all"
+        assert peers["systems"]["connect-1"]["cpu_us_per_msg"] > 0
+        assert {ratio["target"] for ratio in peers["ratios"].values()} == {1.2, 1.0}
+    else:
+        assert "is not on PATH" in peers["error"]
     stages = figures["stage_cost"]
     assert len(stages["chain"]) == 4 and stages["target"] == 0.85
     for run in (stages["without_stages"], stages["with_stages"]):

@@ -6,6 +6,8 @@ locally when `stack.local` allows), in this order:
     backlog              N generated messages produced to a scratch topic
     ceilings             insert_many of the same documents; librdkafka reading the backlog; the naive loop
     pipeline runs        `streamd start` with 1, 2, 4… consumers draining the backlog (pipeline_runs)
+    peers                rounds of streamd (1 consumer) and Kafka Connect's MongoDB sink (1 and 3 tasks)
+                         draining the same backlog, interleaved (peers)
     stage cost           the same drain with a 4-stage chain and with none, back to back (stage_cost)
     latency              offered loads through one running pipeline (latency)
     API load             wrk against the Gunicorn API over a collection of known size (api_load), then
@@ -27,7 +29,7 @@ from typing import Any
 
 import pymongo.errors
 
-from streamd.bench import api_load, ceilings, latency, pipeline_runs, stage_cost
+from streamd.bench import api_load, ceilings, latency, peers, pipeline_runs, stage_cost
 from streamd.bench.report import Progress, render
 from streamd.bench.scratch import BenchError, Scratch
 from streamd.bench.supervised import SupervisedRun, keep_largest
@@ -52,11 +54,12 @@ class BenchOptions:
     api_documents: int = 1_000
     api_concurrency: tuple[int, ...] = (1, 4, 16)
     api_seconds: float = 5.0
+    rounds: int = 3  # of the peers phase; the medians are reported
     quick: bool = False
 
     @classmethod
     def quick_run(cls) -> BenchOptions:
-        """Under a minute: fewer messages, fewer points, the same figures."""
+        """About a minute: fewer messages, fewer points, one peer round, the same figures."""
         return cls(
             messages=20_000,
             naive_messages=1_000,
@@ -64,6 +67,7 @@ class BenchOptions:
             load_seconds=3.0,
             api_concurrency=(4,),
             api_seconds=2.0,
+            rounds=1,
             quick=True,
         )
 
@@ -130,6 +134,11 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
     best = max(run["msgs_per_s"] for run in by_processes.values())
     ceiling = min(store, kafka)
 
+    peer_figures = peers.measure(scratch, backlog, ends, options.rounds, free_port, progress)
+    if "ratios" in peer_figures:
+        ratios = ", ".join(f"{key} {ratio['value']:.2f}" for key, ratio in peer_figures["ratios"].items())
+        progress(f"peers: streamd's median rate over Connect's: {ratios}")
+
     stages, sizes = stage_cost.measure(scratch, backlog, ends, free_port, progress)
     keep_largest(rss, sizes)
     progress(f"stage cost: {stages['ratio']:.2f} times the rate without stages (target ≥ {stages['target']})")
@@ -154,6 +163,7 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
         "pipeline_by_processes": by_processes,
         "pipeline_msgs_per_s": round(best, 1),
         "pipeline_vs_ceiling": round(best / ceiling, 3),
+        "peers": peer_figures,
         "stage_cost": stages,
         "latency_ms": latency_figures,
         "api": api_figures,

@@ -49,6 +49,7 @@ def render(figures: dict[str, Any]) -> str:
         )
     rows.append(("pipeline (best)", rate(figures["pipeline_msgs_per_s"])))
     rows.append(("pipeline vs ceiling", f"{figures['pipeline_vs_ceiling']:.2f}"))
+    rows.extend(peer_rows(figures["peers"]))
     stages = figures["stage_cost"]
     for key, label in (("without_stages", "no stages"), ("with_stages", f"{len(stages['chain'])} stages")):
         run = stages[key]
@@ -104,3 +105,36 @@ def render(figures: dict[str, Any]) -> str:
     rows.append(("duration", f"{figures['duration_s']:.0f} s"))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def peer_rows(peers: dict[str, Any]) -> list[tuple[str, str]]:
+    """streamd next to Kafka Connect: each system's medians over the rounds, then streamd's ratios."""
+    if "error" in peers:
+        return [("Kafka Connect peers", peers["error"])]
+    rows = []
+    for key, system in peers["systems"].items():
+        cpu = system["cpu_us_per_msg"]
+        cpu_text = f"  CPU {cpu:.1f} µs/msg" if cpu is not None else ""
+        rows.append(
+            (
+                f"peers: {peer_label(key)}",
+                f"{rate(system['msgs_per_s'])}{cpu_text}  (median of {peers['rounds']}; "
+                f"start-up {system['startup_s']:.1f} s)",
+            )
+        )
+    for key, ratio in peers["ratios"].items():
+        rows.append(
+            (
+                f"peers: streamd / {peer_label(key)}",
+                f"{ratio['value']:.2f}  (target ≥ {ratio['target']:.2f}; {peers['connect']})",
+            )
+        )
+    return rows
+
+
+def peer_label(key: str) -> str:
+    """ "streamd-1" and "connect-3" as a reader says them."""
+    if key.startswith("streamd-"):
+        return "streamd, 1 consumer process"
+    tasks = key.removeprefix("connect-")
+    return f"Kafka Connect, {tasks} task{'s' if tasks != '1' else ''}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import shutil
 import subprocess
 import uuid
 from collections.abc import Mapping
@@ -26,43 +25,17 @@ from streamd.stack.endpoint import Endpoint, any_answers, kafka_endpoints
 from streamd.stack.pidfile import server_data, server_home
 from streamd.stack.provisioning import (
     INSTEAD,
-    cache_lock,
-    failure_line,
     is_complete,
-    mark_complete,
     phase,
+    pom,
     require_tool,
-    run_logged,
+    resolve_jars,
 )
 from streamd.stack.service import Service, StackError
 
 SCALA_VERSION = "2.13"
 SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")  # Kafka 3.x logs through log4j 1 (reload4j)
 NODE_ID = 1
-
-POM = """\
-<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by streamd: only its dependency list matters, to copy Kafka's runtime jars into libs/. -->
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>streamd.stack</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>{version}</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>kafka_{scala}</artifactId>
-      <version>{version}</version>
-    </dependency>
-    <dependency>
-      <groupId>{slf4j[0]}</groupId>
-      <artifactId>{slf4j[1]}</artifactId>
-      <version>{slf4j[2]}</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
 
 
 def artifacts_dir(config: Config) -> Path:
@@ -147,37 +120,14 @@ def provision(config: Config) -> Path:
     """Resolve Kafka's runtime jars into the cache once; return the libs directory."""
     version = config.stack.kafka_version
     directory = artifacts_dir(config)
-    libs = directory / "libs"
     if is_complete(directory):
-        return libs
+        return directory / "libs"
     require_tool("java", "run a local Kafka", "a JDK 17 (e.g. openjdk-17-jdk-headless)")
     mvn = require_tool("mvn", "download a local Kafka from Maven Central", "Maven (e.g. the maven package)")
-    with cache_lock(config.cache_path):
-        if is_complete(directory):
-            return libs
-        shutil.rmtree(libs, ignore_errors=True)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "pom.xml").write_text(
-            POM.format(version=version, scala=SCALA_VERSION, slf4j=SLF4J_BINDING), encoding="utf-8"
-        )
-        log = directory / "mvn.log"
-        with phase(f"kafka {version}: resolving jars from Maven Central with mvn"):
-            argv = [
-                mvn,
-                "-B",
-                "dependency:copy-dependencies",
-                f"-DoutputDirectory={libs}",
-                "-DincludeScope=runtime",
-            ]
-            tail = run_logged(argv, cwd=directory, log_path=log)
-            if tail:
-                reason = failure_line(tail, ("[ERROR]",))
-                raise StackError(
-                    f"mvn could not fetch Kafka {version} ({reason}; full output in {log}); "
-                    f"check the network and stack.kafka_version, {INSTEAD}."
-                )
-        mark_complete(directory)
-    return libs
+    dependencies = [("org.apache.kafka", f"kafka_{SCALA_VERSION}", version), SLF4J_BINDING]
+    advice = f"check the network and stack.kafka_version, {INSTEAD}"
+    pom_text = pom("kafka-runtime", version, dependencies)
+    return resolve_jars(mvn, config.cache_path, directory, pom_text, f"Kafka {version}", advice)
 
 
 def service(config: Config) -> Service:

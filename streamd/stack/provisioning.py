@@ -72,6 +72,57 @@ def cache_lock(cache: Path) -> Iterator[None]:
         yield
 
 
+POM = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by streamd: only its dependency list matters, to copy the runtime jars into libs/. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>streamd</groupId>
+  <artifactId>{artifact}</artifactId>
+  <version>{version}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+{dependencies}
+  </dependencies>
+</project>
+"""
+DEPENDENCY = """\
+    <dependency>
+      <groupId>{0}</groupId>
+      <artifactId>{1}</artifactId>
+      <version>{2}</version>
+    </dependency>"""
+
+
+def pom(artifact: str, version: str, dependencies: list[tuple[str, str, str]]) -> str:
+    """A pom whose only content is a list of (groupId, artifactId, version) to resolve with resolve_jars."""
+    listed = "\n".join(DEPENDENCY.format(*dependency) for dependency in dependencies)
+    return POM.format(artifact=artifact, version=version, dependencies=listed)
+
+
+def resolve_jars(mvn: str, cache: Path, directory: Path, pom: str, what: str, advice: str) -> Path:
+    """Copy the runtime dependencies of `pom` from Maven Central into directory/libs once; return libs.
+
+    StackError names `what` and ends with `advice` when mvn fails; a finished copy is never redone.
+    """
+    libs = directory / "libs"
+    with cache_lock(cache):
+        if is_complete(directory):
+            return libs
+        shutil.rmtree(libs, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "pom.xml").write_text(pom, encoding="utf-8")
+        log = directory / "mvn.log"
+        with phase(f"{what}: resolving jars from Maven Central with mvn"):
+            argv = [mvn, "-B", "dependency:copy-dependencies", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
+            tail = run_logged(argv, cwd=directory, log_path=log)
+            if tail:
+                reason = failure_line(tail, ("[ERROR]",))
+                raise StackError(f"mvn could not fetch {what} ({reason}; full output in {log}); {advice}.")
+        mark_complete(directory)
+    return libs
+
+
 def run_logged(argv: list[str], cwd: Path, log_path: Path, env: Mapping[str, str] | None = None) -> list[str]:
     """Run a build step with its full output in `log_path`; a heartbeat line on stderr while it runs.
 
