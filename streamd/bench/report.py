@@ -65,6 +65,10 @@ def render(figures: dict[str, Any]) -> str:
         )
     )
     for load, result in figures["latency_ms"].items():
+        achieved = (result.get("achieved_msgs_per_s"), result.get("achieved_polled_msgs_per_s"))
+        if None not in achieved:
+            produced = f"{rate(achieved[0])} (API not polled), {rate(achieved[1])} (polled)"
+            rows.append((f"latency at {load} msg/s, rate the bench produced", produced))
         for path, label in LATENCY_ROWS:
             p = result[path]
             missing = f", {p['missing']} missing" if p["missing"] else ""
@@ -124,13 +128,13 @@ def usage_rows(processes: str, run: dict[str, Any]) -> list[tuple[str, str]]:
 
 def render_targets(verdicts: list[dict[str, Any]]) -> str:
     """The issue's targets: each one's rule, what this run measured, and met / NOT MET / not measured."""
-    rows = [("targets", "")]
+    rows = [("targets (issue #12)", "")]
     for verdict in verdicts:
         status = {True: "met: ", False: "NOT MET: ", None: ""}[verdict["met"]]
-        rows.append((f"  {verdict['target']} ({verdict['rule']})", status + verdict["measured"]))
+        rows.append((f"  {verdict['target']}", f"{status}{verdict['measured']}  [{verdict['rule']}]"))
     return table(rows)
 
 
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+    return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in rows)

@@ -125,7 +125,7 @@ def rss_flat(figures: dict[str, Any]) -> Verdict:
         return size["end"] - (size["start"] * RSS_GROWTH + RSS_SLACK_MB)
 
     name, processes, worst = max(sizes, key=lambda entry: excess(entry[2]))
-    measured = f"largest growth: {name} of {processes} proc., {worst['start']:.1f} → {worst['end']:.1f} MB"
+    measured = f"closest to the limit: {name} of {processes} proc., {worst['start']:.1f} → {worst['end']:.1f} MB"
     return Verdict(target, rule, measured, excess(worst) <= 0)
 
 
