@@ -6,6 +6,7 @@ import os
 import time
 
 from streamd.bench import ceilings, pipeline_runs, usage, with_topic
+from streamd.bench.report import usage_rows
 from streamd.bench.scratch import Scratch
 from streamd.config import Config
 from streamd.kafka import ensure_topic
@@ -72,3 +73,12 @@ def test_a_real_drain_reports_cpu_per_message_and_the_rss_of_each_consumer(pipel
     for size in result.rss_mb.values():
         assert size["start"] > 0 and size["end"] > 0
     assert {"cpu_us_per_msg", "rss_mb"} <= set(result.figures())
+
+
+def test_the_report_shows_each_consumers_rss_and_says_why_cpu_is_missing():
+    measured = {"cpu_us_per_msg": 4.25, "rss_mb": {"consumer-1": {"start": 50.0, "end": 51.5}}, "usage_note": None}
+    rows = dict(usage_rows("1", measured))
+    assert rows["consumer CPU per message, 1 consumer process"].startswith("4.25 µs")
+    assert rows["consumer RSS start → end, 1 consumer process"] == "consumer-1 50.0 → 51.5 MB"
+    absent = {"cpu_us_per_msg": None, "rss_mb": {}, "usage_note": usage.NO_PROC}
+    assert all(usage.NO_PROC in value for value in dict(usage_rows("2", absent)).values())

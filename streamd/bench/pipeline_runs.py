@@ -15,6 +15,7 @@ from streamd.bench.scratch import BenchError, Scratch
 from streamd.bench.supervised import CommitWatch, SupervisedRun
 from streamd.config import Config
 from streamd.stages import routed_collections
+from streamd.store import MessageStore
 
 COMMIT_POLL = 0.02
 # The slowest rate at which a drain still counts as moving; below it the run is declared stalled.
@@ -107,11 +108,12 @@ def drain(
 
 
 def count_stored(scratch: Scratch, config: Config) -> dict[str, int]:
-    """Documents in the configured collection and in each one the route stages name."""
+    """Documents in the configured collection and in each one the route stages name.
+
+    From collStats: count_documents({}) scans on FerretDB, about 30 s at 1,000,000 documents."""
     names = dict.fromkeys([config.mongodb.collection, *routed_collections(config.stages)])
     with scratch.store() as client:
-        database = client[config.mongodb.database]
-        return {name: database[name].count_documents({}) for name in names}
+        return {name: MessageStore(config.mongodb, client, name).stats_count() for name in names}
 
 
 def drop_collections(scratch: Scratch, collection: str, stages: tuple[dict, ...]) -> None:

@@ -75,7 +75,7 @@ def between(start: Mapping[str, Sample | None], end: Mapping[str, Sample | None]
     if not PROC.is_dir():
         return Usage(None, {}, NO_PROC)
     if not start:
-        return Usage(None, {}, "no consumer was running at the first commit")
+        return Usage(None, {}, "no consumer was sampled at the first commit")
     pairs: dict[str, tuple[Sample, Sample]] = {}
     lost: list[str] = []
     for name, first in start.items():
