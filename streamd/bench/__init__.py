@@ -132,7 +132,9 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
         result, sizes = pipeline_runs.drain(scratch, backlog, ends, processes, free_port())
         by_processes[str(processes)] = result.figures()
         keep_largest(rss, sizes)
-        progress(f"  {result.msgs_per_s:,.0f} msg/s after a {result.startup_s:.1f} s start-up")
+        cpu = result.cpu_us_per_msg
+        used = f"{cpu:.2f} µs a message" if cpu is not None else f"not measured ({result.usage_note})"
+        progress(f"  {result.msgs_per_s:,.0f} msg/s after a {result.startup_s:.1f} s start-up, consumer CPU {used}")
     best = max(run["msgs_per_s"] for run in by_processes.values())
     ceiling = min(store, kafka)
 
