@@ -111,8 +111,11 @@ def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_c
         assert isinstance(figures[key], float) and figures[key] > 0, key
     by_processes = figures["pipeline_by_processes"]
     assert list(by_processes) == [str(n) for n in BenchOptions.quick_run().processes]
-    for run in by_processes.values():
+    for processes, run in by_processes.items():
         assert run["msgs_per_s"] > 0 and run["startup_s"] >= 0 and run["stored"] == figures["messages"]
+        assert run["cpu_us_per_msg"] > 0 and run["usage_note"] is None
+        assert set(run["rss_mb"]) == {f"consumer-{n}" for n in range(1, int(processes) + 1)}
+        assert all(size["start"] > 0 and size["end"] > 0 for size in run["rss_mb"].values())
     assert figures["pipeline_msgs_per_s"] == max(run["msgs_per_s"] for run in by_processes.values())
     assert isinstance(figures["pipeline_vs_ceiling"], float) and figures["pipeline_vs_ceiling"] > 0
     peers = figures["peers"]
@@ -138,6 +141,7 @@ def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_c
         for path in ("stored", "visible", "stored_while_polled"):
             assert {"p50", "p95", "p99", "missing"} <= set(load[path])
         assert isinstance(load["stored"]["p99"], float) and load["stored"]["missing"] == 0
+        assert load["achieved_msgs_per_s"] > 0 and load["achieved_polled_msgs_per_s"] > 0
     api = figures["api"]
     if shutil.which("wrk"):
         assert api["workers"] == pipeline_config.api.workers and api["worker_class"]
@@ -153,7 +157,10 @@ def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_c
         assert "apt-get install wrk" in api["error"]
     assert any(name.startswith("consumer") for name in figures["rss_mb"]) and "api" in figures["rss_mb"]
     assert all(isinstance(size, float) and size > 0 for size in figures["rss_mb"].values())
-    assert "pipeline vs ceiling" in result.stdout, "the table is printed too"
+    judged = {verdict["target"]: verdict for verdict in figures["targets"]}
+    assert len(judged) == 9 and judged["pipeline vs ceiling"]["met"] is not None
+    assert judged["p99 produce → stored at 5,000 msg/s"]["met"] is None, "the quick run offers no 5000 msg/s"
+    assert "pipeline vs ceiling" in result.stdout and "targets" in result.stdout, "the table is printed too"
     assert render(figures) in result.stdout
 
     prefix = f"streamd-bench-{figures['run_id']}"

@@ -4,8 +4,10 @@ Every figure comes from one run on this machine against the configured Kafka and
 locally when `stack.local` allows), in this order:
 
     backlog              N generated messages produced to a scratch topic
-    ceilings             insert_many of the same documents; librdkafka reading the backlog; the naive loop
+    ceilings             insert_many of the same documents (the first 100,000); librdkafka reading the
+                         backlog; the naive loop
     pipeline runs        `streamd start` with 1, 2, 4… consumers draining the backlog (pipeline_runs)
+                         (also the consumers' CPU per message and RSS from the first commit to the last: usage)
     peers                rounds of streamd (1 consumer) and Kafka Connect's MongoDB sink (1 and 3 tasks)
                          draining the same backlog, interleaved (peers)
     stage cost           the same drain with a 4-stage chain and with none, back to back (stage_cost)
@@ -13,6 +15,7 @@ locally when `stack.local` allows), in this order:
     API load             wrk against the Gunicorn API over a collection of known size (api_load), then
                          GET /messages/{id} at api_documents and again with the whole backlog stored
 
+Then every target of issue #12 is checked against those figures (targets).
 Everything is written under scratch names (scratch) and removed at the end, also after a failure.
 """
 
@@ -29,7 +32,7 @@ from typing import Any
 
 import pymongo.errors
 
-from streamd.bench import api_load, ceilings, latency, peers, pipeline_runs, stage_cost
+from streamd.bench import api_load, ceilings, latency, peers, pipeline_runs, stage_cost, targets
 from streamd.bench.report import Progress, render
 from streamd.bench.scratch import BenchError, Scratch
 from streamd.bench.supervised import SupervisedRun, keep_largest
@@ -42,6 +45,7 @@ __all__ = ["BenchError", "BenchOptions", "render", "run"]
 HEALTH_TIMEOUT = 30.0
 LOOKUP_CONCURRENCY = 4  # GET /messages/{id} at two collection sizes: a latency comparison, not a saturation
 LOOKUP_PATHS = 10_000  # ids asked at each size, drawn from every stored one
+INSERT_CHUNK = 10_000  # the backlog's documents are made and stored this many at a time, never all at once
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class BenchOptions:
     messages: int = 100_000  # the backlog every throughput figure drains
     naive_messages: int = 5_000  # the naive loop is ~15 times slower: a smaller sample suffices
     processes: tuple[int, ...] = (1, 2, 4)
-    loads: tuple[float, ...] = (100.0, 1000.0)
+    loads: tuple[float, ...] = (100.0, 1000.0, 5000.0)
     load_seconds: float = 10.0
     api_documents: int = 1_000
     api_concurrency: tuple[int, ...] = (1, 4, 16)
@@ -68,6 +72,7 @@ class BenchOptions:
             api_concurrency=(4,),
             api_seconds=2.0,
             rounds=1,
+            loads=(100.0, 1000.0),  # the 5000 msg/s target shows as not measured
             quick=True,
         )
 
@@ -97,6 +102,7 @@ def run(config: Config, options: BenchOptions, progress: Progress | None = None)
         if stack_started:
             stack.down(config)
     progress("scratch topics, groups and database removed" if not problems else "clean-up incomplete (see above)")
+    figures["targets"] = [verdict.figures() for verdict in targets.evaluate(figures)]
     figures["duration_s"] = round(time.monotonic() - started, 1)
     return figures
 
@@ -110,13 +116,13 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
     progress(f"generating and producing {options.messages:,} messages to {backlog}")
     messages = ceilings.generate_values(options.messages, "bench")
     ends = ceilings.prefill(base, backlog, messages)
-    documents = ceilings.documents_of(messages, backlog)
+    documents = ceilings.documents_of(messages[: ceilings.CEILING_SAMPLE], backlog)
 
     with scratch.store() as client:
         database = client[scratch.database]
         store_info = client.server_info()
         store = ceilings.store_ceiling(database["store_ceiling"], documents, batch_size)
-        progress(f"store ceiling: {store:,.0f} msg/s (insert_many, {batch_size} per call)")
+        progress(f"store ceiling: {store:,.0f} msg/s (insert_many of {len(documents):,}, {batch_size} per call)")
         kafka = ceilings.kafka_consume_ceiling(base, backlog, scratch.group("ceiling"), options.messages)
         progress(f"Kafka consume ceiling: {kafka:,.0f} msg/s")
         naive_count = min(options.naive_messages, options.messages)
@@ -130,7 +136,9 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
         result, sizes = pipeline_runs.drain(scratch, backlog, ends, processes, free_port())
         by_processes[str(processes)] = result.figures()
         keep_largest(rss, sizes)
-        progress(f"  {result.msgs_per_s:,.0f} msg/s after a {result.startup_s:.1f} s start-up")
+        cpu = result.cpu_us_per_msg
+        used = f"{cpu:.2f} µs a message" if cpu is not None else f"not measured ({result.usage_note})"
+        progress(f"  {result.msgs_per_s:,.0f} msg/s after a {result.startup_s:.1f} s start-up, consumer CPU {used}")
     best = max(run["msgs_per_s"] for run in by_processes.values())
     ceiling = min(store, kafka)
 
@@ -144,7 +152,8 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
     progress(f"stage cost: {stages['ratio']:.2f} times the rate without stages (target ≥ {stages['target']})")
 
     latency_figures = measure_latency(scratch, options, progress, rss)
-    api_figures = measure_api(scratch, options, documents, progress, rss)
+    del documents  # the API phase makes its own from the messages, a chunk at a time
+    api_figures = measure_api(scratch, options, messages, backlog, progress, rss)
 
     return {
         "run_id": scratch.run_id,
@@ -194,10 +203,15 @@ def measure_latency(scratch: Scratch, options: BenchOptions, progress: Progress,
 
 
 def measure_api(
-    scratch: Scratch, options: BenchOptions, backlog: list[dict], progress: Progress, rss: dict[str, float]
+    scratch: Scratch,
+    options: BenchOptions,
+    messages: list[tuple[bytes, bytes]],
+    topic: str,
+    progress: Progress,
+    rss: dict[str, float],
 ) -> dict:
     """The endpoints over api_documents stored messages; then GET /messages/{id} at that size and with the whole
-    backlog stored, side by side (the target: flat)."""
+    backlog (`messages`, produced to `topic`) stored, side by side (the target: flat)."""
     from streamd.api.server import ApiServer
 
     wrk = api_load.wrk_path()
@@ -205,7 +219,7 @@ def measure_api(
         progress(api_load.MISSING)
         return {"error": api_load.MISSING}
     config = scratch.config("api", topic=scratch.topic("api"), collection="api", processes=0, api_port=free_port())
-    documents = backlog[: options.api_documents]
+    documents = ceilings.documents_of(messages[: options.api_documents], topic)
     with scratch.store() as client:
         collection = client[scratch.database]["api"]
         ceilings.prepare(collection)
@@ -233,12 +247,14 @@ def measure_api(
                 )
         by_size: dict[str, dict] = {}
         stored = len(documents)
-        for size in sorted({len(documents), len(backlog)}):
-            if size > stored:
-                with scratch.store() as client:
-                    client[scratch.database]["api"].insert_many(backlog[stored:size], ordered=False)
-                stored = size
-            ids = [document["_id"] for document in backlog[:size]]
+        for size in sorted({len(documents), len(messages)}):
+            with scratch.store() as client:
+                collection = client[scratch.database]["api"]
+                for start in range(stored, size, INSERT_CHUNK):
+                    chunk = messages[start : min(start + INSERT_CHUNK, size)]
+                    collection.insert_many(ceilings.documents_of(chunk, topic, start), ordered=False)
+            stored = max(stored, size)
+            ids = [key.decode() for key, _ in messages[:size]]  # a generated message's key is its id
             paths = [f"/messages/{i}" for i in random.Random(size).sample(ids, min(LOOKUP_PATHS, size))]
             figures = api_load.load(
                 wrk, config.api.port, paths, LOOKUP_CONCURRENCY, options.api_seconds, config.state_path / "wrk"

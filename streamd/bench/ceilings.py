@@ -30,9 +30,15 @@ FETCH_TIMEOUT = 1.0
 STALL_SECONDS = 30.0
 
 
+# The store ceiling inserts at most this many documents: its rate is steady long before, and a
+# 1,000,000-message backlog's documents would hold about 1 GB for no better figure.
+CEILING_SAMPLE = 100_000
+
+
 def generate_values(count: int, source: str) -> list[tuple[bytes, bytes]]:
     """(key, value) of `count` messages exactly as the producer child makes them."""
-    return [new_message(source) for _ in range(count)]
+    # Copied to their own size: orjson's bytes keep its 4 KB working buffer, 4 GB for a million messages.
+    return [(key, bytes(memoryview(value))) for key, value in (new_message(source) for _ in range(count))]
 
 
 def prefill(config: Config, topic: str, messages: list[tuple[bytes, bytes]]) -> dict[int, int]:
@@ -51,12 +57,14 @@ def prefill(config: Config, topic: str, messages: list[tuple[bytes, bytes]]) -> 
     return ends
 
 
-def documents_of(messages: list[tuple[bytes, bytes]], topic: str) -> list[dict]:
-    """The documents the consumer would store for `messages` (their Kafka coordinates made up)."""
+def documents_of(messages: list[tuple[bytes, bytes]], topic: str, first_offset: int = 0) -> list[dict]:
+    """The documents the consumer would store for `messages` (their Kafka coordinates made up: partition 0,
+    offsets from `first_offset`)."""
     now = datetime.now(UTC)
     stamp = (TIMESTAMP_CREATE_TIME, int(now.timestamp() * 1000))
     return [
-        to_document(orjson.loads(value), topic, 0, offset, stamp, now) for offset, (_, value) in enumerate(messages)
+        to_document(orjson.loads(value), topic, 0, offset, stamp, now)
+        for offset, (_, value) in enumerate(messages, first_offset)
     ]
 
 

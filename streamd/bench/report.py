@@ -1,10 +1,12 @@
-"""What a bench run shows: progress lines on stderr while it runs, then one table of every figure."""
+"""What a bench run shows: progress lines on stderr while it runs, then one table of every figure and the targets."""
 
 from __future__ import annotations
 
 import sys
 import time
 from typing import Any, TextIO
+
+from streamd.bench import targets
 
 
 class Progress:
@@ -47,6 +49,8 @@ def render(figures: dict[str, Any]) -> str:
                 f"{rate(run['msgs_per_s'])}  (start-up {run['startup_s']:.1f} s)",
             )
         )
+    for processes, run in figures["pipeline_by_processes"].items():
+        rows.extend(usage_rows(processes, run))
     rows.append(("pipeline (best)", rate(figures["pipeline_msgs_per_s"])))
     rows.append(("pipeline vs ceiling", f"{figures['pipeline_vs_ceiling']:.2f}"))
     rows.extend(peer_rows(figures["peers"]))
@@ -62,6 +66,10 @@ def render(figures: dict[str, Any]) -> str:
         )
     )
     for load, result in figures["latency_ms"].items():
+        achieved = (result.get("achieved_msgs_per_s"), result.get("achieved_polled_msgs_per_s"))
+        if None not in achieved:
+            produced = f"{rate(achieved[0])} (API not polled), {rate(achieved[1])} (polled)"
+            rows.append((f"latency at {load} msg/s, rate the bench produced", produced))
         for path, label in LATENCY_ROWS:
             p = result[path]
             missing = f", {p['missing']} missing" if p["missing"] else ""
@@ -103,8 +111,34 @@ def render(figures: dict[str, Any]) -> str:
     memory = ", ".join(f"{name} {size:.0f}" for name, size in figures["rss_mb"].items())
     rows.append(("RSS (MB)", memory or "-"))
     rows.append(("duration", f"{figures['duration_s']:.0f} s"))
+    return table(rows) + "\n\n" + render_targets(figures.get("targets", []))
+
+
+def usage_rows(processes: str, run: dict[str, Any]) -> list[tuple[str, str]]:
+    """A pipeline run's consumer CPU per message and each consumer's RSS at its first and last commit."""
+    count = f"{processes} consumer process{'es' if processes != '1' else ''}"
+    cpu, sizes = run.get("cpu_us_per_msg"), run.get("rss_mb") or {}
+    missing = f"- ({run.get('usage_note') or 'not measured'})"
+    target = f"(target ≤ {targets.CPU_US_PER_MSG:g} µs)"
+    rss = ", ".join(f"{name} {size['start']:.1f} → {size['end']:.1f} MB" for name, size in sizes.items())
+    return [
+        (f"consumer CPU per message, {count}", missing if cpu is None else f"{cpu:,.2f} µs  {target}"),
+        (f"consumer RSS start → end, {count}", rss or missing),
+    ]
+
+
+def render_targets(verdicts: list[dict[str, Any]]) -> str:
+    """The issue's targets: each one's rule, what this run measured, and met / NOT MET / not measured."""
+    rows = [("targets (issue #12)", "")]
+    for verdict in verdicts:
+        status = {True: "met: ", False: "NOT MET: ", None: ""}[verdict["met"]]
+        rows.append((f"  {verdict['target']}", f"{status}{verdict['measured']}  [{verdict['rule']}]"))
+    return table(rows)
+
+
+def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+    return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in rows)
 
 
 def peer_rows(peers: dict[str, Any]) -> list[tuple[str, str]]:

@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient
 from streamd import config as config_module
 from streamd import control
 from streamd.bench.scratch import BenchError
+from streamd.bench.usage import resident_mb
 from streamd.config import Config
 from streamd.control import descendants
 from streamd.group_offsets import KafkaUnreadable, committed, partitions_of
@@ -92,6 +93,11 @@ class SupervisedRun:
         raise BenchError(
             f"the scratch supervisor's children were not all RUNNING after {timeout:.0f} s:\n{self.log_tail()}"
         )
+
+    def consumer_pids(self) -> dict[str, int]:
+        """The pid of each consumer child the config plans, by name (the supervisor and the API are not consumers)."""
+        consumers = consumer_names(self.config)
+        return {name: child["pid"] for name, child in self.children().items() if name in consumers and child["pid"]}
 
     def rss_mb(self) -> dict[str, float]:
         """Resident memory of every child and of their own children (the API's workers), by name."""
@@ -165,20 +171,18 @@ class CommitWatch:
         return self.seen_at[partition][index] if index < len(offsets) else None
 
 
+def consumer_names(config: Config) -> set[str]:
+    """The names of the consumer children `config` asks for, as the supervisor's plan makes them."""
+    from streamd import consumer
+    from streamd.plan import plan_children
+
+    return {spec.name for spec in plan_children(config) if spec.target is consumer.run}
+
+
 def keep_largest(into: dict[str, float], sizes: dict[str, float]) -> None:
     """Each child's largest resident size seen at the end of any supervised run."""
     for name, size in sizes.items():
         into[name] = max(size, into.get(name, 0.0))
-
-
-def resident_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
 
 
 def process_title(pid: int) -> str | None:
