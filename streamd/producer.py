@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 Keyed = tuple[bytes | None, bytes]  # a Kafka message: key (None: any partition) and value
 
 POLL_INTERVAL = 0.1  # longest wait between delivery-report polls, and so the delay in noticing a stop
+POLL_RESOLUTION = 0.001  # the shortest wait librdkafka's poll() makes
 MAX_BURST = 10_000  # most messages sent between two polls when catching up or unpaced
 FLUSH_MARGIN = 1.0  # seconds of supervisor.graceful_timeout left over after flush() for exiting
 
@@ -163,8 +164,13 @@ def send_paced(
         sent += len(batch)
         if len(batch) < burst:  # the messages ran out before `count`
             break
-        wait = start + sent / rate - time.monotonic() if rate else 0.0
-        sender.poll(min(max(wait, 0.0), POLL_INTERVAL))
+        if rate:
+            # librdkafka's poll() counts whole milliseconds: asked for less, it returns at once, and the loop
+            # spun through every last millisecond before a message was due (a whole core at 1000 msg/s).
+            wait = start + sent / rate - time.monotonic()
+            sender.poll(min(max(wait, POLL_RESOLUTION), POLL_INTERVAL))
+        else:
+            sender.poll(0)
 
 
 # What the producer child reads of the config: a reload that changes one of these restarts it. (consumer.id_field

@@ -16,7 +16,7 @@ from confluent_kafka import Message
 from streamd import config as config_module
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
-from streamd.producer import Sender, produce_messages, produce_once, run
+from streamd.producer import Sender, produce_messages, produce_once, run, send_paced
 from tests.probes import free_port, logged, read_all, summaries, wait_until
 
 
@@ -84,6 +84,31 @@ def test_produce_once_paces_messages_at_rate(pipeline_config: Config):
     assert report.acked == 21
     # Only the lower bound is the pace; the upper one is far off, for a loaded machine.
     assert 0.5 <= elapsed < 10, "21 messages at 40/s: the last one is due 0.5 s after the first"
+
+
+class MillisecondPoller:
+    """A Sender whose poll() waits in whole milliseconds, as librdkafka's does: less than one returns at once."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.polls = 0
+
+    def send(self, key: bytes | None, value: bytes) -> bool:
+        self.sent += 1
+        return True
+
+    def poll(self, timeout: float) -> None:
+        self.polls += 1
+        time.sleep(int(timeout * 1000) / 1000)
+
+
+def test_paced_sending_waits_between_messages_instead_of_spinning():
+    """At 2000 msg/s a message is due every half millisecond, shorter than librdkafka's shortest wait."""
+    sender = MillisecondPoller()
+    messages = ((None, b"{}") for _ in iter(int, 1))
+    send_paced(sender, messages, 2000.0, 1000, Shutdown())  # type: ignore[arg-type]
+    assert sender.sent == 1000
+    assert sender.polls <= 1000, "at most one wait per message, however short the interval"
 
 
 @pytest.mark.parametrize(("producer", "per_second"), [({"rate": 50.0}, 50), ({"interval": 0.1}, 10)])
