@@ -65,7 +65,7 @@ class BenchOptions:
     def quick_run(cls) -> BenchOptions:
         """About a minute: fewer messages, fewer points, one peer round, the same figures."""
         return cls(
-            messages=20_000,
+            messages=60_000,  # enough to time 2 consumers after their group settles
             naive_messages=1_000,
             processes=(1, 2),
             load_seconds=3.0,

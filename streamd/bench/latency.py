@@ -23,11 +23,11 @@ from urllib.parse import urlencode
 
 import orjson
 import pymongo
-from confluent_kafka import ConsumerGroupState, KafkaError, Message
+from confluent_kafka import KafkaError, Message
 from confluent_kafka.admin import AdminClient
 
 from streamd.bench.scratch import BenchError
-from streamd.bench.supervised import CommitWatch, SupervisedRun
+from streamd.bench.supervised import CommitWatch, SupervisedRun, group_settled
 from streamd.config import Config
 from streamd.kafka import make_client
 from streamd.lifecycle import Shutdown
@@ -131,19 +131,10 @@ def warm_up(run: SupervisedRun, config: Config, partitions: Sequence[int]) -> No
     with CommitWatch(config, partitions) as commits:
         while time.monotonic() < deadline:
             run.check()
-            if commits.poll() >= WARMUP_MESSAGES and _settled(admin, group, processes):
+            if commits.poll() >= WARMUP_MESSAGES and group_settled(admin, group, processes):
                 return
             time.sleep(0.1)
     raise BenchError(f"the scratch pipeline did not settle within {WARMUP_TIMEOUT:.0f} s:\n{run.log_tail()}")
-
-
-def _settled(admin: AdminClient, group: str, members: int) -> bool:
-    try:
-        description = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
-    except Exception:  # the group may not exist yet; any error here means "not settled", and we ask again
-        return False
-    assigned = [m for m in description.members if m.assignment and m.assignment.topic_partitions]
-    return description.state == ConsumerGroupState.STABLE and len(assigned) == members
 
 
 def offered_load(run: SupervisedRun, config: Config, partitions: Sequence[int], rate: float, seconds: float) -> dict:

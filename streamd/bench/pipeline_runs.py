@@ -10,14 +10,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+from confluent_kafka.admin import AdminClient
+
 from streamd.bench import usage
 from streamd.bench.scratch import BenchError, Scratch
-from streamd.bench.supervised import CommitWatch, SupervisedRun
+from streamd.bench.supervised import CommitWatch, SupervisedRun, group_settled
 from streamd.config import Config
+from streamd.kafka import make_client
 from streamd.stages import routed_collections
 from streamd.store import MessageStore
 
 COMMIT_POLL = 0.02
+SETTLE_POLL = 0.1
 # The slowest rate at which a drain still counts as moving; below it the run is declared stalled.
 MIN_RATE = 200.0
 GRACE = 60.0
@@ -26,8 +30,8 @@ GRACE = 60.0
 @dataclass(frozen=True)
 class DrainResult:
     processes: int
-    msgs_per_s: float  # messages committed after the first commit, over the time since it
-    startup_s: float  # supervisor launch to the first commit
+    msgs_per_s: float  # messages committed after the start of timing, over the time since it
+    startup_s: float  # supervisor launch to the start of timing: the first commit once every consumer held partitions
     wall_s: float  # supervisor launch to the last commit
     stored: int  # documents in the store afterwards (every collection): the commits' promise, checked
     routed: int = 0  # of those, the documents route stages put in other collections than the configured one
@@ -35,6 +39,9 @@ class DrainResult:
     cpu_us_per_msg: float | None = None
     rss_mb: dict[str, dict[str, float]] = field(default_factory=dict)  # consumer → {"start": MB, "end": MB}
     usage_note: str | None = None  # why the two above are missing, when they are
+    # False when the backlog was stored before every consumer held partitions: then timed from the first commit,
+    # its rebalances included (a larger --messages leaves some to time).
+    settled: bool = True
 
     def figures(self) -> dict:
         figures = asdict(self)
@@ -67,11 +74,16 @@ def drain(
     deadline = GRACE + total / MIN_RATE
     launched = time.perf_counter()
     with SupervisedRun(config) as run, CommitWatch(config, ends) as commits:
-        first: tuple[float, int] | None = None
+        first: tuple[float, int] | None = None  # the first commit seen once every consumer held partitions
+        earliest: tuple[float, int] | None = None  # the first commit seen
         at_first: dict[str, usage.Sample | None] = {}
+        members = GroupMembers(config, processes)
         while (done := commits.poll()) < total:
             now = time.perf_counter()
-            if first is None and done:
+            if earliest is None and done:
+                earliest = (now, done)
+                at_first = usage.sample_all(run.consumer_pids())
+            if first is None and done and members.all_assigned():
                 first = (now, done)
                 at_first = usage.sample_all(run.consumer_pids())
             if now - launched > deadline:
@@ -83,8 +95,9 @@ def drain(
             time.sleep(COMMIT_POLL)
         finished = time.perf_counter()
         at_last = usage.sample_all(run.consumer_pids())
-        if first is None:  # everything arrived in the first poll: too few messages to time
-            first = (launched, 0)
+        settled = first is not None
+        if first is None:  # the backlog was gone before the group settled: the rate includes its rebalances
+            first = earliest or (launched, 0)
         rss = run.rss_mb()
     used = usage.between(at_first, at_last, total - first[1])
     counts = count_stored(scratch, config)
@@ -103,8 +116,30 @@ def drain(
         used.cpu_us_per_msg,
         used.rss_mb,
         used.note,
+        settled,
     )
     return result, rss
+
+
+class GroupMembers:
+    """Whether every consumer of the run holds partitions yet, asked of the group at most every SETTLE_POLL s.
+
+    The drain is timed from then: a member joining later moves partitions (a rebalance, about a second per
+    round on the local stack, whose broker assigns a new group's first member at once), and a long-running
+    pipeline pays that once, like its start-up, while the rate is what it sustains."""
+
+    def __init__(self, config: Config, processes: int) -> None:
+        self.admin = make_client(AdminClient, config.kafka, "bench")
+        self.group = config.consumer.group
+        self.processes = processes
+        self.settled = False
+        self.asked = 0.0
+
+    def all_assigned(self) -> bool:
+        if not self.settled and time.perf_counter() - self.asked >= SETTLE_POLL:
+            self.asked = time.perf_counter()
+            self.settled = group_settled(self.admin, self.group, self.processes)
+        return self.settled
 
 
 def count_stored(scratch: Scratch, config: Config) -> dict[str, int]:

@@ -46,7 +46,9 @@ def render(figures: dict[str, Any]) -> str:
         rows.append(
             (
                 f"pipeline, {processes} consumer process{plural}",
-                f"{rate(run['msgs_per_s'])}  (start-up {run['startup_s']:.1f} s)",
+                f"{rate(run['msgs_per_s'])}  (start-up {run['startup_s']:.1f} s"
+                + ("" if run.get("settled", True) else "; stored before every consumer joined: rebalances included")
+                + ")",
             )
         )
     for processes, run in figures["pipeline_by_processes"].items():

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
+from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 
 from streamd import config as config_module
@@ -169,6 +170,16 @@ class CommitWatch:
         offsets = self.offsets[partition]
         index = bisect_right(offsets, offset)  # the first commit past this offset
         return self.seen_at[partition][index] if index < len(offsets) else None
+
+
+def group_settled(admin: AdminClient, group: str, members: int) -> bool:
+    """Whether the group is stable with `members` members, each holding partitions."""
+    try:
+        description = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
+    except Exception:  # the group may not exist yet; any error here means "not settled", and we ask again
+        return False
+    assigned = [m for m in description.members if m.assignment and m.assignment.topic_partitions]
+    return description.state == ConsumerGroupState.STABLE and len(assigned) == members
 
 
 def consumer_names(config: Config) -> set[str]:
