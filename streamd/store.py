@@ -206,12 +206,6 @@ class StoreKind:
     def is_ferretdb(self) -> bool:
         return self.ferretdb_version is not None
 
-    @property
-    def single_writer(self) -> bool:
-        """Whether the store takes one write at a time: FerretDB 1.x on SQLite, its default backend and the local
-        stack's. Its PostgreSQL backend takes concurrent writes, but nothing on the wire tells the two apart."""
-        return self.is_ferretdb
-
     def indexes(self) -> list[IndexModel]:
         """The secondary indexes this store's queries use. FerretDB 1.x pushes no sort and no filter but a lone
         `_id` down to SQLite, so an index there is maintained on every insert and never read: measured, the three

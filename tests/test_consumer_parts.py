@@ -19,7 +19,7 @@ from streamd.lifecycle import Shutdown
 from streamd.message_schema import PayloadSchema
 from streamd.pipeline import Pipeline
 from streamd.quarantine import Quarantine
-from streamd.store import StoreKind, WriteOutcome
+from streamd.store import WriteOutcome
 from tests.probes import wait_until
 
 
@@ -56,9 +56,6 @@ class FlakyStore:
 
     def ensure_indexes(self) -> None:
         pass
-
-    def kind(self) -> StoreKind:
-        return StoreKind(None)  # MongoDB: takes concurrent writes
 
     def insert_batch(self, documents: list[dict]) -> WriteOutcome:
         if self.away:
@@ -119,9 +116,6 @@ class GatedStore:
 
     def ensure_indexes(self) -> None:
         pass
-
-    def kind(self) -> StoreKind:
-        return StoreKind(None)
 
     def insert_batch(self, documents: list[dict]) -> WriteOutcome:
         self.writing.set()

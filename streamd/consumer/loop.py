@@ -85,7 +85,7 @@ class BatchConsumer:
             ConsumerCounters(),
             routed_collections(config.stages),
             functools.partial(index_id_lookups, config),
-            StoreWriter(config.state_path / "consumers" / "store-writer.lock"),
+            StoreWriter(),
         )
         batches: BatchConsumer | None = None
 

@@ -53,7 +53,7 @@ class Sink:
         writer: StoreWriter | None = None,
     ) -> None:
         self.store = message_store
-        self.writer = writer or StoreWriter(None)
+        self.writer = writer or StoreWriter()
         self.routed = routed  # the collections route stages name, beside mongodb.collection
         self.index_tables = index_tables
         self.dead_letters = dead_letters
@@ -79,8 +79,6 @@ class Sink:
                 # Here, because the collections exist now (ensure_indexes creates them) and before the first
                 # write; every consumer asks, and asking again is harmless.
                 self.index_tables(self.store.kind(), [self.store.name, *self.routed])
-            if self.store.kind().single_writer:
-                self.writer.single_writer()
             self.indexes_ready = True
 
     def deliver(self, batch: MessageBatch, wait: Wait, started: Future[Written] | None = None) -> bool:
@@ -114,9 +112,9 @@ class Sink:
         return True
 
     def write_batch(self, batch: MessageBatch) -> Written:
-        """One write of the batch's documents, in the store's turn (see streamd.consumer.writer)."""
+        """One write of the batch's documents (in the writer thread when start()ed)."""
         self.ensure_indexes()
-        with self.writer.turn(), series.STORE_WRITE_SECONDS.time():
+        with series.STORE_WRITE_SECONDS.time():
             return self.write(batch)
 
     def try_store(self, batch: MessageBatch, started: Future[Written] | None = None) -> bool:
