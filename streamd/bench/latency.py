@@ -75,6 +75,7 @@ class VisibilityWatch(threading.Thread):
         self.cursor = 0  # sender.delivered before this index has all been seen
         self.first_seen: dict[str, float] = {}
         self.requests = 0
+        self.request_ms: list[float] = []  # how long each GET /messages took: a message waits for the next one
         self.failures = 0
         self.stopping = threading.Event()
 
@@ -91,9 +92,11 @@ class VisibilityWatch(threading.Thread):
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         while not self.stopping.is_set():
             try:
+                asked = time.perf_counter()
                 connection.request("GET", self.path())
                 response = connection.getresponse()
                 body = response.read()
+                self.request_ms.append((time.perf_counter() - asked) * 1000)
             except (OSError, http.client.HTTPException):
                 connection.close()
                 self.failures += 1
@@ -215,7 +218,11 @@ def _pass(
         "achieved_msgs_per_s": round(max(produced - 1, 0) / max(producing_s, 1e-9), 1),
         "failed": sender.report.failed,
         "stored": percentiles(stored, produced),
-        "visible": {**percentiles(visible_ms, produced), "polls": visible.requests},
+        "visible": {
+            **percentiles(visible_ms, produced),
+            "polls": visible.requests,
+            "request_ms": percentiles(visible.request_ms, len(visible.request_ms)),
+        },
     }
 
 

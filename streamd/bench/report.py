@@ -75,10 +75,13 @@ def render(figures: dict[str, Any]) -> str:
         for path, label in LATENCY_ROWS:
             p = result[path]
             missing = f", {p['missing']} missing" if p["missing"] else ""
+            requests = p.get("request_ms")
+            # What a message waits for once stored: the poll in progress to end and the next one to list it.
+            took = f"  (each GET /messages p50 {ms(requests['p50'])}, p99 {ms(requests['p99'])})" if requests else ""
             rows.append(
                 (
                     f"latency at {load} msg/s, produce → {label}",
-                    f"p50 {ms(p['p50'])}  p95 {ms(p['p95'])}  p99 {ms(p['p99'])}{missing}",
+                    f"p50 {ms(p['p50'])}  p95 {ms(p['p95'])}  p99 {ms(p['p99'])}{missing}{took}",
                 )
             )
     api = figures["api"]
