@@ -120,7 +120,8 @@ def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_c
     assert isinstance(figures["pipeline_vs_ceiling"], float) and figures["pipeline_vs_ceiling"] > 0
     peers = figures["peers"]
     if shutil.which("java") and shutil.which("mvn"):
-        assert set(peers["systems"]) == {"streamd-1", "connect-1", "connect-3"}
+        streamd = f"streamd-{settings.consumer.processes}"  # as configured
+        assert set(peers["systems"]) == {streamd, "connect-1", "connect-3"}
         for system in peers["systems"].values():
             assert len(system["runs"]) == BenchOptions.quick_run().rounds and system["msgs_per_s"] > 0
             assert all(run["stored"] == figures["messages"] for run in system["runs"]), "every drain stores it all"

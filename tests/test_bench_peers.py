@@ -128,15 +128,15 @@ def test_the_report_shows_each_system_and_streamds_ratio_to_each_connect_setup()
         "messages": 100_000,
         "connect": "MongoDB Kafka sink connector 1.13.0 on Kafka Connect 3.9.2",
         "systems": {
-            "streamd-1": system(18_000, None),
+            "streamd-2": system(18_000, None),
             "connect-1": system(28_800, 20.0),
             "connect-3": system(33_900, 23.0),
         },
         "ratios": {"connect-1": {"value": 0.625, "target": 1.2}, "connect-3": {"value": 0.531, "target": 1.0}},
     }
     rows = dict(peer_rows(figures))
-    assert "18,000 msg/s" in rows["peers: streamd, 1 consumer process"]
-    assert "CPU" not in rows["peers: streamd, 1 consumer process"], "no CPU figure where none was measured"
+    assert "18,000 msg/s" in rows["peers: streamd, 2 consumer processes"]
+    assert "CPU" not in rows["peers: streamd, 2 consumer processes"], "no CPU figure where none was measured"
     one_task = rows["peers: Kafka Connect, 1 task"]
     assert "28,800 msg/s" in one_task and "20.0 µs/msg" in one_task
     assert "33,900 msg/s" in rows["peers: Kafka Connect, 3 tasks"]

@@ -121,8 +121,16 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
     with scratch.store() as client:
         database = client[scratch.database]
         store_info = client.server_info()
-        store = ceilings.store_ceiling(database["store_ceiling"], documents, batch_size)
-        progress(f"store ceiling: {store:,.0f} msg/s (insert_many of {len(documents):,}, {batch_size} per call)")
+        store_by_writers: dict[str, float] = {}
+        for writers in sorted(set(options.processes)):
+            collection = database[f"store_ceiling_{writers}"]
+            store_by_writers[str(writers)] = ceilings.store_ceiling(collection, documents, batch_size, writers)
+            collection.drop()  # the next writer count starts from a store of the same size
+            progress(
+                f"store ceiling, {writers} writer(s): {store_by_writers[str(writers)]:,.0f} msg/s "
+                f"(insert_many of {len(documents):,}, {batch_size} per call)"
+            )
+        store = max(store_by_writers.values())
         kafka = ceilings.kafka_consume_ceiling(base, backlog, scratch.group("ceiling"), options.messages)
         progress(f"Kafka consume ceiling: {kafka:,.0f} msg/s")
         naive_count = min(options.naive_messages, options.messages)
@@ -166,7 +174,8 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
         "messages": options.messages,
         "partitions": scratch.partitions,
         "batch_size": batch_size,
-        "store_ceiling_msgs_per_s": round(store, 1),
+        "store_ceiling_msgs_per_s": round(store, 1),  # the best writer count's
+        "store_ceiling_by_writers": {writers: round(value, 1) for writers, value in store_by_writers.items()},
         "kafka_consume_ceiling_msgs_per_s": round(kafka, 1),
         "naive_msgs_per_s": round(naive, 1),
         "pipeline_by_processes": by_processes,

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import orjson
@@ -74,14 +75,18 @@ def prepare(collection: Collection) -> None:
         collection.create_indexes([index])
 
 
-def store_ceiling(collection: Collection, documents: list[dict], batch_size: int) -> float:
-    """insert_many of prepared documents, `batch_size` at a time, straight into the store: messages/s."""
+def store_ceiling(collection: Collection, documents: list[dict], batch_size: int, writers: int = 1) -> float:
+    """insert_many of prepared documents, `batch_size` at a time, straight into the store by `writers` threads
+    at once (as many as the consumer processes it is compared with: the store may overlap their writes,
+    FerretDB does in part): messages/s."""
     prepare(collection)
     first = documents[:batch_size]
     collection.insert_many(first, ordered=False)
+    batches = [documents[index : index + batch_size] for index in range(batch_size, len(documents), batch_size)]
     start = time.perf_counter()
-    for index in range(batch_size, len(documents), batch_size):
-        collection.insert_many(documents[index : index + batch_size], ordered=False)
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        # list() raises here whatever a write raised.
+        list(pool.map(lambda batch: collection.insert_many(batch, ordered=False), batches))
     return (len(documents) - len(first)) / (time.perf_counter() - start)
 
 

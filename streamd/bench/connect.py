@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pymongo.errors
+from confluent_kafka.admin import AdminClient
 from pymongo.database import Database
 
 from streamd.bench.scratch import BenchError, Scratch
+from streamd.bench.supervised import group_settled
 from streamd.config import Config
+from streamd.kafka import make_client
 from streamd.lifecycle import die_with_parent
 from streamd.stack.kafka_server import SLF4J_BINDING
 from streamd.stack.provisioning import is_complete, pom, resolve_jars
@@ -35,6 +38,7 @@ from streamd.stack.service import StackError
 SINK_VERSION = "1.13.0"  # the newest 1.x on Maven Central, the issue's "1.13"
 HEAP = "512m"
 COUNT_POLL = 0.05
+SETTLE_POLL = 0.1
 START_TIMEOUT = 120.0  # JVM start, plugin scan and group join, up to the first stored document
 MIN_RATE = 200.0  # below this a drain counts as stalled, as for streamd's drains
 STOP_TIMEOUT = 20.0
@@ -113,13 +117,22 @@ def drain(
     connector, its group and (with _ for -) its collection."""
     collection = collection_of(name)
     worker = ConnectWorker(scratch, jars, topic, collection, tasks, name, rest_port)
+    admin = make_client(AdminClient, scratch.base.kafka, "bench")
     with scratch.store() as client, worker:
         database = client[scratch.database]
         deadline = START_TIMEOUT + total / MIN_RATE
+        # Timed like streamd's drain: from the first document stored once every task's consumer holds partitions
+        # (Connect's sink consumers rebalance eagerly as the tasks join), their start-up shown apart.
         first: tuple[float, int, float] | None = None  # time, count, CPU seconds
+        earliest: tuple[float, int, float] | None = None
+        settled, asked = False, 0.0
         while (done := stored_count(database, collection)) < total:
             now = time.perf_counter()
-            if first is None and done:
+            if not settled and now - asked >= SETTLE_POLL:
+                settled, asked = group_settled(admin, scratch.group(name), tasks), now
+            if earliest is None and done:
+                earliest = (now, done, worker.cpu_seconds())
+            if first is None and done and settled:
                 first = (now, done, worker.cpu_seconds())
             if now - worker.launched > (deadline if first else START_TIMEOUT):
                 raise BenchError(
@@ -129,8 +142,8 @@ def drain(
             worker.check()
             time.sleep(COUNT_POLL)
         finished, cpu = time.perf_counter(), worker.cpu_seconds()
-    if first is None:  # all stored by the first poll: too few messages to time
-        first = (worker.launched, 0, 0.0)
+    if first is None:  # stored before every task held partitions: timed from the first document
+        first = earliest or (worker.launched, 0, 0.0)
     counted = max(total - first[1], 1)
     return ConnectDrain(
         tasks=tasks,

@@ -38,7 +38,9 @@ def render(figures: dict[str, Any]) -> str:
     machine = figures["machine"]
     rows.append(("machine", f"{machine['cpus']} CPUs, store {machine['store']}, Kafka {machine['kafka']}"))
     rows.append(("backlog", f"{figures['messages']:,} messages, {figures['partitions']} partitions"))
-    rows.append(("store ceiling (insert_many)", rate(figures["store_ceiling_msgs_per_s"])))
+    by_writers = figures.get("store_ceiling_by_writers") or {}
+    detail = "  (" + ", ".join(f"{n} writer{'s' if n != '1' else ''} {rate(v)}" for n, v in by_writers.items()) + ")"
+    rows.append(("store ceiling (insert_many, best)", rate(figures["store_ceiling_msgs_per_s"]) + detail))
     rows.append(("Kafka consume ceiling", rate(figures["kafka_consume_ceiling_msgs_per_s"])))
     rows.append(("naive (insert_one per message)", rate(figures["naive_msgs_per_s"])))
     for processes, run in figures["pipeline_by_processes"].items():
@@ -172,8 +174,9 @@ def peer_rows(peers: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def peer_label(key: str) -> str:
-    """ "streamd-1" and "connect-3" as a reader says them."""
+    """ "streamd-2" and "connect-3" as a reader says them."""
     if key.startswith("streamd-"):
-        return "streamd, 1 consumer process"
+        processes = key.removeprefix("streamd-")
+        return f"streamd, {processes} consumer process{'es' if processes != '1' else ''}"
     tasks = key.removeprefix("connect-")
     return f"Kafka Connect, {tasks} task{'s' if tasks != '1' else ''}"
