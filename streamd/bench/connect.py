@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 from pymongo.database import Database
 
 from streamd.bench.scratch import BenchError, Scratch
-from streamd.bench.supervised import group_settled
+from streamd.bench.supervised import group_settled, log_tail, stop_process
 from streamd.config import Config
 from streamd.kafka import make_client
 from streamd.lifecycle import die_with_parent
@@ -42,7 +42,6 @@ SETTLE_POLL = 0.1
 START_TIMEOUT = 120.0  # JVM start, plugin scan and group join, up to the first stored document
 MIN_RATE = 200.0  # below this a drain counts as stalled, as for streamd's drains
 STOP_TIMEOUT = 20.0
-LOG_TAIL_LINES = 20
 
 # Warnings and errors only, plus Connect's own started/stopped lines: the log tail is for failures.
 LOG4J = """\
@@ -227,14 +226,7 @@ class ConnectWorker:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, STOP_TIMEOUT)
 
     def check(self) -> None:
         assert self.process is not None
@@ -252,8 +244,4 @@ class ConnectWorker:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self) -> str:
-        try:
-            lines = (self.directory / "connect.log").read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(lines[-LOG_TAIL_LINES:])
+        return log_tail(self.directory / "connect.log")
