@@ -102,7 +102,7 @@ def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_c
         [sys.executable, "-m", "streamd", "bench", "--quick", "-c", str(config_path), "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=480,  # the quick run takes 1-2 minutes here; generous for a loaded machine
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())

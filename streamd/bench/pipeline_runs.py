@@ -31,7 +31,7 @@ GRACE = 60.0
 class DrainResult:
     processes: int
     msgs_per_s: float  # messages stored after the start of timing (all committed at its end), over the time since it
-    startup_s: float  # supervisor launch to the start of timing: the first commit once every consumer held partitions
+    startup_s: float  # supervisor launch to the start of timing (every consumer holding partitions, a commit seen)
     wall_s: float  # supervisor launch to the last commit
     stored: int  # documents in the store afterwards (every collection): the commits' promise, checked
     routed: int = 0  # of those, the documents route stages put in other collections than the configured one
@@ -74,8 +74,10 @@ def drain(
     deadline = GRACE + total / MIN_RATE
     launched = time.perf_counter()
     with SupervisedRun(config) as run, CommitWatch(config, ends) as commits:
-        first: tuple[float, int] | None = None  # the first commit seen once every consumer held partitions
-        earliest: tuple[float, int] | None = None  # the first commit seen
+        # The start of timing: (time, documents stored then), once a commit is seen and every consumer holds
+        # partitions; `earliest` is (time, committed) at the first commit, used when the group never settled.
+        first: tuple[float, int] | None = None
+        earliest: tuple[float, int] | None = None
         at_first: dict[str, usage.Sample | None] = {}
         members = GroupMembers(config, processes)
         while (done := commits.poll()) < total:

@@ -1,7 +1,7 @@
 """The sink: a batch's documents into the store, then its rejections into the dead-letter topic.
 
 The first attempt at a batch's write can run in the writer thread (start, see streamd.consumer.writer)
-while the loop prepares the next batch; its outcome is taken, and any further attempt made, by store().
+while the loop prepares the next batch; its outcome is taken, and any further attempt made, by store_batch().
 A batch whose documents a route stage sent to other collections is written with one insert per
 collection. Either may be away; the sink then holds the batch and tries again with exponential backoff and jitter,
 logging each outage once when it starts and once when it ends. What the store refuses for good (a
@@ -92,13 +92,12 @@ class Sink:
         """The first attempt at the batch's write, in the writer thread; store_batch() takes its outcome."""
         return self.writer.start(lambda: self.write_batch(batch))
 
-    def store_batch(self, batch: MessageBatch, wait: Wait | None, started: Future[Written] | None = None) -> bool:
+    def store_batch(self, batch: MessageBatch, wait: Wait, started: Future[Written] | None = None) -> bool:
         """Write the batch's documents (the first attempt is `started`, when given), waiting between attempts
-        while the store is away; with no `wait`, one attempt only. False when it is not stored (yet)."""
+        while the store is away. False when a stop request came first."""
         first = [started] if started is not None else []
         if not retry(lambda: self.try_store(batch, first.pop() if first else None), wait):
-            if wait is not None:
-                log.warning("stopping with %d messages unstored; they stay uncommitted for a replay", len(batch))
+            log.warning("stopping with %d messages unstored; they stay uncommitted for a replay", len(batch))
             return False
         return True
 
@@ -208,13 +207,10 @@ def _combined(outcomes: list[store.WriteOutcome]) -> store.WriteOutcome:
     )
 
 
-def retry(attempt: Callable[[], bool], wait: Wait | None) -> bool:
-    """Run `attempt` until it succeeds, with exponential backoff and jitter; False when stopping first.
-    Without `wait`, one attempt."""
+def retry(attempt: Callable[[], bool], wait: Wait) -> bool:
+    """Run `attempt` until it succeeds, with exponential backoff and jitter; False when stopping first."""
     delay = RETRY_INITIAL
     while not attempt():
-        if wait is None:
-            return False
         # Jitter keeps the consumers of a group from hammering a recovering server in step.
         if not wait(random.uniform(delay / 2, delay)):
             return False
