@@ -7,9 +7,9 @@ consumer) with its REST listener on a free loopback port, and its offsets, prope
 the bench run's scratch directory. The connector stores each message's JSON value as a document
 with its default id strategy (a new ObjectId) and plain inserts, like the issue's measurement.
 
-A drain is timed the way streamd's is: from the first stored document to the last. Connect commits
-offsets on its own schedule, so progress is the target collection's count, read with `collStats`
-(exact and cheap on FerretDB, where count_documents scans the collection).
+A drain is timed the way streamd's is: from the first document stored once every task's consumer holds
+partitions, to the last. Connect commits offsets on its own schedule, so progress is the target
+collection's count, read with `collStats` (exact and cheap on FerretDB, where count_documents scans).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pymongo.errors
 from confluent_kafka.admin import AdminClient
 from pymongo.database import Database
 
+from streamd.bench import usage
 from streamd.bench.scratch import BenchError, Scratch
 from streamd.bench.supervised import group_settled, log_tail, stop_process
 from streamd.config import Config
@@ -94,8 +95,8 @@ def provision(config: Config) -> tuple[str, Path]:
 @dataclass(frozen=True)
 class ConnectDrain:
     tasks: int
-    msgs_per_s: float  # documents stored after the first one seen, over the time since it
-    startup_s: float  # JVM launch to the first stored document
+    msgs_per_s: float  # documents stored after the start of timing, over the time since it
+    startup_s: float  # JVM launch to the start of timing (a document stored, every task holding partitions)
     cpu_us_per_msg: float  # the JVM's user+system CPU from the first document to the last, per message
     stored: int
 
@@ -235,13 +236,10 @@ class ConnectWorker:
             raise BenchError(f"Kafka Connect exited with status {code}; its log ends:\n{self.log_tail()}")
 
     def cpu_seconds(self) -> float:
-        """The JVM's user+system CPU time so far, from /proc (fields 14 and 15, after the parenthesised name)."""
+        """The JVM's user+system CPU time so far (0 where /proc cannot tell)."""
         assert self.process is not None
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        now = usage.sample(self.process.pid)
+        return now.cpu_s if now is not None else 0.0
 
     def log_tail(self) -> str:
         return log_tail(self.directory / "connect.log")

@@ -22,6 +22,9 @@ from streamd.store import MessageStore
 
 COMMIT_POLL = 0.02
 SETTLE_POLL = 0.1
+# Timed from the settled group only if at most this share of the backlog was stored by then (a fifth is left to
+# time); else from the first commit, as a window of a few batches would time the batches, not a rate.
+SETTLED_SHARE = 0.8
 # The slowest rate at which a drain still counts as moving; below it the run is declared stalled.
 MIN_RATE = 200.0
 GRACE = 60.0
@@ -39,8 +42,8 @@ class DrainResult:
     cpu_us_per_msg: float | None = None
     rss_mb: dict[str, dict[str, float]] = field(default_factory=dict)  # consumer → {"start": MB, "end": MB}
     usage_note: str | None = None  # why the two above are missing, when they are
-    # False when the backlog was stored before every consumer held partitions: then timed from the first commit,
-    # its rebalances included (a larger --messages leaves some to time).
+    # False when most of the backlog was stored before every consumer held partitions (see SETTLED_SHARE): then
+    # timed from the first commit, its rebalances included (a larger --messages leaves more to time).
     settled: bool = True
 
     def figures(self) -> dict:
@@ -78,6 +81,7 @@ def drain(
         # partitions; `earliest` is (time, committed) at the first commit, used when the group never settled.
         first: tuple[float, int] | None = None
         earliest: tuple[float, int] | None = None
+        late = False  # the group settled with most of the backlog already stored
         at_first: dict[str, usage.Sample | None] = {}
         members = GroupMembers(config, processes)
         while (done := commits.poll()) < total:
@@ -85,12 +89,15 @@ def drain(
             if earliest is None and done:
                 earliest = (now, done)
                 at_first = usage.sample_all(run.consumer_pids())
-            if first is None and done and members.all_assigned():
+            if first is None and not late and done and members.all_assigned():
                 # Counted in the store, not from the commits: a commit refused during the rebalance is made
                 # again once the group settles, and would count messages stored before as drained after.
                 stored = sum(count_stored(scratch, config).values())
-                first = (time.perf_counter(), stored)
-                at_first = usage.sample_all(run.consumer_pids())
+                if stored <= total * SETTLED_SHARE:
+                    first = (time.perf_counter(), stored)
+                    at_first = usage.sample_all(run.consumer_pids())
+                else:  # too little left to time: timed from the first commit instead, rebalances included
+                    late = True
             if now - launched > deadline:
                 raise BenchError(
                     f"{processes} consumer(s) stored {done} of {total} messages in {deadline:.0f} s; "

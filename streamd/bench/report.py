@@ -49,7 +49,11 @@ def render(figures: dict[str, Any]) -> str:
             (
                 f"pipeline, {processes} consumer process{plural}",
                 f"{rate(run['msgs_per_s'])}  (start-up {run['startup_s']:.1f} s"
-                + ("" if run.get("settled", True) else "; stored before every consumer joined: rebalances included")
+                + (
+                    ""
+                    if run.get("settled", True)
+                    else "; mostly stored before every consumer held partitions: rebalances included"
+                )
                 + ")",
             )
         )
