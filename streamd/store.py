@@ -44,6 +44,7 @@ from streamd.config import ConfigError, MongoConfig
 
 DUPLICATE_KEY = 11000
 NAMESPACE_EXISTS = 48
+NAMESPACE_NOT_FOUND = 26
 
 # Errors after which the same write can succeed later. ConnectionFailure covers AutoReconnect,
 # NotPrimaryError (a replica set election), NetworkTimeout and ServerSelectionTimeoutError.
@@ -378,8 +379,14 @@ class MessageStore:
                 yield found
 
     def stats_count(self) -> int:
-        """The number of documents from collStats: no scan on FerretDB, where count_documents({}) reads them all."""
-        return self.collection.database.command("collStats", self.name).get("count", 0)
+        """The number of documents from collStats: no scan on FerretDB, where count_documents({}) reads them all.
+        0 for a collection not created yet (MongoDB answers collStats on one with an error, FerretDB with 0)."""
+        try:
+            return self.collection.database.command("collStats", self.name).get("count", 0)
+        except OperationFailure as exc:
+            if exc.code == NAMESPACE_NOT_FOUND:
+                return 0
+            raise
 
     def contents_of(self, ids: list[str], batch: int) -> Iterator[dict]:
         """The `_id`, `content` and `source` of the stored ones among `ids`, `batch` ids per `$in`."""

@@ -77,7 +77,7 @@ def test_connect_drains_a_backlog_into_the_store_and_leaves_nothing_behind(pipel
         assert result.stored == MESSAGES and result.tasks == 1
         assert result.msgs_per_s > 0 and result.startup_s > 0 and result.cpu_us_per_msg > 0
         with scratch.store() as client:
-            collection = client[scratch.database][connect.collection_of("peers-connect1-1")]
+            collection = client[scratch.database][scratch.collection("peers-connect1-1")]
             assert collection.count_documents({}) == MESSAGES
             document = collection.find_one({}, {"_id": 0})
         assert set(document) == {"id", "text", "source", "timestamp"}, "each JSON value is stored as it is"

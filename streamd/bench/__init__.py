@@ -8,7 +8,7 @@ locally when `stack.local` allows), in this order:
                          backlog; the naive loop
     pipeline runs        `streamd start` with 1, 2, 4… consumers draining the backlog (pipeline_runs)
                          (also the consumers' CPU per message and RSS from the first commit to the last: usage)
-    peers                rounds of streamd (1 consumer) and Kafka Connect's MongoDB sink (1 and 3 tasks)
+    peers                rounds of streamd (as configured) and Kafka Connect's MongoDB sink (1 and 3 tasks)
                          draining the same backlog, interleaved (peers)
     stage cost           the same drain with a 4-stage chain and with none, back to back (stage_cost)
     latency              offered loads through one running pipeline (latency)

@@ -14,6 +14,7 @@ collection's count, read with `collStats` (exact and cheap on FerretDB, where co
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -22,24 +23,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pymongo.errors
-from confluent_kafka.admin import AdminClient
-from pymongo.database import Database
-
 from streamd.bench import usage
 from streamd.bench.scratch import BenchError, Scratch
-from streamd.bench.supervised import group_settled, log_tail, stop_process
+from streamd.bench.supervised import GroupMembers, log_tail, stop_process
 from streamd.config import Config
-from streamd.kafka import make_client
 from streamd.lifecycle import die_with_parent
 from streamd.stack.kafka_server import SLF4J_BINDING
 from streamd.stack.provisioning import is_complete, pom, resolve_jars
 from streamd.stack.service import StackError
+from streamd.store import MessageStore
 
 SINK_VERSION = "1.13.0"  # the newest 1.x on Maven Central, the issue's "1.13"
 HEAP = "512m"
 COUNT_POLL = 0.05
-SETTLE_POLL = 0.1
 START_TIMEOUT = 120.0  # JVM start, plugin scan and group join, up to the first stored document
 MIN_RATE = 200.0  # below this a drain counts as stalled, as for streamd's drains
 STOP_TIMEOUT = 20.0
@@ -115,24 +111,21 @@ def drain(
 ) -> ConnectDrain:
     """Run Connect with `tasks` sink tasks until the `total` messages of `topic` are stored; `name` names the
     connector, its group and (with _ for -) its collection."""
-    collection = collection_of(name)
+    collection = scratch.collection(name)
     worker = ConnectWorker(scratch, jars, topic, collection, tasks, name, rest_port)
-    admin = make_client(AdminClient, scratch.base.kafka, "bench")
+    members = GroupMembers(scratch.base.kafka, scratch.group(name), tasks)
     with scratch.store() as client, worker:
-        database = client[scratch.database]
+        stored = MessageStore(dataclasses.replace(scratch.base.mongodb, database=scratch.database), client, collection)
         deadline = START_TIMEOUT + total / MIN_RATE
         # Timed like streamd's drain: from the first document stored once every task's consumer holds partitions
         # (Connect's sink consumers rebalance eagerly as the tasks join), their start-up shown apart.
         first: tuple[float, int, float] | None = None  # time, count, CPU seconds
         earliest: tuple[float, int, float] | None = None
-        settled, asked = False, 0.0
-        while (done := stored_count(database, collection)) < total:
+        while (done := stored.stats_count()) < total:
             now = time.perf_counter()
-            if not settled and now - asked >= SETTLE_POLL:
-                settled, asked = group_settled(admin, scratch.group(name), tasks), now
             if earliest is None and done:
                 earliest = (now, done, worker.cpu_seconds())
-            if first is None and done and settled:
+            if first is None and done and members.settled():
                 first = (now, done, worker.cpu_seconds())
             if now - worker.launched > (deadline if first else START_TIMEOUT):
                 raise BenchError(
@@ -152,19 +145,6 @@ def drain(
         cpu_us_per_msg=(cpu - first[2]) / counted * 1e6,
         stored=done,
     )
-
-
-def collection_of(name: str) -> str:
-    """The collection a drain named `name` writes: pipeline_runs.drain names streamd's the same way."""
-    return name.replace("-", "_")
-
-
-def stored_count(database: Database, collection: str) -> int:
-    """The collection's document count from collStats: exact on FerretDB and MongoDB, and no scan."""
-    try:
-        return int(database.command("collStats", collection).get("count", 0))
-    except pymongo.errors.OperationFailure:
-        return 0  # not created yet (MongoDB answers collStats on a missing collection with an error)
 
 
 class ConnectWorker:

@@ -47,14 +47,14 @@ def measure(
         progress(f"peers, round {round_} of {rounds}: streamd with {processes} consumer process(es)")
         name = f"peers-streamd-{round_}"
         result, _ = pipeline_runs.drain(scratch, backlog, ends, processes, free_port(), name=name)
-        pipeline_runs.drop_collections(scratch, connect.collection_of(name), ())
+        pipeline_runs.drop_collections(scratch, name, ())
         runs[streamd_key].append(result.figures())
         progress(f"  {result.msgs_per_s:,.0f} msg/s after a {result.startup_s:.1f} s start-up")
         for tasks in CONNECT_TASKS:
             progress(f"peers, round {round_} of {rounds}: Kafka Connect with {tasks} task(s)")
             name = f"peers-connect{tasks}-{round_}"
             drained = connect.drain(scratch, jars, backlog, total, tasks, name, free_port())
-            pipeline_runs.drop_collections(scratch, connect.collection_of(name), ())
+            pipeline_runs.drop_collections(scratch, name, ())
             runs[connect_key(tasks)].append(drained.figures())
             progress(
                 f"  {drained.msgs_per_s:,.0f} msg/s, {drained.cpu_us_per_msg:.1f} µs CPU per message, "

@@ -10,18 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from confluent_kafka.admin import AdminClient
-
 from streamd.bench import usage
 from streamd.bench.scratch import BenchError, Scratch
-from streamd.bench.supervised import CommitWatch, SupervisedRun, group_settled
+from streamd.bench.supervised import CommitWatch, GroupMembers, SupervisedRun
 from streamd.config import Config
-from streamd.kafka import make_client
 from streamd.stages import routed_collections
 from streamd.store import MessageStore
 
 COMMIT_POLL = 0.02
-SETTLE_POLL = 0.1
 # Timed from the settled group only if at most this share of the backlog was stored by then (a fifth is left to
 # time); else from the first commit, as a window of a few batches would time the batches, not a rate.
 SETTLED_SHARE = 0.8
@@ -71,7 +67,7 @@ def drain(
     """
     name = name or f"pipeline-{processes}"
     config = scratch.config(
-        name, topic=topic, collection=name.replace("-", "_"), processes=processes, api_port=api_port, stages=stages
+        name, topic=topic, collection=scratch.collection(name), processes=processes, api_port=api_port, stages=stages
     )
     total = sum(ends.values())
     deadline = GRACE + total / MIN_RATE
@@ -83,13 +79,13 @@ def drain(
         earliest: tuple[float, int] | None = None
         late = False  # the group settled with most of the backlog already stored
         at_first: dict[str, usage.Sample | None] = {}
-        members = GroupMembers(config, processes)
+        members = GroupMembers(config.kafka, config.consumer.group, processes)
         while (done := commits.poll()) < total:
             now = time.perf_counter()
             if earliest is None and done:
                 earliest = (now, done)
                 at_first = usage.sample_all(run.consumer_pids())
-            if first is None and not late and done and members.all_assigned():
+            if first is None and not late and done and members.settled():
                 # Counted in the store, not from the commits: a commit refused during the rebalance is made
                 # again once the group settles, and would count messages stored before as drained after.
                 stored = sum(count_stored(scratch, config).values())
@@ -133,27 +129,6 @@ def drain(
     return result, rss
 
 
-class GroupMembers:
-    """Whether every consumer of the run holds partitions yet, asked of the group at most every SETTLE_POLL s.
-
-    The drain is timed from then: a member joining later moves partitions (a rebalance, about a second per
-    round on the local stack, whose broker assigns a new group's first member at once), and a long-running
-    pipeline pays that once, like its start-up, while the rate is what it sustains."""
-
-    def __init__(self, config: Config, processes: int) -> None:
-        self.admin = make_client(AdminClient, config.kafka, "bench")
-        self.group = config.consumer.group
-        self.processes = processes
-        self.settled = False
-        self.asked = 0.0
-
-    def all_assigned(self) -> bool:
-        if not self.settled and time.perf_counter() - self.asked >= SETTLE_POLL:
-            self.asked = time.perf_counter()
-            self.settled = group_settled(self.admin, self.group, self.processes)
-        return self.settled
-
-
 def count_stored(scratch: Scratch, config: Config) -> dict[str, int]:
     """Documents in the configured collection and in each one the route stages name.
 
@@ -163,9 +138,10 @@ def count_stored(scratch: Scratch, config: Config) -> dict[str, int]:
         return {name: MessageStore(config.mongodb, client, name).stats_count() for name in names}
 
 
-def drop_collections(scratch: Scratch, collection: str, stages: tuple[dict, ...]) -> None:
-    """Remove a finished run's collections, so that the next run starts with a database of the same size."""
+def drop_collections(scratch: Scratch, run: str, stages: tuple[dict, ...]) -> None:
+    """Remove the collections of the finished run named `run`, so that the next run starts with a database of
+    the same size."""
     with scratch.store() as client:
         database = client[scratch.database]
-        for name in dict.fromkeys([collection, *routed_collections(stages)]):
+        for name in dict.fromkeys([scratch.collection(run), *routed_collections(stages)]):
             database.drop_collection(name)

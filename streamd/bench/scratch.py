@@ -50,6 +50,11 @@ class Scratch:
     def topic(self, name: str) -> str:
         return f"{self.prefix}-{name}"
 
+    @staticmethod
+    def collection(name: str) -> str:
+        """The collection a run named `name` writes (a name may hold `-`, a collection name should not)."""
+        return name.replace("-", "_")
+
     def group(self, name: str) -> str:
         group = f"{self.prefix}-{name}"
         self.groups.add(group)

@@ -59,7 +59,7 @@ def measure(
         )
         name = f"stages-{label}-{round_number}"
         result, sizes = pipeline_runs.drain(scratch, topic, ends, PROCESSES, port(), name=name, stages=stages)
-        pipeline_runs.drop_collections(scratch, name.replace("-", "_"), stages)
+        pipeline_runs.drop_collections(scratch, name, stages)
         if label not in best or result.msgs_per_s > best[label].msgs_per_s:
             best[label] = result
         keep_largest(rss, sizes)

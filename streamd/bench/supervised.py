@@ -24,7 +24,7 @@ from streamd import config as config_module
 from streamd import control
 from streamd.bench.scratch import BenchError
 from streamd.bench.usage import resident_mb
-from streamd.config import Config
+from streamd.config import Config, KafkaConfig
 from streamd.control import descendants
 from streamd.group_offsets import KafkaUnreadable, committed, partitions_of
 from streamd.kafka import make_client
@@ -40,6 +40,7 @@ LAUNCHER = (
 )
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+SETTLE_POLL = 0.1  # how often a drain asks whether its group has settled
 LOG_TAIL_LINES = 20
 
 
@@ -190,6 +191,28 @@ def group_settled(admin: AdminClient, group: str, members: int) -> bool:
         return False
     assigned = [m for m in description.members if m.assignment and m.assignment.topic_partitions]
     return description.state == ConsumerGroupState.STABLE and len(assigned) == members
+
+
+class GroupMembers:
+    """Whether every member of a group holds partitions yet, asked of the group at most every SETTLE_POLL s.
+
+    Drains (streamd's and Kafka Connect's) are timed from then: a member joining later moves partitions (a
+    rebalance, about a second per round on the local stack, whose broker assigns a new group's first member
+    at once), and a long-running pipeline pays that once, like its start-up, while the rate is what it
+    sustains."""
+
+    def __init__(self, settings: KafkaConfig, group: str, members: int) -> None:
+        self.admin = make_client(AdminClient, settings, "bench")
+        self.group = group
+        self.members = members
+        self.all_assigned = False
+        self.asked = 0.0
+
+    def settled(self) -> bool:
+        if not self.all_assigned and time.perf_counter() - self.asked >= SETTLE_POLL:
+            self.asked = time.perf_counter()
+            self.all_assigned = group_settled(self.admin, self.group, self.members)
+        return self.all_assigned
 
 
 def consumer_names(config: Config) -> set[str]:
