@@ -62,6 +62,14 @@ REDRIVEN = "streamd.redriven"
 # which is below the broker's default limit: a too_large message could never be dead-lettered. The
 # broker's limit is the one that matters, so the client's is set to the most librdkafka allows.
 CLIENT_MESSAGE_MAX_BYTES = 1_000_000_000
+# What a producer that writes consumed messages on needs (the dead-letter queue, `streamd redrive`): idempotent
+# acks=all, so librdkafka's retries neither lose nor duplicate one, and room for the largest a consumer can hold.
+FORWARDING_SETTINGS: dict[str, object] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    "message.max.bytes": CLIENT_MESSAGE_MAX_BYTES,
+}
 
 
 def headers_for(rejection: Rejection, now: datetime, value_dropped: int | None = None) -> list[tuple[str, bytes]]:
@@ -157,17 +165,7 @@ class DeadLetterQueue:
 
     def __init__(self, config: Config) -> None:
         self.topic = config.kafka.dead_letter_topic
-        self.producer = make_client(
-            Producer,
-            config.kafka,
-            "dead-letter",
-            {
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "message.max.bytes": CLIENT_MESSAGE_MAX_BYTES,
-            },
-        )
+        self.producer = make_client(Producer, config.kafka, "dead-letter", FORWARDING_SETTINGS)
         self.unsettled = 0  # submitted, no delivery report yet
         self.failed: list[tuple[Rejection, KafkaError]] = []
         self.acknowledged: list[Rejection] = []

@@ -30,7 +30,7 @@ from pymongo.errors import BulkWriteError
 
 from streamd import group_offsets, store
 from streamd.config import Config
-from streamd.dead_letter import CLIENT_MESSAGE_MAX_BYTES, REDRIVEN, VALUE_DROPPED, DeadLetter
+from streamd.dead_letter import FORWARDING_SETTINGS, REDRIVEN, VALUE_DROPPED, DeadLetter
 from streamd.group_offsets import partitions_of
 from streamd.kafka import ensure_topic, make_client
 from streamd.verify.report import Progress, VerifyError
@@ -183,12 +183,7 @@ class _Sender:
     def __init__(self, config: Config) -> None:
         ensure_topic(config, config.kafka.topic)
         self.topic = config.kafka.topic
-        self.producer = make_client(
-            Producer,
-            config.kafka,
-            "redrive",
-            {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "message.max.bytes": CLIENT_MESSAGE_MAX_BYTES},
-        )
+        self.producer = make_client(Producer, config.kafka, "redrive", FORWARDING_SETTINGS)
         self.pending: dict[str, DeadLetter] = {}
         self.done: list[tuple[str, DeadLetter]] = []
 
