@@ -132,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--from-topic", metavar="N", type=positive_int, help="try the last N messages of kafka.topic")
     stages.add_argument("--json", action="store_true", help="print the explanation as JSON")
 
+    keys = command("keys", cmd_keys, "Issue, list and revoke the API's keys (see docs/security.md).")
+    keys_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = keys_actions.add_parser("add", help="issue a key; it is printed once, on stdout, and stored hashed")
+    add.add_argument("name", metavar="NAME", help="who or what holds the key, e.g. grafana or ci-ingest")
+    add.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=config_module.SCOPES,
+        help="a scope of the key; repeat for several (admin holds them all)",
+    )
+    keys_list = keys_actions.add_parser("list", help="every key: name, id, scopes, created; never the key itself")
+    keys_list.add_argument("--json", action="store_true", help="print the entries as JSON")
+    revoke = keys_actions.add_parser("revoke", help="remove a key; running API workers refuse it within a second")
+    revoke.add_argument("key", metavar="NAME_OR_ID", help="the key's name or id, as `streamd keys list` shows")
+
     show = command("config", cmd_config, "Print the effective config (file, defaults and environment).")
     show.add_argument("--keys", action="store_true", help="print every key with its default and meaning")
     return parser
@@ -451,6 +467,41 @@ def cmd_stages(args: argparse.Namespace) -> int:
     except trial.SamplesUnreadable as exc:
         raise CommandError(str(exc)) from None
     trial.run(config, messages, sys.stdout, as_json=args.json)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    import orjson
+
+    from streamd import api_keys
+
+    config = load(args)
+    path = api_keys.keys_path(config)
+    try:
+        if args.action == "add":
+            key, token = api_keys.issue(path, args.name, args.scope)
+            # The key alone on stdout, so that `streamd keys add ci --scope ingest > ci.key` keeps just it.
+            print(token)
+            print(
+                f"streamd: key {key.name!r} (id {key.id}, scope {', '.join(key.scopes)}) added to {path}; "
+                "it is shown only this once.",
+                file=sys.stderr,
+            )
+        elif args.action == "revoke":
+            key = api_keys.revoke(path, args.key)
+            print(f"key {key.name!r} (id {key.id}) revoked; running API workers refuse it within a second")
+        elif args.json:
+            keys = api_keys.read_keys(path).values()
+            shown = [{name: value for name, value in key.as_dict().items() if name != "sha256"} for key in keys]
+            print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        else:
+            keys = api_keys.read_keys(path).values()
+            if not keys:
+                print(f"no API keys in {path}; `streamd keys add NAME --scope read` issues one", file=sys.stderr)
+            for key in keys:
+                print(f"{key.name:<24}{key.id:<14}{','.join(key.scopes):<24}{key.created}")
+    except api_keys.KeysFileError as exc:
+        raise CommandError(str(exc)) from None
     return 0
 
 

@@ -131,6 +131,44 @@ class ApiConfig:
     )
 
 
+# The scopes an API key can hold (streamd/api_keys.py); `admin` holds every other one.
+SCOPES = ("read", "ingest", "metrics", "admin")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    required: Literal["auto", True, False] = setting(
+        "auto",
+        "Whether API requests need a key: auto requires one unless api.host is a loopback address; "
+        "true or false decide outright (see docs/security.md).",
+    )
+    keys_file: str | None = setting(
+        None,
+        "File of API keys, stored hashed and managed by `streamd keys`; empty means <state_dir>/api-keys.json.",
+    )
+    public_scopes: tuple[str, ...] = setting(
+        (),
+        "Scopes every request has without a key, e.g. [read] or [metrics]; admin is never public.",
+        check=lambda scopes: _public_scopes(scopes),
+    )
+    rate_limit: float = setting(
+        50.0,
+        "Requests per second one API key may make to one API worker (a token bucket); 0: no limit.",
+        minimum=0,
+        maximum=1_000_000,
+    )
+    rate_burst: int = setting(
+        100, "Requests one API key may make at once before rate_limit applies.", minimum=1, maximum=1_000_000
+    )
+    metrics_port: int = setting(
+        0,
+        "Port on api.host serving only /metrics (and /health), which the API port then no longer serves; "
+        "0: /metrics is on api.port.",
+        minimum=0,
+        maximum=65535,
+    )
+
+
 @dataclass(frozen=True)
 class AnalyticsConfig:
     enabled: bool = setting(True, "Run the analyzer: live tumbling-window aggregates in its own consumer group.")
@@ -224,6 +262,7 @@ class Config:
     )
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     stack: StackConfig = field(default_factory=StackConfig)
@@ -417,6 +456,15 @@ def _windows(windows: tuple[str, ...]) -> tuple[str, ...]:
     if len(set(windows)) != len(windows):
         raise ValueError("each window length may be listed once")
     return windows
+
+
+def _public_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
+    for scope in scopes:
+        if scope == "admin":
+            raise ValueError("admin cannot be public: it manages everything; list read, ingest or metrics")
+        if scope not in SCOPES:
+            raise ValueError(f"expected scopes among {', '.join(SCOPES[:-1])}, got {scope!r}")
+    return scopes
 
 
 def _file_count(count: int) -> int:

@@ -49,3 +49,8 @@ def conflicts(config: Config) -> Iterator[str]:
             f"analytics.collection is mongodb.collection ({analytics.collection!r}): window aggregates would be "
             "written among the messages; name another collection"
         )
+    if config.auth.metrics_port == config.api.port:
+        yield (
+            f"auth.metrics_port is api.port ({config.api.port}): /metrics gets a port of its own only on another "
+            "one; choose a free port, or 0 to keep /metrics on api.port"
+        )

@@ -14,6 +14,7 @@ from typing import Any
 import falcon
 
 from streamd.analyzer.aggregates import Aggregates
+from streamd.api.auth import READ
 from streamd.api.backends import Backends
 from streamd.api.errors import InvalidParameter, shown
 from streamd.api.messages import iso, time_limit_ms
@@ -77,6 +78,8 @@ def render(document: dict) -> dict[str, Any]:
 
 
 class AggregatesResource:
+    scopes = {"GET": READ}
+
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
 

@@ -1,4 +1,4 @@
-"""The Falcon application: routes, JSON media through orjson, and one JSON shape for every error."""
+"""The Falcon application: routes, who may call them (auth.py), JSON through orjson, one JSON shape for errors."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pymongo.errors import PyMongoError
 
 from streamd.api import errors
 from streamd.api.aggregates import AggregatesResource
+from streamd.api.auth import Authorization
 from streamd.api.backends import Backends
 from streamd.api.dashboard import DashboardResource, StaticResource, load_assets
 from streamd.api.health import HealthResource, ReadyResource
@@ -20,12 +21,20 @@ from streamd.api.stream import LiveStreams, StreamResource
 from streamd.config import Config
 
 
-def create_app(config: Config, backends: Backends | None = None, streams: LiveStreams | None = None) -> falcon.App:
-    """The WSGI app of one process; pass `backends` to control (and close) its clients yourself, and
-    `streams` to learn when the process stops serving (see server.post_worker_init)."""
+def create_app(
+    config: Config,
+    backends: Backends | None = None,
+    streams: LiveStreams | None = None,
+    authorization: Authorization | None = None,
+) -> falcon.App:
+    """The WSGI app of one process; pass `backends` to control (and close) its clients yourself,
+    `streams` to learn when the process stops serving (see server.post_worker_init), and `authorization`
+    to give it keys and a rate limiter of your own (tests)."""
     backends = backends or Backends(config)
     streams = streams or LiveStreams(config.api)
-    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=[RequestMetrics()])
+    # Counting first: a refused request is counted too, under its route and its 401, 403 or 429.
+    middleware = [RequestMetrics(), authorization or Authorization(config)]
+    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
 
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json})

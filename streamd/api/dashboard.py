@@ -13,6 +13,7 @@ from pathlib import Path
 
 import falcon
 
+from streamd.api.auth import PUBLIC
 from streamd.api.errors import shown
 from streamd.api.params import reject_unknown
 
@@ -60,6 +61,8 @@ def load_assets() -> dict[str, Asset]:
 
 
 class DashboardResource:
+    scopes = {"GET": PUBLIC}
+
     def __init__(self, assets: dict[str, Asset]) -> None:
         self.page = assets[PAGE]
 
@@ -69,6 +72,8 @@ class DashboardResource:
 
 
 class StaticResource:
+    scopes = {"GET": PUBLIC}
+
     def __init__(self, assets: dict[str, Asset]) -> None:
         self.assets = assets
 

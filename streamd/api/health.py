@@ -11,6 +11,7 @@ from confluent_kafka import KafkaException
 from pymongo.errors import PyMongoError
 
 from streamd import control, store
+from streamd.api.auth import PUBLIC, READ
 from streamd.api.backends import Backends
 from streamd.api.lag import GroupLag, KafkaUnreadable
 from streamd.api.params import reject_unknown
@@ -28,6 +29,8 @@ CONSUMER_PREFIX = "consumer-"
 class HealthResource:
     """Liveness only: touching a dependency here would get a healthy API restarted for an outage elsewhere."""
 
+    scopes = {"GET": PUBLIC}
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         reject_unknown(req.params, ())
         resp.media = {"status": "ok"}
@@ -36,6 +39,8 @@ class HealthResource:
 
 
 class ReadyResource:
+    scopes = {"GET": READ}
+
     def __init__(self, backends: Backends, lag: GroupLag | None = None) -> None:
         self.backends = backends
         self.lag = lag

@@ -14,6 +14,7 @@ from typing import Any
 import falcon
 
 from streamd import coordinates
+from streamd.api.auth import READ
 from streamd.api.backends import Backends
 from streamd.api.errors import MessageNotFound
 from streamd.api.params import Cursor, MessageQuery, parse_collection, parse_id, reject_unknown
@@ -62,6 +63,8 @@ def time_limit_ms(backends: Backends) -> int:
 
 
 class MessagesResource:
+    scopes = {"GET": READ}
+
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
 
@@ -79,6 +82,8 @@ class MessagesResource:
 
 
 class MessageResource:
+    scopes = {"GET": READ}
+
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
 

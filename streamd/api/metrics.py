@@ -19,6 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from streamd import control
+from streamd.api.auth import METRICS
 from streamd.api.lag import GroupLag, KafkaReading, KafkaUnreadable, PartitionLag
 from streamd.api.params import reject_unknown
 from streamd.children import ChildState
@@ -117,6 +118,8 @@ class SupervisorCollector(Collector):
 
 
 class MetricsResource:
+    scopes = {"GET": METRICS}
+
     def __init__(self, config: Config, lag: GroupLag, analyzer_lag: GroupLag | None = None) -> None:
         collectors: list[Collector] = [LagCollector(lag), SupervisorCollector(config)]
         if analyzer_lag is not None:

@@ -27,9 +27,11 @@ from setproctitle import setproctitle
 
 from streamd import logs, metrics
 from streamd.api.app import create_app
+from streamd.api.auth import keys_required
 from streamd.api.backends import Backends
 from streamd.api.stream import LiveStreams
 from streamd.api.worker import ApiWorker
+from streamd.api_keys import KeysFileError, keys_path, read_keys
 from streamd.config import Config
 from streamd.lifecycle import Shutdown, die_with_parent
 
@@ -69,8 +71,12 @@ class ApiServer(BaseApplication):
 
     def settings(self) -> dict[str, Any]:
         api = self.config.api
+        binds = [bind_address(api.host, api.port)]
+        if self.config.auth.metrics_port:
+            # A second listener of the same workers: auth.Authorization tells them apart by SERVER_PORT.
+            binds.append(bind_address(api.host, self.config.auth.metrics_port))
         return {
-            "bind": [bind_address(api.host, api.port)],
+            "bind": binds,
             "workers": api.workers,
             # A dotted path, as Gunicorn's own setting is: the benchmark report prints and stores it.
             "worker_class": f"{ApiWorker.__module__}.{ApiWorker.__qualname__}",
@@ -107,6 +113,7 @@ class ApiServer(BaseApplication):
     def when_ready(self, server: Arbiter) -> None:
         logs.configure(self.config.logging, "api", logs.log_dir(self.config))
         setproctitle(PROC_NAME)
+        log_access_rule(self.config)
 
     def pre_fork(self, server: Arbiter, worker: Worker) -> None:
         # The arbiter renames itself "gunicorn: master [...]" right after when_ready and on reload;
@@ -141,6 +148,29 @@ class ApiServer(BaseApplication):
             self.backends.close()
 
 
+def log_access_rule(config: Config) -> None:
+    """Say once, at start, whether the API asks for keys and why: the answer depends on api.host."""
+    if not keys_required(config):
+        log.info("the API needs no key (auth.required %s, api.host %s)", config.auth.required, config.api.host)
+        return
+    path = keys_path(config)
+    try:
+        count = len(read_keys(path))
+    except KeysFileError as exc:
+        log.error("the API needs a key, and none can be read: %s", exc)
+        return
+    if count == 0:
+        log.warning(
+            "the API needs a key (auth.required %s, api.host %s) and %s holds none: every request but /health "
+            "is refused; issue one with `streamd keys add NAME --scope read`",
+            config.auth.required,
+            config.api.host,
+            path,
+        )
+    else:
+        log.info("the API needs a key: %d in %s", count, path)
+
+
 def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -157,9 +187,19 @@ def worker_grace(supervisor_grace: float) -> int:
 # What the api child reads of the config: a reload that changes one of these restarts it.  It reads
 # the consumers' group for lag, the graceful timeout to size Gunicorn's, the stages for the collections
 # route stages write (the names `?collection=` takes), and the analytics section for /aggregates and the
-# analyzer's lag.
+# analyzer's lag; and auth for who may call it (the keys file itself is re-read by the workers, without a restart).
 SECTIONS = frozenset(
-    {"kafka", "mongodb", "api", "logging", "stages", "analytics", "consumer.group", "supervisor.graceful_timeout"}
+    {
+        "kafka",
+        "mongodb",
+        "api",
+        "auth",
+        "logging",
+        "stages",
+        "analytics",
+        "consumer.group",
+        "supervisor.graceful_timeout",
+    }
 )
 
 

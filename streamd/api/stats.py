@@ -19,6 +19,7 @@ import falcon
 from pymongo.errors import PyMongoError
 
 from streamd import control
+from streamd.api.auth import READ
 from streamd.api.backends import Backends
 from streamd.api.lag import GroupLag, KafkaUnreadable
 from streamd.api.messages import iso, time_limit_ms
@@ -42,6 +43,8 @@ ANALYZER_SINCE_START = {"absorbed": "streamd_analyzer_messages_absorbed", "late"
 
 
 class StatsResource:
+    scopes = {"GET": READ}
+
     def __init__(self, backends: Backends, lag: GroupLag, analyzer_lag: GroupLag | None = None) -> None:
         self.backends = backends
         self.lag = lag

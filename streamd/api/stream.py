@@ -34,6 +34,7 @@ import falcon
 import orjson
 from pymongo.errors import PyMongoError
 
+from streamd.api.auth import READ
 from streamd.api.backends import Backends
 from streamd.api.errors import InvalidParameter
 from streamd.api.messages import render, time_limit_ms
@@ -102,6 +103,8 @@ class StreamsBusy(falcon.HTTPServiceUnavailable):
 
 
 class StreamResource:
+    scopes = {"GET": READ}
+
     def __init__(self, backends: Backends, streams: LiveStreams) -> None:
         self.backends = backends
         self.streams = streams
