@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys_list.add_argument("--json", action="store_true", help="print the entries as JSON")
     revoke = keys_actions.add_parser("revoke", help="remove a key; running API workers refuse it within a second")
     revoke.add_argument("key", metavar="NAME_OR_ID", help="the key's name or id, as `streamd keys list` shows")
+    for action in (add, keys_list, revoke):
+        # After the action too (`streamd keys add ci -c FILE`); SUPPRESS keeps a -c given before it.
+        action.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file, as for every command")
 
     show = command("config", cmd_config, "Print the effective config (file, defaults and environment).")
     show.add_argument("--keys", action="store_true", help="print every key with its default and meaning")
