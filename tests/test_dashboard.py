@@ -18,6 +18,7 @@ import pytest
 from streamd import config as config_module
 from streamd.api import create_app
 from streamd.api.dashboard import STATIC
+from streamd.api_keys import issue, keys_path
 from streamd.config import Config
 from streamd.producer import produce_once
 
@@ -126,6 +127,11 @@ def wait_for_page(page, expression: str, arg=None, timeout: float = 10.0) -> Non
     wait_until(lambda: page.evaluate(expression, arg), timeout=timeout, what=expression)
 
 
+NEW_MESSAGE_SHOWN = (
+    "known => [...document.querySelectorAll('#messages button.message')].some(b => !known.includes(b.dataset.id))"
+)
+
+
 def shown_ids(page) -> list[str]:
     return page.eval_on_selector_all("#messages button.message", "buttons => buttons.map(b => b.dataset.id)")
 
@@ -152,12 +158,7 @@ def test_the_dashboard_shows_the_pipeline_live_in_a_browser(pipeline, browser, p
     # New messages appear without a reload, within five seconds.
     before = set(shown_ids(page))
     started = time.monotonic()
-    wait_for_page(
-        page,
-        "known => [...document.querySelectorAll('#messages button.message')].some(b => !known.includes(b.dataset.id))",
-        list(before),
-        timeout=5,
-    )
+    wait_for_page(page, NEW_MESSAGE_SHOWN, list(before), timeout=5)
     assert time.monotonic() - started < 5
 
     # The figures, the children and the lag come from /stats.
@@ -227,3 +228,47 @@ def test_the_dashboard_shows_the_pipeline_live_in_a_browser(pipeline, browser, p
     assert stopped_in < STREAM_SECONDS - 2, f"the stop took {stopped_in:.1f} s: it waited for the open feed"
     wait_until(lambda: all(process_gone(pid) for pid in everyone), timeout=10, what="every process gone")
     page.close()
+
+
+@pytest.mark.integration
+def test_with_keys_required_the_page_asks_for_a_key_and_then_runs_live_on_it(pipeline_config, browser, tmp_path):
+    settings = config_module.from_mapping({**config_module.to_mapping(pipeline_config), "auth": {"required": True}})
+    _, token = issue(keys_path(settings), "wall-screen", ["read"])
+    sup = start_streamd(
+        tmp_path,
+        settings,
+        producer={"rate": 4.0},
+        consumer={"batch_timeout_ms": 50},
+        api={"workers": 1, "stream_seconds": STREAM_SECONDS},
+    )
+    try:
+        sup.wait_running("producer", "consumer-1", "api", timeout=60)
+        page = browser.new_page()
+        crashes: list[str] = []
+        page.on("pageerror", lambda error: crashes.append(str(error)))
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        page.goto(api_url(sup, "/"))
+        page.wait_for_selector("#key-form:not([hidden])", timeout=10_000)
+        wait_for_page(page, "() => document.getElementById('connection').dataset.state === 'locked'")
+
+        page.fill("#api-key", "sdk_0123456789ab_not-a-key")
+        page.press("#api-key", "Enter")
+        page.wait_for_selector("#key-form:not([hidden])", timeout=10_000)
+        wait_for_page(page, "() => document.getElementById('key-problem').textContent.includes('refused')")
+
+        page.fill("#api-key", token)
+        page.press("#api-key", "Enter")
+        page.wait_for_selector("#messages button.message", timeout=30_000)
+        wait_for_page(page, "() => document.getElementById('connection').dataset.state === 'live'")
+        # Past a planned end of the feed, new messages still arrive: the reconnect sent the key too.
+        page.wait_for_timeout(STREAM_SECONDS * 1000)
+        before = shown_ids(page)
+        wait_for_page(page, NEW_MESSAGE_SHOWN, before)
+        assert page.evaluate("sessionStorage.getItem('streamd.apiKey')") == token
+        assert page.locator("#key-form").is_hidden()
+        assert not [url for url in urls if token in url], "the key never travels in a URL"
+        assert not crashes, crashes
+        page.close()
+    finally:
+        sup.kill()
