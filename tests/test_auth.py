@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from streamd.api.auth import (
     PUBLIC,
     READ,
     Authorization,
+    Buckets,
     RateLimiter,
     is_loopback,
     keys_required,
@@ -128,6 +130,25 @@ def test_the_rate_limit_allows_a_burst_then_the_rate_and_keys_do_not_share_a_buc
     assert limiter.wait("a") > 0
     clock.now += 100
     assert [limiter.wait("a") for _ in range(4)][-1] > 0, "an idle key saves up no more than the burst"
+
+
+def test_the_buckets_are_shared_with_processes_forked_after_they_were_made(tmp_path):
+    clock = Clock()  # the fork copies it: both processes read the same time
+    limiter = RateLimiter(rate=0.001, burst=5, clock=clock, buckets=Buckets(tmp_path / "rate.lock"))
+    child = os.fork()
+    if child == 0:  # the child takes three tokens, as another Gunicorn worker would
+        os._exit(0 if [limiter.wait("0123456789ab") for _ in range(3)] == [0.0] * 3 else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [limiter.wait("0123456789ab") == 0.0 for _ in range(3)] == [True, True, False]
+
+
+def test_a_full_table_of_buckets_still_limits_every_key(tmp_path):
+    limiter = RateLimiter(rate=0.001, burst=1, buckets=Buckets())
+    many = [f"{n:012x}" for n in range(Buckets.SLOTS + 10)]
+    assert all(limiter.wait(key) == 0.0 for key in many[: Buckets.SLOTS])
+    assert all(limiter.wait(key) > 0 for key in many[: Buckets.SLOTS])
+    assert limiter.wait(many[-1]) > 0, "past the table's size, a key shares a slot (and its limit)"
 
 
 # --- the middleware on resources of its own ---------------------------------------------------------------
@@ -337,7 +358,8 @@ def test_the_served_api_asks_for_keys_refuses_scopes_limits_and_forgets_revoked_
         producer={"enabled": False},
         consumer={"processes": 0},
         analytics={"enabled": False},
-        api={"workers": 1},
+        # Two workers: the rate limit holds across them (each call below is a new connection, to either).
+        api={"workers": 2},
         auth={"required": True, "metrics_port": config.auth.metrics_port, "rate_limit": 0.1, "rate_burst": 3},
     )
     try:
@@ -358,8 +380,9 @@ def test_the_served_api_asks_for_keys_refuses_scopes_limits_and_forgets_revoked_
         assert status == 200 and body["data"] == []
 
         assert [call(api, "/messages?limit=1", busy)[0] for _ in range(3)] == [200, 200, 200]
-        status, headers, body = call(api, "/messages?limit=1", busy)
-        assert status == 429 and 1 <= int(headers["retry-after"]) <= 10 and body["status"] == 429
+        for _ in range(4):  # whichever worker answers
+            status, headers, body = call(api, "/messages?limit=1", busy)
+            assert status == 429 and 1 <= int(headers["retry-after"]) <= 10 and body["status"] == 429
 
         assert call(api, "/messages?limit=1", leaving)[0] == 200
         revoke(keys, "leaving")

@@ -18,22 +18,25 @@ Keys come as `Authorization: Bearer <key>`, or as the password of `Authorization
 which is what Prometheus's `basic_auth` and most exporters' clients send. Keys never travel in URLs:
 those end up in logs and browser histories.
 
-The rate limit is a token bucket per key and per worker process: each Gunicorn worker keeps its own
-buckets, so a key that spreads its requests over every worker's connections may reach `api.workers` times
-`auth.rate_limit` (a client reusing one connection stays on one worker and meets the limit itself).
-Requests without a key (public scopes, or auth off) are not limited: put a proxy in front for per-address
-limits.
+The rate limit is a token bucket per key, shared by every Gunicorn worker of the API (Buckets): a key
+gets `auth.rate_limit` requests per second in all, whichever workers its connections land on. Requests
+without a key (public scopes, or auth off) are not limited: put a proxy in front for per-address limits.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import ipaddress
 import math
+import mmap
+import struct
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import falcon
@@ -161,27 +164,89 @@ class NotOnThisPort(falcon.HTTPNotFound):
 # --- the rate limit --------------------------------------------------------------------------------------
 
 
-class RateLimiter:
-    """A token bucket per key: `burst` requests at once, then `rate` per second. Thread-safe, one per worker."""
+class Buckets:
+    """Every key's bucket (tokens left, when counted), in memory shared by the workers of one Gunicorn master.
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    The master makes it before it forks: an anonymous MAP_SHARED mapping is the same memory in every
+    worker. Updates are serialized by a POSIX record lock on `lock_path` (the kernel drops it when its
+    holder dies, so a worker killed mid-request cannot wedge the others) and, within one worker, by a
+    thread lock (record locks belong to a process, not to a thread). Without `lock_path` it serves one
+    process. A slot is the key's id as a number (ids are 12 hex digits) and two floats; in a table full of
+    keys (more than SLOTS of them in one server's life) a newer key shares the bucket of its home slot.
+    """
+
+    SLOTS = 4096
+    SLOT = struct.Struct("=Qdd")
+
+    def __init__(self, lock_path: Path | None = None) -> None:
+        self.memory = mmap.mmap(-1, self.SLOTS * self.SLOT.size)
+        self._thread_lock = threading.Lock()
+        self._lock_file = None
+        if lock_path is not None:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(lock_path, "a+b")  # noqa: SIM115 - held for the server's life
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._lock_file is None:
+                yield
+                return
+            fcntl.lockf(self._lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._lock_file, fcntl.LOCK_UN)
+
+    def slot(self, key_id: str) -> tuple[int, int]:
+        """(offset, tag) of the key's slot: its own, a free one, or, in a full table, its home slot and owner."""
+        tag = int(key_id, 16) + 1  # 0 marks a free slot
+        home = tag % self.SLOTS
+        for probe in range(self.SLOTS):
+            offset = ((home + probe) % self.SLOTS) * self.SLOT.size
+            found = self.SLOT.unpack_from(self.memory, offset)[0]
+            if found in (tag, 0):
+                return offset, tag
+        # Full: take the home slot's owner for this key's too, so that both share one bucket.
+        offset = home * self.SLOT.size
+        return offset, self.SLOT.unpack_from(self.memory, offset)[0]
+
+    def get(self, key_id: str) -> tuple[float, float] | None:
+        offset, tag = self.slot(key_id)
+        found, tokens, then = self.SLOT.unpack_from(self.memory, offset)
+        return (tokens, then) if found == tag else None
+
+    def put(self, key_id: str, tokens: float, then: float) -> None:
+        offset, tag = self.slot(key_id)
+        self.SLOT.pack_into(self.memory, offset, tag, tokens, then)
+
+
+class RateLimiter:
+    """A token bucket per key: `burst` requests at once, then `rate` per second.
+
+    Only keys that authenticated get a bucket, so the table is as large as the keys file whoever calls.
+    The default clock, CLOCK_MONOTONIC, is one clock for every process of the machine, which shared
+    buckets need.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, buckets: Buckets | None = None
+    ) -> None:
         self.rate = rate
         self.burst = burst
         self.clock = clock
-        # Only keys that authenticated get a bucket: the table is as large as the keys file, whoever calls.
-        self.buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+        self.buckets = buckets if buckets is not None else Buckets()
 
     def wait(self, key_id: str) -> float:
         """0 when the request may go (a token is taken), else the seconds until a token is back."""
-        with self._lock:
+        with self.buckets.locked():
             now = self.clock()
-            tokens, then = self.buckets.get(key_id, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+            tokens, then = self.buckets.get(key_id) or (float(self.burst), now)
+            tokens = min(float(self.burst), tokens + max(0.0, now - then) * self.rate)
             if tokens >= 1:
-                self.buckets[key_id] = (tokens - 1, now)
+                self.buckets.put(key_id, tokens - 1, now)
                 return 0.0
-            self.buckets[key_id] = (tokens, now)
+            self.buckets.put(key_id, tokens, now)
             return (1 - tokens) / self.rate
 
 
@@ -191,13 +256,20 @@ class RateLimiter:
 class Authorization:
     """Falcon middleware: authenticates, authorizes and rate-limits each request once it is routed."""
 
-    def __init__(self, config: Config, keys: KeyRing | None = None, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        keys: KeyRing | None = None,
+        limiter: RateLimiter | None = None,
+        buckets: Buckets | None = None,
+    ) -> None:
+        """`buckets` shares the rate limit with other processes (server.py); `keys` and `limiter` are for tests."""
         self.required = keys_required(config)
         self.public = frozenset(config.auth.public_scopes)
         self.keys = keys if keys is not None else KeyRing(keys_path(config))
         auth = config.auth
         if limiter is None and auth.rate_limit > 0:
-            limiter = RateLimiter(auth.rate_limit, auth.rate_burst)
+            limiter = RateLimiter(auth.rate_limit, auth.rate_burst, buckets=buckets)
         self.limiter = limiter
         self.metrics_port = str(auth.metrics_port) if auth.metrics_port else None
 

@@ -27,7 +27,7 @@ from setproctitle import setproctitle
 
 from streamd import logs, metrics
 from streamd.api.app import create_app
-from streamd.api.auth import keys_required
+from streamd.api.auth import Authorization, Buckets, keys_required
 from streamd.api.backends import Backends
 from streamd.api.stream import LiveStreams
 from streamd.api.worker import ApiWorker
@@ -36,6 +36,7 @@ from streamd.config import Config
 from streamd.lifecycle import Shutdown, die_with_parent
 
 PROC_NAME = "streamd: api"
+RATE_LIMIT_LOCK = "api-rate-limit.lock"
 
 log = logging.getLogger("streamd.api")
 
@@ -63,6 +64,8 @@ class ApiServer(BaseApplication):
         self.config = config
         self.backends: Backends | None = None
         self.streams: LiveStreams | None = None
+        # Made here, in the master, so that every worker forked from it counts each key's requests in one place.
+        self.buckets = Buckets(config.state_path / RATE_LIMIT_LOCK)
         super().__init__(prog=PROC_NAME)
 
     def load_config(self) -> None:
@@ -103,7 +106,8 @@ class ApiServer(BaseApplication):
         # Runs in each worker after the fork (preload_app is off), so every worker has its own clients.
         self.backends = Backends(self.config)
         self.streams = LiveStreams(self.config.api)
-        return create_app(self.config, self.backends, self.streams)
+        authorization = Authorization(self.config, buckets=self.buckets)
+        return create_app(self.config, self.backends, self.streams, authorization)
 
     def run(self) -> None:
         ApiArbiter(self).run()
