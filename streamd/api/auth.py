@@ -41,14 +41,13 @@ from typing import Any
 
 import falcon
 
-from streamd.api_keys import ApiKey, KeyRing, keys_path
+from streamd.api_keys import ADMIN, ApiKey, KeyRing, keys_path
 from streamd.config import Config
 
 PUBLIC = "public"
 READ = "read"
 INGEST = "ingest"
 METRICS = "metrics"
-ADMIN = "admin"
 # Served on auth.metrics_port when it is set, and only there for /metrics.
 METRICS_PORT_ROUTES = ("/metrics", "/health")
 
