@@ -132,6 +132,26 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    enabled: bool = setting(
+        True, "Accept messages by POST /messages, validated as the consumers would, into kafka.topic."
+    )
+    max_body_bytes: int = setting(
+        10_485_760, "Largest POST /messages body; a larger one is answered 413.", minimum=1, maximum=1_000_000_000
+    )
+    max_batch: int = setting(
+        1000, "Most messages in one POST /messages; more is answered 400.", minimum=1, maximum=100_000
+    )
+    ack_timeout: float = setting(
+        5.0,
+        "Seconds a POST /messages waits for Kafka to acknowledge its messages; those still unacknowledged "
+        "are answered 503 with Retry-After, to be sent again.",
+        minimum=0.1,
+        maximum=300,
+    )
+
+
+@dataclass(frozen=True)
 class AnalyticsConfig:
     enabled: bool = setting(True, "Run the analyzer: live tumbling-window aggregates in its own consumer group.")
     group: str = setting("message-analytics-group", "Kafka consumer group of the analyzer.")
@@ -224,6 +244,7 @@ class Config:
     )
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     stack: StackConfig = field(default_factory=StackConfig)

@@ -157,9 +157,24 @@ def worker_grace(supervisor_grace: float) -> int:
 # What the api child reads of the config: a reload that changes one of these restarts it.  It reads
 # the consumers' group for lag, the graceful timeout to size Gunicorn's, the stages for the collections
 # route stages write (the names `?collection=` takes), and the analytics section for /aggregates and the
-# analyzer's lag.
+# analyzer's lag. POST /messages (ingest) checks messages with the consumers' own pipeline (their id
+# field, size limit and schema, and the stages) and produces them with the producer's linger.ms.
 SECTIONS = frozenset(
-    {"kafka", "mongodb", "api", "logging", "stages", "analytics", "consumer.group", "supervisor.graceful_timeout"}
+    {
+        "kafka",
+        "mongodb",
+        "api",
+        "ingest",
+        "logging",
+        "stages",
+        "analytics",
+        "consumer.group",
+        "consumer.id_field",
+        "consumer.max_message_bytes",
+        "consumer.schema",
+        "producer.linger_ms",
+        "supervisor.graceful_timeout",
+    }
 )
 
 
