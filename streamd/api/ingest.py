@@ -42,11 +42,11 @@ from streamd.api.errors import (
     UnsupportedBody,
 )
 from streamd.config import Config
-from streamd.ids import new_id, offset_id
+from streamd.dead_letter import FORWARDING_SETTINGS
+from streamd.ids import message_key, new_id, offset_id
 from streamd.kafka import make_client
 from streamd.message_schema import Invalid
 from streamd.pipeline import Pipeline, parse
-from streamd.producer import delivery_settings, message_key
 
 log = logging.getLogger("streamd.api")
 
@@ -198,9 +198,9 @@ class IngestProducer:
         self.ack_timeout = config.ingest.ack_timeout
         # librdkafka fails a message it could not deliver within message.timeout.ms: with the request's own
         # deadline, an unreachable Kafka is a 503 after ack_timeout, and no message waits in the queue past
-        # the request that answered for it. (It must exceed linger.ms, or librdkafka refuses the settings.)
-        expiry = max(round(self.ack_timeout * 1000), config.producer.linger_ms + 1)
-        settings = {**delivery_settings(config), "message.timeout.ms": expiry, "error_cb": self._on_error}
+        # the request that answered for it.
+        expiry = round(self.ack_timeout * 1000)
+        settings = {**FORWARDING_SETTINGS, "message.timeout.ms": expiry, "error_cb": self._on_error}
         self.producer = make_client(Producer, config.kafka, "api-ingest", settings)
         self.fatal: str | None = None  # a fatal error: this producer can send nothing more
         self._closing = threading.Event()

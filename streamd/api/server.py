@@ -158,7 +158,7 @@ def worker_grace(supervisor_grace: float) -> int:
 # the consumers' group for lag, the graceful timeout to size Gunicorn's, the stages for the collections
 # route stages write (the names `?collection=` takes), and the analytics section for /aggregates and the
 # analyzer's lag. POST /messages (ingest) checks messages with the consumers' own pipeline (their id
-# field, size limit and schema, and the stages) and produces them with the producer's linger.ms.
+# field, size limit and schema, and the stages).
 SECTIONS = frozenset(
     {
         "kafka",
@@ -172,7 +172,6 @@ SECTIONS = frozenset(
         "consumer.id_field",
         "consumer.max_message_bytes",
         "consumer.schema",
-        "producer.linger_ms",
         "supervisor.graceful_timeout",
     }
 )
