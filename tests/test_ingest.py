@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import falcon.testing
@@ -187,6 +188,18 @@ def test_unacknowledged_messages_are_503_with_retry_after_naming_each_within_the
     assert took < 10, "an unreachable Kafka is answered after ingest.ack_timeout, not librdkafka's own timeouts"
 
 
+def test_a_full_queue_refuses_the_rest_of_the_request_at_once():
+    settings = dead_kafka(ingest={"ack_timeout": 0.5})
+    settings = config_with(settings, kafka={"client": {"queue.buffering.max.messages": 2}})
+    with api_client(settings) as client:
+        response = post(client, orjson.dumps([{"text": str(n)} for n in range(4)]))
+    assert response.status_code == 503
+    errors = {entry["index"]: entry["error"] for entry in response.json["not_accepted"]}
+    assert list(errors) == [0, 1, 2, 3]
+    assert "queue to Kafka is full" in errors[2] and "queue to Kafka is full" in errors[3]
+    assert "ingest.ack_timeout" in errors[0] or "timed out" in errors[0]
+
+
 # --- against the running Kafka --------------------------------------------------------------------------------
 
 
@@ -223,6 +236,18 @@ def test_one_message_an_array_and_ndjson_reach_the_topic_and_nothing_invalid_doe
         third.encode(): {"id": third, "text": "three"},
         b"n-1": {"id": "n-1", "text": "four"},
     }, "each message is keyed by its id, as sent plus the generated id, and nothing invalid is in the topic"
+
+
+def test_concurrent_requests_each_wait_for_their_own_messages(client, pipeline_config):
+    def send(batch: int) -> falcon.testing.Result:
+        return post(client, orjson.dumps([{"id": f"b{batch}-{n}", "text": "x"} for n in range(50)]))
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(send, range(4)))
+    for batch, response in enumerate(responses):
+        assert response.status_code == 202
+        assert [entry["id"] for entry in response.json["accepted"]] == [f"b{batch}-{n}" for n in range(50)]
+    assert len(topic_values(pipeline_config)) == 200
 
 
 def test_a_message_a_filter_drops_is_accepted_and_named(pipeline_config):
