@@ -164,7 +164,7 @@ class MessageCheck:
 
     def _one(self, pipeline: Pipeline, index: int, item: Any, stamp: int) -> Checked:
         if isinstance(item, bytes):  # an NDJSON line: the consumer's own parse says what is wrong with it
-            try:
+            try:  # its size is judged below, on the bytes that will be produced
                 item = parse(item, len(item))
             except Invalid as exc:
                 return Checked(index, reason=exc.reason, error=exc.detail)
@@ -209,51 +209,23 @@ class IngestProducer:
 
     def send(self, messages: Sequence[Checked]) -> list[Delivery]:
         """Produce `messages` and wait for their delivery reports, up to ingest.ack_timeout (plus a grace for
-        librdkafka's own timeout report); each Delivery says acknowledged, failed (why), or neither."""
-        deliveries = [Delivery() for _ in messages]
-        done = threading.Condition()
-        pending = [0]
-
-        def report(delivery: Delivery) -> Callable[[KafkaError | None, Message], None]:
-            def delivered(error: KafkaError | None, message: Message) -> None:
-                with done:
-                    if error is None:
-                        delivery.acked, delivery.partition, delivery.offset = (
-                            True,
-                            message.partition(),
-                            message.offset(),
-                        )
-                    else:
-                        delivery.error = f"Kafka did not acknowledge it ({error.str()})"
-                    pending[0] -= 1
-                    done.notify_all()
-
-            return delivered
-
+        librdkafka's own timeout report); each Delivery says acknowledged, or why not."""
+        awaited = AwaitedReports(len(messages))
         deadline = time.monotonic() + self.ack_timeout + REPORT_GRACE
-        for position, checked in enumerate(messages):
+        for index, checked in enumerate(messages):
             if self.fatal is not None:
-                refusal = f"this API worker's Kafka producer failed ({self.fatal}); it is being replaced"
-                self._refuse_rest(deliveries, position, refusal)
+                awaited.refuse_from(index, f"this API worker's Kafka producer failed ({self.fatal}); retry shortly")
                 break
             try:
-                with done:
-                    pending[0] += 1
-                self.producer.produce(self.topic, checked.value, checked.key, on_delivery=report(deliveries[position]))
+                self.producer.produce(self.topic, checked.value, checked.key, on_delivery=awaited.expect(index))
             except BufferError:
-                with done:
-                    pending[0] -= 1
-                self._refuse_rest(deliveries, position, "this API worker's queue to Kafka is full (Kafka is slow)")
+                awaited.withdraw(index)
+                awaited.refuse_from(index, "this API worker's queue to Kafka is full (Kafka is slow or away)")
                 break
             except KafkaException as exc:
-                with done:
-                    pending[0] -= 1
-                deliveries[position].error = f"Kafka refused it ({exc.args[0].str()})"
-        with done:
-            done.wait_for(lambda: pending[0] == 0, timeout=max(0.0, deadline - time.monotonic()))
-            # Copied under the lock, so that a late report cannot change a request already being answered.
-            late = f"Kafka did not acknowledge it within ingest.ack_timeout ({self.ack_timeout:g} s)"
-            return [Delivery(d.acked, d.error if d.reported else late, d.partition, d.offset) for d in deliveries]
+                awaited.withdraw(index, f"Kafka refused it ({exc.args[0].str()})")
+        late = f"Kafka did not acknowledge it within ingest.ack_timeout ({self.ack_timeout:g} s)"
+        return awaited.wait(deadline, late)
 
     def close(self, timeout: float) -> int:
         """Stop serving reports and wait up to `timeout` s for the queued messages; how many are left unsent."""
@@ -272,10 +244,49 @@ class IngestProducer:
             self.fatal = error.str()
             log.error("the ingest producer hit a fatal Kafka error and will be replaced: %s", error.str())
 
-    @staticmethod
-    def _refuse_rest(deliveries: list[Delivery], start: int, reason: str) -> None:
-        for delivery in deliveries[start:]:
-            delivery.error = reason
+
+class AwaitedReports:
+    """The delivery reports one request waits for; the report thread fills them in as they come."""
+
+    def __init__(self, count: int) -> None:
+        self.deliveries = [Delivery() for _ in range(count)]
+        self._outstanding = 0
+        self._changed = threading.Condition()
+
+    def expect(self, index: int) -> Callable[[KafkaError | None, Message], None]:
+        """The on_delivery callback of message `index`, counted as outstanding until it runs."""
+        delivery = self.deliveries[index]
+        with self._changed:
+            self._outstanding += 1
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            with self._changed:
+                if error is None:
+                    delivery.acked, delivery.partition, delivery.offset = True, message.partition(), message.offset()
+                else:
+                    delivery.error = f"Kafka did not acknowledge it ({error.str()})"
+                self._outstanding -= 1
+                self._changed.notify_all()
+
+        return delivered
+
+    def withdraw(self, index: int, error: str | None = None) -> None:
+        """Message `index` was never queued (produce() raised): no report will come for it."""
+        with self._changed:
+            self._outstanding -= 1
+            self.deliveries[index].error = error
+
+    def refuse_from(self, start: int, error: str) -> None:
+        with self._changed:
+            for delivery in self.deliveries[start:]:
+                delivery.error = error
+
+    def wait(self, deadline: float, late: str) -> list[Delivery]:
+        """Every report, or those in by `deadline` (monotonic) with `late` for the others."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._outstanding == 0, timeout=max(0.0, deadline - time.monotonic()))
+            # Copied under the lock, so that a report arriving later cannot change a request being answered.
+            return [Delivery(d.acked, d.error if d.reported else late, d.partition, d.offset) for d in self.deliveries]
 
 
 # --- the endpoint ----------------------------------------------------------------------------------
