@@ -258,6 +258,17 @@ def test_a_message_a_filter_drops_is_accepted_and_named(pipeline_config):
     assert response.json["accepted"][0]["filtered_by"] == "no-noise"
 
 
+def test_without_an_id_field_the_answer_gives_the_id_the_consumer_will_store_it_under(pipeline_config):
+    settings = config_with(pipeline_config, consumer={"id_field": None})
+    with api_client(settings) as test_client:
+        response = post(test_client, orjson.dumps({"text": "no id"}))
+    assert response.status_code == 202
+    (message,) = read_all(settings.kafka.brokers, settings.kafka.topic)
+    expected = f"~{settings.kafka.topic}:{message.partition()}:{message.offset()}"
+    assert response.json["accepted"] == [{"index": 0, "id": expected}]
+    assert orjson.loads(message.value()) == {"text": "no id"} and message.key() is None
+
+
 def test_a_posted_message_is_served_by_get_messages_through_the_supervisor(pipeline_config, tmp_path):
     sup = start_streamd(tmp_path, pipeline_config, producer={"enabled": False}, analytics={"enabled": False})
     try:
