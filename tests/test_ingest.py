@@ -21,8 +21,9 @@ import orjson
 import pytest
 
 from streamd import config as config_module
+from streamd.api.backends import Backends
 from streamd.api.errors import BodyTooLarge
-from streamd.api.ingest import NDJSON, MessageCheck, read_body, split_messages
+from streamd.api.ingest import NDJSON, IngestProducer, MessageCheck, read_body, split_messages
 from streamd.config import Config
 
 from .probes import api_client, free_port, read_all, wait_until
@@ -200,6 +201,17 @@ def test_a_full_queue_refuses_the_rest_of_the_request_at_once():
     assert "ingest.ack_timeout" in errors[0] or "timed out" in errors[0]
 
 
+def test_a_worker_replaces_a_producer_that_hit_a_fatal_error():
+    backends = Backends(dead_kafka())
+    try:
+        first = backends.producer
+        assert backends.producer is first, "one producer per worker process"
+        first.fatal = "Broker: Producer fenced"
+        assert backends.producer is not first
+    finally:
+        backends.close()
+
+
 # --- against the running Kafka --------------------------------------------------------------------------------
 
 
@@ -248,6 +260,14 @@ def test_concurrent_requests_each_wait_for_their_own_messages(client, pipeline_c
         assert response.status_code == 202
         assert [entry["id"] for entry in response.json["accepted"]] == [f"b{batch}-{n}" for n in range(50)]
     assert len(topic_values(pipeline_config)) == 200
+
+
+def test_closing_the_worker_flushes_its_producer(pipeline_config):
+    producer = IngestProducer(pipeline_config)
+    (checked,) = MessageCheck(pipeline_config).check([{"id": "flushed-1", "text": "x"}])
+    producer.producer.produce(producer.topic, checked.value, checked.key)  # queued, no request waiting for it
+    assert producer.close(10) == 0
+    assert list(topic_values(pipeline_config)) == [b"flushed-1"]
 
 
 def test_a_message_a_filter_drops_is_accepted_and_named(pipeline_config):
