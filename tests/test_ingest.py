@@ -172,6 +172,17 @@ def test_without_an_id_field_no_id_is_added():
     assert orjson.loads(checked.value) == {"text": "hi"} and checked.key is None and checked.id is None
 
 
+def test_a_schema_file_gone_since_the_config_was_read_is_500_naming_the_key(tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text("{}")
+    settings = dead_kafka(consumer={"schema": str(schema)})
+    schema.unlink()
+    with api_client(settings) as client:
+        response = post(client, '{"text": "hi"}')
+    assert response.status_code == 500
+    assert response.json["title"] == "Ingest misconfigured" and "consumer.schema" in response.json["description"]
+
+
 # --- Kafka not acknowledging ---------------------------------------------------------------------------------
 
 

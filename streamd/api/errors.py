@@ -138,6 +138,13 @@ class BodyNotUsable(falcon.HTTPBadRequest):
         super().__init__(title=title, description=description)
 
 
+class IngestMisconfigured(falcon.HTTPInternalServerError):
+    """The config the check or the producer needs cannot be used (a schema file gone, kafka.client refused)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(title="Ingest misconfigured", description=f"{problem} Fix the config and reload streamd.")
+
+
 class MessagesRejected(falcon.HTTPBadRequest):
     """Every message of the request is invalid: nothing was produced; `rejected` says why, by index."""
 

@@ -37,11 +37,12 @@ from streamd.api.errors import (
     BodyNotUsable,
     BodyTooLarge,
     IngestDisabled,
+    IngestMisconfigured,
     MessagesNotAccepted,
     MessagesRejected,
     UnsupportedBody,
 )
-from streamd.config import Config
+from streamd.config import Config, ConfigError
 from streamd.dead_letter import FORWARDING_SETTINGS
 from streamd.ids import message_key, new_id, offset_id
 from streamd.kafka import make_client
@@ -308,12 +309,17 @@ class Ingest:
             raise IngestDisabled()
         kind = media_type(req)
         items = split_messages(read_body(req, self.settings.max_body_bytes), kind, self.settings.max_batch)
-        checked = self.check.check(items)
-        valid = [message for message in checked if message.error is None]
-        rejected = [rejected_entry(message) for message in checked if message.error is not None]
-        if not valid:
-            raise MessagesRejected(rejected)
-        deliveries = self.producer().send(valid)
+        try:
+            checked = self.check.check(items)
+            valid = [message for message in checked if message.error is None]
+            rejected = [rejected_entry(message) for message in checked if message.error is not None]
+            if not valid:
+                raise MessagesRejected(rejected)
+            producer = self.producer()
+        except ConfigError as exc:
+            # Read when first used: consumer.schema's file, kafka.client's properties.
+            raise IngestMisconfigured(str(exc)) from None
+        deliveries = producer.send(valid)
         accepted, not_accepted = [], []
         for message, delivery in zip(valid, deliveries, strict=True):
             if delivery.acked:
