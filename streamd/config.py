@@ -153,7 +153,7 @@ class AuthConfig:
     )
     rate_limit: float = setting(
         50.0,
-        "Requests per second one API key may make to one API worker (a token bucket); 0: no limit.",
+        "Requests per second one API key may make, shared by every API worker (a token bucket); 0: no limit.",
         minimum=0,
         maximum=1_000_000,
     )
@@ -166,6 +166,26 @@ class AuthConfig:
         "0: /metrics is on api.port.",
         minimum=0,
         maximum=65535,
+    )
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    enabled: bool = setting(
+        True, "Accept messages by POST /messages, validated as the consumers would, into kafka.topic."
+    )
+    max_body_bytes: int = setting(
+        10_485_760, "Largest POST /messages body; a larger one is answered 413.", minimum=1, maximum=1_000_000_000
+    )
+    max_batch: int = setting(
+        1000, "Most messages in one POST /messages; more is answered 400.", minimum=1, maximum=100_000
+    )
+    ack_timeout: float = setting(
+        5.0,
+        "Seconds a POST /messages waits for Kafka to acknowledge its messages; those still unacknowledged "
+        "are answered 503 with Retry-After, to be sent again.",
+        minimum=0.1,
+        maximum=300,
     )
 
 
@@ -263,6 +283,7 @@ class Config:
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     stack: StackConfig = field(default_factory=StackConfig)

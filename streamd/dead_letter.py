@@ -62,8 +62,9 @@ REDRIVEN = "streamd.redriven"
 # which is below the broker's default limit: a too_large message could never be dead-lettered. The
 # broker's limit is the one that matters, so the client's is set to the most librdkafka allows.
 CLIENT_MESSAGE_MAX_BYTES = 1_000_000_000
-# What a producer that writes consumed messages on needs (the dead-letter queue, `streamd redrive`): idempotent
-# acks=all, so librdkafka's retries neither lose nor duplicate one, and room for the largest a consumer can hold.
+# What a producer that writes consumed messages on needs (the dead-letter queue, `streamd redrive`), and POST
+# /messages, whose messages a consumer will read: idempotent acks=all, so librdkafka's retries neither lose nor
+# duplicate one, and room for the largest a consumer can hold.
 FORWARDING_SETTINGS: dict[str, object] = {
     "enable.idempotence": True,
     "acks": "all",

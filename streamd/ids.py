@@ -1,8 +1,10 @@
-"""Message ids: what a valid one looks like, and where one comes from when a message has none."""
+"""Message ids: what a valid one looks like, where one comes from when a message has none, and the Kafka key
+it makes."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import uuid6
 
@@ -38,6 +40,14 @@ def is_fallback_id(candidate: object) -> bool:
 def new_id() -> str:
     """A UUIDv7: time ordered, so ids sort roughly by creation and index inserts stay append-only."""
     return str(uuid6.uuid7())
+
+
+def message_key(message: dict[str, Any], id_field: str | None) -> bytes | None:
+    """The message's id as its Kafka key: a string or a whole number, else no key (any partition)."""
+    value = message.get(id_field) if id_field is not None else None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value).encode()
 
 
 def offset_id(topic: str, partition: int, offset: int) -> str:

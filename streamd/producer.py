@@ -21,7 +21,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamd.config import Config, ConfigError
-from streamd.ids import new_id
+from streamd.ids import message_key, new_id
 from streamd.kafka import KafkaUnavailable, ensure_topic, make_client
 from streamd.lifecycle import Shutdown
 from streamd.metrics import series
@@ -226,14 +226,6 @@ def produce_messages(
     id_field = config.consumer.id_field
     keyed = ((message_key(message, id_field), orjson.dumps(message)) for message in messages)
     return _send_once(config, keyed, len(messages), rate, shutdown)
-
-
-def message_key(message: dict[str, Any], id_field: str | None) -> bytes | None:
-    """The message's id as its Kafka key: a string or a whole number, else no key (any partition)."""
-    value = message.get(id_field) if id_field is not None else None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return None
-    return str(value).encode()
 
 
 def _send_once(

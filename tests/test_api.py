@@ -566,14 +566,14 @@ def test_store_unreachable_is_a_json_503_within_the_store_timeout(offline_client
 def test_unknown_route_and_wrong_method_are_json_even_when_xml_is_preferred(offline_client):
     xml = {"Accept": "application/xml"}
     missing = offline_client.simulate_get("/nowhere", headers=xml)
-    wrong_method = offline_client.simulate_post("/messages", headers=xml)
+    wrong_method = offline_client.simulate_delete("/messages", headers=xml)
 
     assert missing.status_code == 404
     assert missing.json["status"] == 404
     assert "/nowhere" in missing.json["description"]
     assert wrong_method.status_code == 405
     assert wrong_method.json["status"] == 405
-    assert wrong_method.headers["Allow"] == "GET, OPTIONS"
+    assert wrong_method.headers["Allow"] == "GET, POST, OPTIONS"
 
 
 # --- /health and /ready ----------------------------------------------------------------------------

@@ -156,6 +156,14 @@ def test_quick_bench_writes_every_figure_and_removes_its_scratch_data(pipeline_c
         assert api["id_index"] is True, "the bench's collection is indexed for _id lookups as the consumer's is"
     else:
         assert "apt-get install wrk" in api["error"]
+    ingest = figures["ingest"]
+    assert [run["concurrency"] for run in ingest["runs"]] == list(BenchOptions.quick_run().ingest_concurrency)
+    for run in ingest["runs"]:
+        assert run["batch"] == 100 and run["msgs_per_s"] > 0 and run["errors"] == 0
+        assert run["accepted"] == run["requests"] * 100, "every message of every batch is acknowledged"
+        assert run["p50_ms"] <= run["p99_ms"]
+    assert ingest["in_topic"] == ingest["accepted"], "what the API acknowledged is what the topic holds"
+    assert "POST /messages, batches of 100" in result.stdout
     assert any(name.startswith("consumer") for name in figures["rss_mb"]) and "api" in figures["rss_mb"]
     assert all(isinstance(size, float) and size > 0 for size in figures["rss_mb"].values())
     judged = {verdict["target"]: verdict for verdict in figures["targets"]}

@@ -11,6 +11,7 @@ import threading
 
 from confluent_kafka.admin import AdminClient
 
+from streamd.api.ingest import IngestProducer
 from streamd.config import Config
 from streamd.kafka import client_settings
 from streamd.stages.spec import routed_collections
@@ -31,6 +32,7 @@ class Backends:
         self._pid = os.getpid()
         self._stores: dict[str, MessageStore] | None = None
         self._kafka: AdminClient | None = None
+        self._producer: IngestProducer | None = None
         # A route may name the main collection too; it is still read once, and first.
         self.collections = tuple(dict.fromkeys((config.mongodb.collection, *routed_collections(config.stages))))
 
@@ -67,13 +69,30 @@ class Backends:
                 self._kafka = AdminClient(client_settings(self.config.kafka, "api", quiet))
             return self._kafka
 
+    @property
+    def producer(self) -> IngestProducer:
+        """POST /messages' producer; one that hit a fatal error (it can send nothing more) is replaced."""
+        with self._lock:
+            self._forget_if_forked()
+            if self._producer is not None and self._producer.fatal is not None:
+                self._producer.close(0)
+                self._producer = None
+            if self._producer is None:
+                self._producer = IngestProducer(self.config)
+            return self._producer
+
     def close(self) -> None:
         with self._lock:
-            if self._stores is not None and self._pid == os.getpid():
-                for message_store in self._stores.values():
-                    message_store.close()  # only the main one owns the client
-            self._stores = self._kafka = None
+            if self._pid == os.getpid():
+                if self._stores is not None:
+                    for message_store in self._stores.values():
+                        message_store.close()  # only the main one owns the client
+                if self._producer is not None:
+                    # Every request has had its answer by now; what is left in the queue is what librdkafka
+                    # would still deliver, within ingest.ack_timeout (message.timeout.ms) anyway.
+                    self._producer.close(self.config.ingest.ack_timeout)
+            self._stores = self._kafka = self._producer = None
 
     def _forget_if_forked(self) -> None:
         if self._pid != os.getpid():
-            self._pid, self._stores, self._kafka = os.getpid(), None, None
+            self._pid, self._stores, self._kafka, self._producer = os.getpid(), None, None, None

@@ -73,6 +73,123 @@ class StoreUnavailable(falcon.HTTPServiceUnavailable):
         )
 
 
+# --- POST /messages ---------------------------------------------------------------------------------
+
+
+class IngestDisabled(falcon.HTTPMethodNotAllowed):
+    def __init__(self) -> None:
+        super().__init__(
+            ["GET"],
+            title="Ingest disabled",
+            description="this server does not accept messages (ingest.enabled is false); "
+            "set ingest.enabled: true to POST to /messages.",
+        )
+
+
+class UnsupportedBody(falcon.HTTPUnsupportedMediaType):
+    def __init__(self, content_type: str | None) -> None:
+        got = shown(content_type) if content_type else "no Content-Type"
+        super().__init__(
+            title="Unsupported Content-Type",
+            description=f"POST /messages reads application/json (one message or an array of them) or "
+            f"application/x-ndjson (one message per line), got {got}.",
+        )
+
+
+class LimitExceeded(falcon.HTTPError):
+    """A request over one of the ingest limits; the body names the config key under `limit`."""
+
+    def __init__(self, status: str, title: str, description: str, limit: str) -> None:
+        super().__init__(status, title=title, description=description)
+        self.limit = limit
+
+    def to_dict(self, obj_type: type[MutableMapping[str, Any]] = dict) -> MutableMapping[str, Any]:
+        body = super().to_dict(obj_type)
+        body["limit"] = self.limit
+        return body
+
+
+class BodyTooLarge(LimitExceeded):
+    def __init__(self, length: int | None, limit: int) -> None:
+        # Without a Content-Length (chunked), reading stops one byte past the limit: the size stays unknown.
+        size = "" if length is None else f"{length} bytes, "
+        super().__init__(
+            falcon.HTTP_413,
+            "Body too large",
+            f"the body is {size}over ingest.max_body_bytes ({limit}); send fewer messages per request.",
+            "ingest.max_body_bytes",
+        )
+
+
+class BatchTooLong(LimitExceeded):
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(
+            falcon.HTTP_400,
+            "Batch too long",
+            f"the body holds {count} messages, over ingest.max_batch ({limit}); split it into smaller requests.",
+            "ingest.max_batch",
+        )
+
+
+class BodyNotUsable(falcon.HTTPBadRequest):
+    """A body from which no message can be read (empty, or JSON that does not parse)."""
+
+    def __init__(self, title: str, description: str) -> None:
+        super().__init__(title=title, description=description)
+
+
+class IngestMisconfigured(falcon.HTTPInternalServerError):
+    """The config the check or the producer needs cannot be used (a schema file gone, kafka.client refused)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(title="Ingest misconfigured", description=f"{problem} Fix the config and reload streamd.")
+
+
+class MessagesRejected(falcon.HTTPBadRequest):
+    """Every message of the request is invalid: nothing was produced; `rejected` says why, by index."""
+
+    def __init__(self, rejected: list[dict[str, Any]]) -> None:
+        count = len(rejected)
+        super().__init__(
+            title="No valid message",
+            description=f"{'the message is' if count == 1 else f'all {count} messages are'} invalid and "
+            "none was sent to Kafka; `rejected` gives the reason for each, by index.",
+        )
+        self.rejected = rejected
+
+    def to_dict(self, obj_type: type[MutableMapping[str, Any]] = dict) -> MutableMapping[str, Any]:
+        body = super().to_dict(obj_type)
+        body["accepted"] = []
+        body["rejected"] = self.rejected
+        return body
+
+
+class MessagesNotAccepted(falcon.HTTPServiceUnavailable):
+    """Kafka did not acknowledge some valid messages in time: they are listed under `not_accepted`,
+    beside those it did acknowledge (`accepted`) and the invalid ones (`rejected`)."""
+
+    def __init__(
+        self,
+        accepted: list[dict[str, Any]],
+        rejected: list[dict[str, Any]],
+        not_accepted: list[dict[str, Any]],
+        retry_after: int,
+    ) -> None:
+        super().__init__(
+            title="Messages not accepted",
+            description=f"Kafka did not acknowledge {len(not_accepted)} of the messages; send those listed "
+            f"in `not_accepted` again after {retry_after} s, each with the id given there, so that a copy "
+            "that reached Kafka after all is stored once.",
+            retry_after=retry_after,
+        )
+        self.accepted, self.rejected, self.not_accepted = accepted, rejected, not_accepted
+
+    def to_dict(self, obj_type: type[MutableMapping[str, Any]] = dict) -> MutableMapping[str, Any]:
+        body = super().to_dict(obj_type)
+        body.update(accepted=self.accepted, rejected=self.rejected, not_accepted=self.not_accepted)
+        return body
+
+
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     """Always JSON, whatever the client's Accept header: one error format is easier to handle than two."""
     body = {"status": error.status_code, **error.to_dict()}

@@ -1,4 +1,5 @@
-"""GET /messages and GET /messages/{id}: stored messages, newest first, in cursor-paged lists.
+"""GET /messages and GET /messages/{id}: stored messages, newest first, in cursor-paged lists; POST /messages
+sends messages to Kafka (streamd.api.ingest).
 
 Both read the main collection unless `?collection=` names one a route stage writes; /messages/{id}
 without it looks in the main collection, then in each routed one. Every message carries `data`, the
@@ -14,9 +15,10 @@ from typing import Any
 import falcon
 
 from streamd import coordinates
-from streamd.api.auth import READ
+from streamd.api.auth import INGEST, READ
 from streamd.api.backends import Backends
 from streamd.api.errors import MessageNotFound
+from streamd.api.ingest import Ingest
 from streamd.api.params import Cursor, MessageQuery, parse_collection, parse_id, reject_unknown
 
 
@@ -63,10 +65,14 @@ def time_limit_ms(backends: Backends) -> int:
 
 
 class MessagesResource:
-    scopes = {"GET": READ}
+    scopes = {"GET": READ, "POST": INGEST}
 
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
+        self.ingest = Ingest(backends.config, lambda: backends.producer)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.ingest.on_post(req, resp)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = MessageQuery.from_params(req.params, self.backends.collections)

@@ -191,17 +191,23 @@ def worker_grace(supervisor_grace: float) -> int:
 # What the api child reads of the config: a reload that changes one of these restarts it.  It reads
 # the consumers' group for lag, the graceful timeout to size Gunicorn's, the stages for the collections
 # route stages write (the names `?collection=` takes), and the analytics section for /aggregates and the
-# analyzer's lag; and auth for who may call it (the keys file itself is re-read by the workers, without a restart).
+# analyzer's lag; auth for who may call it (the keys file itself is re-read by the workers, without a
+# restart). POST /messages (ingest) checks messages with the consumers' own pipeline (their id field,
+# size limit and schema, and the stages).
 SECTIONS = frozenset(
     {
         "kafka",
         "mongodb",
         "api",
         "auth",
+        "ingest",
         "logging",
         "stages",
         "analytics",
         "consumer.group",
+        "consumer.id_field",
+        "consumer.max_message_bytes",
+        "consumer.schema",
         "supervisor.graceful_timeout",
     }
 )

@@ -14,6 +14,8 @@ locally when `stack.local` allows), in this order:
     latency              offered loads through one running pipeline (latency)
     API load             wrk against the Gunicorn API over a collection of known size (api_load), then
                          GET /messages/{id} at api_documents and again with the whole backlog stored
+    ingest               POST /messages in batches of 100 through the API alone, into a scratch topic
+                         (ingest_load)
 
 Then every target of issue #12 is checked against those figures (targets).
 Everything is written under scratch names (scratch) and removed at the end, also after a failure.
@@ -32,7 +34,7 @@ from typing import Any
 
 import pymongo.errors
 
-from streamd.bench import api_load, ceilings, latency, peers, pipeline_runs, stage_cost, targets
+from streamd.bench import api_load, ceilings, ingest_load, latency, peers, pipeline_runs, stage_cost, targets
 from streamd.bench.report import Progress, render
 from streamd.bench.scratch import BenchError, Scratch
 from streamd.bench.supervised import SupervisedRun, keep_largest
@@ -58,6 +60,7 @@ class BenchOptions:
     api_documents: int = 1_000
     api_concurrency: tuple[int, ...] = (1, 4, 16)
     api_seconds: float = 5.0
+    ingest_concurrency: tuple[int, ...] = (1, 4)  # connections posting batches of 100 to POST /messages
     rounds: int = 3  # of the peers phase; the medians are reported
     quick: bool = False
 
@@ -71,6 +74,7 @@ class BenchOptions:
             load_seconds=3.0,
             api_concurrency=(4,),
             api_seconds=2.0,
+            ingest_concurrency=(4,),
             rounds=1,
             loads=(100.0, 1000.0),  # the 5000 msg/s target shows as not measured
             quick=True,
@@ -162,6 +166,7 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
     latency_figures = measure_latency(scratch, options, progress, rss)
     del documents  # the API phase makes its own from the messages, a chunk at a time
     api_figures = measure_api(scratch, options, messages, backlog, progress, rss)
+    ingest_figures = measure_ingest(scratch, options, progress, rss)
 
     return {
         "run_id": scratch.run_id,
@@ -185,6 +190,7 @@ def measure(scratch: Scratch, options: BenchOptions, progress: Progress) -> dict
         "stage_cost": stages,
         "latency_ms": latency_figures,
         "api": api_figures,
+        "ingest": ingest_figures,
         "rss_mb": rss,
     }
 
@@ -282,6 +288,38 @@ def measure_api(
         "id_lookup_by_size": by_size,
         "id_lookup_concurrency": LOOKUP_CONCURRENCY,
         "id_index": id_index,
+    }
+
+
+def measure_ingest(scratch: Scratch, options: BenchOptions, progress: Progress, rss: dict[str, float]) -> dict:
+    """POST /messages in batches of 100 at each of options.ingest_concurrency, through the API alone (no
+    consumer: what is timed is HTTP -> checked -> acknowledged by Kafka), into a scratch topic."""
+    topic = scratch.topic("ingest")
+    config = scratch.config("ingest", topic=topic, collection="ingest", processes=0, api_port=free_port())
+    ensure_topic(config, topic, partitions=scratch.partitions)
+    runs = []
+    progress(f"ingest: POST /messages in batches of {ingest_load.BATCH}, {config.api.workers} API workers")
+    with SupervisedRun(config) as supervised:
+        supervised.wait_running()
+        wait_healthy(supervised, config.api.port)
+        # Each worker builds its producer (the idempotent producer's id comes from the broker first) and each
+        # request thread its pipeline on first use: a second of untimed batches keeps that out of the p99.
+        warm_up = ingest_load.load(config.api.port, max(options.ingest_concurrency), ingest_load.WARM_UP_SECONDS)
+        for concurrency in options.ingest_concurrency:
+            figures = ingest_load.load(config.api.port, concurrency, options.api_seconds)
+            runs.append(figures)
+            progress(
+                f"  {concurrency} connection(s): {figures['msgs_per_s']:,.0f} msg/s ({figures['rps']:,.0f} req/s), "
+                f"request p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms, {figures['errors']} errors"
+            )
+        keep_largest(rss, supervised.rss_mb())
+    accepted = warm_up["accepted"] + sum(figures["accepted"] for figures in runs)
+    return {
+        "batch": ingest_load.BATCH,
+        "runs": runs,
+        "msgs_per_s": max(figures["msgs_per_s"] for figures in runs),
+        "accepted": accepted,  # the warm-up's included, as the topic holds them too
+        "in_topic": ingest_load.messages_in_topic(config, topic, scratch.partitions),
     }
 
 

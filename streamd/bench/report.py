@@ -119,10 +119,31 @@ def render(figures: dict[str, Any]) -> str:
                 + f"  ({index})",
             )
         )
+    rows.extend(ingest_rows(figures.get("ingest")))
     memory = ", ".join(f"{name} {size:.0f}" for name, size in figures["rss_mb"].items())
     rows.append(("RSS (MB)", memory or "-"))
     rows.append(("duration", f"{figures['duration_s']:.0f} s"))
     return table(rows) + "\n\n" + render_targets(figures.get("targets", []))
+
+
+def ingest_rows(ingest: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """POST /messages: messages per second through batches, request latency, and whether the topic holds them."""
+    if not ingest:
+        return []  # a --json file from before the ingest phase
+    rows = []
+    for run in ingest["runs"]:
+        plural = "s" if run["concurrency"] != 1 else ""
+        errors = f", {run['errors']} errors" if run["errors"] else ""
+        rows.append(
+            (
+                f"POST /messages, batches of {run['batch']}, {run['concurrency']} connection{plural}",
+                f"{rate(run['msgs_per_s'])}  ({run['rps']:,.0f} req/s, p50 {ms(run['p50_ms'])}  "
+                f"p99 {ms(run['p99_ms'])}{errors})",
+            )
+        )
+    check = "all in the topic" if ingest["in_topic"] == ingest["accepted"] else f"{ingest['in_topic']:,} in the topic"
+    rows.append(("POST /messages, accepted", f"{ingest['accepted']:,} messages ({check})"))
+    return rows
 
 
 def usage_rows(processes: str, run: dict[str, Any]) -> list[tuple[str, str]]:
