@@ -24,6 +24,7 @@ from streamd import config as config_module
 from streamd.api.backends import Backends
 from streamd.api.errors import BodyTooLarge
 from streamd.api.ingest import NDJSON, IngestProducer, MessageCheck, read_body, split_messages
+from streamd.api_keys import issue, keys_path
 from streamd.config import Config
 
 from .probes import api_client, free_port, read_all, wait_until
@@ -300,29 +301,38 @@ def test_without_an_id_field_the_answer_gives_the_id_the_consumer_will_store_it_
     assert orjson.loads(message.value()) == {"text": "no id"} and message.key() is None
 
 
-def test_a_posted_message_is_served_by_get_messages_through_the_supervisor(pipeline_config, tmp_path):
-    sup = start_streamd(tmp_path, pipeline_config, producer={"enabled": False}, analytics={"enabled": False})
+def test_a_message_posted_with_an_ingest_key_is_served_by_get_messages_through_streamd(pipeline_config, tmp_path):
+    """The issue's first try as a new user: keys required, `curl -X POST` with a key, then GET /messages."""
+    config = config_with(pipeline_config, auth={"required": True})
+    writer = issue(keys_path(config), "ci", ["ingest"])[1]
+    reader = issue(keys_path(config), "viewer", ["read"])[1]
+    sup = start_streamd(tmp_path, config, producer={"enabled": False}, analytics={"enabled": False})
     try:
         sup.wait_running("consumer-1", "api", timeout=60)
         url = api_url(sup, "/messages")
-        wait_until(lambda: get_json(url)[0] == 200, f"the API; {sup.log_tail()}", 30)
-        response = sent_by_http(url, b'{"text": "over HTTP", "source": "curl"}')
+        wait_until(lambda: get_json(api_url(sup, "/health"))[0] == 200, f"the API; {sup.log_tail()}", 30)
+        body = b'{"text": "over HTTP", "source": "curl"}'
+        assert sent_by_http(url, body)[0] == 401, "no key, no message"
+        assert sent_by_http(url, body, reader)[0] == 403, "a read key may not post"
+        response = sent_by_http(url, body, writer)
         assert response[0] == 202, response
         message_id = response[1]["accepted"][0]["id"]
 
         def served():
-            status, body = get_json(f"{url}/{message_id}")
-            return status == 200 and body
+            status, found = sent_by_http(f"{url}/{message_id}", None, reader)
+            return status == 200 and found
 
         found = wait_until(served, f"{message_id} in GET /messages; {sup.log_tail()}", 60)
         assert (found["content"], found["source"]) == ("over HTTP", "curl")
-        assert message_id in [item["id"] for item in get_json(url)[1]["data"]]
+        assert message_id in [item["id"] for item in sent_by_http(url, None, reader)[1]["data"]]
     finally:
         sup.kill()
 
 
-def sent_by_http(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+def sent_by_http(url: str, body: bytes | None, key: str | None = None) -> tuple[int, dict]:
+    """POST `body` (GET when None) to `url`, with `key` as a Bearer token when given."""
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, orjson.loads(response.read())
