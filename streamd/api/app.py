@@ -15,6 +15,7 @@ from streamd.api.health import HealthResource, ReadyResource
 from streamd.api.lag import GroupLag
 from streamd.api.messages import MessageResource, MessagesResource
 from streamd.api.metrics import MetricsResource, RequestMetrics
+from streamd.api.openapi import OpenApiResource, build
 from streamd.api.stats import StatsResource
 from streamd.api.stream import LiveStreams, StreamResource
 from streamd.config import Config
@@ -47,6 +48,7 @@ def create_app(config: Config, backends: Backends | None = None, streams: LiveSt
     assets = load_assets()
     app.add_route("/", DashboardResource(assets))
     app.add_route("/static/{name}", StaticResource(assets))
+    app.add_route("/openapi.json", OpenApiResource(build(config, backends.collections, assets)))
 
     app.set_error_serializer(errors.serialize_error)
     # Falcon picks the handler of the most specific class in the exception's MRO.
