@@ -133,6 +133,17 @@ SCHEMAS: dict[str, Any] = {
         },
         "additionalProperties": False,
     },
+    "MessageEvent": {
+        "type": "object",
+        "description": "One Server-Sent Event of GET /stream, its fields as an EventSource reads them.",
+        "properties": {
+            "event": {"const": "message"},
+            "id": {"type": "string", "pattern": CURSOR_PATTERN, "description": "Send it back as Last-Event-ID."},
+            "data": {"type": "string", "contentMediaType": JSON, "contentSchema": ref("schemas", "Message")},
+            "retry": {"type": "integer", "minimum": 0, "description": "Milliseconds to wait before reconnecting."},
+        },
+        "additionalProperties": False,
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -305,6 +316,9 @@ RESPONSES: dict[str, Any] = {
         "A parameter is unknown, repeated, empty, too long or out of its bounds; `parameters` names it."
     ),
     "StoreUnavailable": error("The message store cannot be reached right now.", retry=True),
+    # Gunicorn's parser answers these (streamd.api.worker makes them JSON) before any route sees the request.
+    "UriTooLong": error("The request line is longer than Gunicorn's limit_request_line."),
+    "HeadersTooLarge": error("A header is larger than Gunicorn's limit_request_field_size, or there are too many."),
 }
 
 TIME_RANGE = (
@@ -339,12 +353,18 @@ def operation(
     parameters: Iterable[dict[str, Any]] = (),
     **extra: Any,
 ) -> dict[str, Any]:
-    """One operation; every operation refuses unknown query parameters with a 400."""
+    """One operation; every operation refuses unknown query parameters with a 400, and a request Gunicorn
+    will not read with a 414 or 431."""
     return {
         "operationId": operation_id,
         "summary": summary,
         "parameters": list(parameters),
-        "responses": {**responses, "400": ref("responses", "BadRequest")},
+        "responses": {
+            **responses,
+            "400": ref("responses", "BadRequest"),
+            "414": ref("responses", "UriTooLong"),
+            "431": ref("responses", "HeadersTooLarge"),
+        },
         **extra,
     }
 
@@ -410,8 +430,9 @@ def message_paths(collections: Sequence[str]) -> dict[str, Any]:
         "New messages as Server-Sent Events; each response ends after api.stream_seconds and the client reconnects.",
         {
             "200": {
-                "description": "Events `id: <cursor>` and `data: <message JSON>`, newest last.",
-                "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+                "description": "Events `id: <cursor>` and `data: <message JSON>`, newest last, after one "
+                "`retry: <ms>`; each event's schema describes one event, as OpenAPI 3.2's `itemSchema` would.",
+                "content": {EVENT_STREAM: {"schema": ref("schemas", "MessageEvent")}},
             },
             "503": error("The store cannot be reached, or this worker serves its api.streams_per_worker feeds.", True),
         },
@@ -422,8 +443,8 @@ def message_paths(collections: Sequence[str]) -> dict[str, Any]:
                 "name": "Last-Event-ID",
                 "in": "header",
                 "required": False,
-                "description": "The id of the last event received: the feed resumes after it.",
-                "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                "description": "The id of the last event received: the feed resumes after it (empty: from the newest).",
+                "schema": {"type": "string", "pattern": f"^(?:{CURSOR_PATTERN[1:-1]})?$"},
             },
         ],
     )
