@@ -41,7 +41,7 @@ from .probes import wait_until
 from .supervisor_process import SupervisorProcess, api_url, get_json, start_streamd
 
 # Not STREAMD_*: the supervisor under test takes every such variable for a config key.
-EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "200"))
 # A 200 from /stream lasts api.stream_seconds (1 s here): its examples are fewer, so it stays within budget.
 STREAM_EXAMPLES = max(2, EXAMPLES // 5)
 CHECKS = [
