@@ -130,3 +130,15 @@ def test_the_document_refuses_query_parameters_like_every_endpoint():
         response = client.simulate_get("/openapi.json", query_string="x=1")
     assert response.status_code == 400
     assert response.json["parameters"] == ["x"]
+
+
+def test_a_method_the_document_does_not_list_is_a_json_405_allowing_exactly_those_it_lists(api):
+    app, document = api
+    client = falcon.testing.TestClient(app)
+    for path, item in document["paths"].items():
+        concrete = re.sub(r"{\w+}", "x", path)
+        response = client.simulate_request("DELETE", concrete)
+        assert response.status_code == 405, path
+        assert response.json["status"] == 405
+        allowed = {method.strip().lower() for method in response.headers["allow"].split(",")}
+        assert allowed == {*item, "options"}, path

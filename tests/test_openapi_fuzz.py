@@ -8,7 +8,7 @@ content type, headers and body, and a 4xx for every request the document forbids
 
 Bounded for CI: API_FUZZ_EXAMPLES examples per operation and mode (default below), derandomized and
 without Hypothesis's example database, so a run is the same run every time. Set the variable higher to
-fuzz longer locally (e.g. API_FUZZ_EXAMPLES=500).
+fuzz longer locally (e.g. API_FUZZ_EXAMPLES=500), and API_FUZZ_SEED=<n> to draw other examples than CI's.
 """
 
 from __future__ import annotations
@@ -22,26 +22,30 @@ from pathlib import Path
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
+    positive_data_acceptance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
+from streamd import config as config_module
 from streamd.config import Config
 from streamd.store import MessageStore
 
-from .probes import wait_until
+from .probes import STAGES, wait_until
 from .supervisor_process import SupervisorProcess, api_url, get_json, start_streamd
 
 # Not STREAMD_*: the supervisor under test takes every such variable for a config key.
 EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "200"))
+# Unset: derandomized, the same examples every run (CI). A number: other examples, the same for that number.
+SEED = int(os.environ["API_FUZZ_SEED"]) if os.environ.get("API_FUZZ_SEED") else None
 # A 200 from /stream lasts api.stream_seconds (1 s here): its examples are fewer, so it stays within budget.
 STREAM_EXAMPLES = max(2, EXAMPLES // 5)
 CHECKS = [
@@ -52,6 +56,10 @@ CHECKS = [
     response_schema_conformance,
     negative_data_rejection,
 ]
+# Where a request that fits the document can still be refused: a cursor (`before`, Last-Event-ID) is a token
+# this API wrote, which no pattern can tell from another token of the same letters. Everywhere else, a request
+# that fits the document must be served (a 2xx, or 404 for an id no message has).
+INEXACT = ("/messages", "/stream")
 # A request the document forbids must be refused: 400 by the API, 404 when it names no route, 414 and 431 by
 # Gunicorn's parser; 401, 403 and 429 once the API takes keys.
 REFUSALS = [400, 401, 403, 404, 414, 429, 431]
@@ -88,7 +96,10 @@ def seeded() -> list[dict]:
 @pytest.fixture
 def live_api(pipeline_config: Config, store: MessageStore, tmp_path: Path) -> Iterator[SupervisorProcess]:
     store.insert_many(seeded())
-    sup = start_streamd(tmp_path, pipeline_config, api={"stream_seconds": 1})
+    # A route stage gives `?collection=` a second name; a second group_by field, /aggregates a second filter.
+    raw = config_module.to_mapping(pipeline_config) | {"stages": STAGES}
+    raw["analytics"]["group_by"] = ["source", "sensor"]
+    sup = start_streamd(tmp_path, config_module.from_mapping(raw), api={"stream_seconds": 1})
     try:
         # Ready: Kafka and the store answer and a consumer runs, so no 503 is the environment's fault.
         ready = wait_until(
@@ -104,12 +115,14 @@ def fuzzed(operation: schemathesis.APIOperation, mode: GenerationMode, call: dic
     """What the first failing case of `operation` in `mode` broke (Hypothesis shrinks it), or None;
     `sent` counts the requests per operation."""
     examples = STREAM_EXAMPLES if operation.path == "/stream" else EXAMPLES
+    checks = CHECKS if operation.path in INEXACT else [*CHECKS, positive_data_acceptance]
 
+    @seed(SEED)
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
         max_examples=examples,
         deadline=None,
-        derandomize=True,
+        derandomize=SEED is None,
         database=None,
         phases=[Phase.explicit, Phase.generate, Phase.shrink],
         suppress_health_check=list(HealthCheck),
@@ -117,12 +130,16 @@ def fuzzed(operation: schemathesis.APIOperation, mode: GenerationMode, call: dic
     )
     def run(case: schemathesis.Case) -> None:
         sent[operation.label] += 1
-        case.call_and_validate(checks=CHECKS, **call)
+        case.call_and_validate(checks=checks, **call)
 
     try:
         run()
+        if mode is GenerationMode.POSITIVE:  # the boundaries of both modes, once per operation
+            covered(operation, checks, call, sent)
     except Unsatisfiable:
-        return None  # negative mode only: an operation without parameters has no request to break
+        if mode is GenerationMode.NEGATIVE:
+            return None  # an operation without parameters has no request to break
+        return f"{operation.label}: no request fits the document"
     except Exception as failure:  # Schemathesis's failures carry the case as a curl command
         return f"{operation.label} ({mode.value}): {failure}"
     return None
@@ -139,6 +156,18 @@ def meaningful(operation: schemathesis.APIOperation, call: dict) -> list[schemat
             operation.Case(query={"data.sensor": "A", "data.temperature": "21.5", "since": T0.isoformat()}),
         ]
     return []
+
+
+def covered(operation: schemathesis.APIOperation, checks: list, call: dict, sent: Counter) -> None:
+    """Schemathesis's coverage cases: each bound, each enum value, just past each, a missing or repeated
+    parameter, a method the path lacks."""
+    schema = operation.schema
+    generation = schema.config.generation_for(operation=operation)
+    for case in schema.iter_coverage_cases(
+        operation, generation_modes=list(GenerationMode), generation_config=generation
+    ):
+        sent[operation.label] += 1
+        case.call_and_validate(checks=checks, **call)
 
 
 @pytest.mark.parametrize("run", RUNS)

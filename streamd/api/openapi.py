@@ -17,14 +17,14 @@ Bodies are JSON Schema 2020-12, the dialect of OpenAPI 3.1.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import falcon
 import orjson
 
 from streamd.api.aggregates import FIXED as AGGREGATE_PARAMETERS
-from streamd.api.dashboard import PAGE, TYPES
+from streamd.api.dashboard import PAGE, Asset
 from streamd.api.params import (
     CURSOR_PATTERN,
     DATA_PREFIX,
@@ -533,10 +533,10 @@ def observation_paths() -> dict[str, Any]:
     }
 
 
-def dashboard_paths(assets: Iterable[str]) -> dict[str, Any]:
+def dashboard_paths(assets: Mapping[str, Asset]) -> dict[str, Any]:
     cached = {"ETag": ref("headers", "ETag")}
     not_modified = {"description": "The file has not changed since the ETag sent in If-None-Match.", "headers": cached}
-    page = TYPES["." + PAGE.rpartition(".")[2]]
+    page = assets[PAGE].content_type
     return {
         "/": {
             "get": operation(
@@ -560,7 +560,10 @@ def dashboard_paths(assets: Iterable[str]) -> dict[str, Any]:
                     "200": {
                         "description": "The file.",
                         "headers": cached,
-                        "content": {content_type: {"schema": {"type": "string"}} for content_type in TYPES.values()},
+                        "content": {
+                            content_type: {"schema": {"type": "string"}}
+                            for content_type in sorted({asset.content_type for asset in assets.values()})
+                        },
                     },
                     "304": not_modified,
                     "404": error("The dashboard has no such file."),
@@ -579,7 +582,7 @@ def dashboard_paths(assets: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def build(config: Config, collections: Sequence[str], assets: Iterable[str]) -> dict[str, Any]:
+def build(config: Config, collections: Sequence[str], assets: Mapping[str, Asset]) -> dict[str, Any]:
     """The document for this process: `collections` are those `?collection=` takes, `assets` the dashboard's files."""
     return {
         "openapi": OPENAPI_VERSION,
