@@ -129,6 +129,14 @@ class ApiConfig:
         minimum=0,
         maximum=255,
     )
+    tls_cert_file: str | None = setting(
+        None,
+        "PEM certificate (chain) the API serves HTTPS with, together with api.tls_key_file; empty: plain HTTP.",
+    )
+    tls_key_file: str | None = setting(None, "PEM private key of api.tls_cert_file.")
+    tls_ca_file: str | None = setting(
+        None, "PEM CA certificates: when set, every client must present a certificate they signed (mutual TLS)."
+    )
 
 
 # The scopes an API key can hold (streamd/api_keys.py); `admin` holds every other one.

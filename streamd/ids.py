@@ -19,7 +19,10 @@ _ID_RE = re.compile(ID_PATTERN)
 # valid. "~" is unreserved in URLs, so GET /messages/~data-stream:0:42 needs no escaping.
 FALLBACK_PREFIX = "~"
 # Kafka topic names are [A-Za-z0-9._-], at most 249 characters.
-_FALLBACK_RE = re.compile(r"~[A-Za-z0-9._-]{1,249}:[0-9]{1,10}:[0-9]{1,19}")
+FALLBACK_PATTERN = r"~[A-Za-z0-9._-]{1,249}:[0-9]{1,10}:[0-9]{1,19}"
+_FALLBACK_RE = re.compile(FALLBACK_PATTERN)
+# Every id GET /messages/{id} takes, as one regular expression (the API's OpenAPI document publishes it).
+STORED_ID_PATTERN = f"^(?:{ID_PATTERN[1:-1]}|{FALLBACK_PATTERN})$"
 
 
 def is_valid_id(candidate: object) -> bool:

@@ -126,6 +126,20 @@ def test_list_returns_newest_first_in_the_documented_shape(client, store):
 
 
 @pytest.mark.integration
+def test_a_document_without_a_date_timestamp_is_not_listed_but_is_found_by_id(client, store):
+    # Written by another program: no timestamp, or one that is not a date. Listed, its page had no cursor (a 500).
+    store.insert_batch([stored("m-1", T0), stored("m-2", T0 + timedelta(minutes=1))])
+    store.insert_many([{"_id": "foreign-1", "content": "x", "timestamp": None}, {"_id": "foreign-2", "content": "y"}])
+
+    pages = all_pages(client, limit="1")
+
+    assert pages == [["m-2"], ["m-1"]]
+    assert ids(client.simulate_get("/messages", params={"limit": "3"}).json) == ["m-2", "m-1"]
+    found = client.simulate_get("/messages/foreign-1")
+    assert found.status_code == 200 and found.json["timestamp"] is None
+
+
+@pytest.mark.integration
 def test_a_message_stored_before_the_coordinates_became_one_string_is_served_the_same(client, store):
     store.insert_batch([stored("m-old", T0, kafka={"topic": "data-stream", "partition": 0, "offset": 7})])
 

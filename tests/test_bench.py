@@ -60,6 +60,18 @@ def test_a_scratch_config_keeps_the_addresses_and_none_of_the_users_names(tmp_pa
     assert made.stages == () and not made.analytics.enabled, "nothing but the consumers touches the backlog"
 
 
+def test_the_scratch_api_speaks_plain_http_whatever_the_users_serves():
+    user = config_module.from_mapping({})
+    https = dataclasses.replace(user.api, tls_cert_file="api.crt", tls_key_file="api.key", tls_ca_file="ca.crt")
+    scratch = Scratch(dataclasses.replace(user, api=https), partitions=1)
+    try:
+        made = scratch.config("api", topic="t", collection="c", processes=0, api_port=5555)
+    finally:
+        shutil.rmtree(scratch.directory)
+    # wrk and the health wait ask http://; and relative paths would no longer resolve beside the user's file.
+    assert (made.api.tls_cert_file, made.api.tls_key_file, made.api.tls_ca_file) == (None, None, None)
+
+
 def test_the_stage_chain_is_a_realistic_one_the_scratch_supervisor_loads(tmp_path):
     user = config_module.from_mapping({"stages": [{"name": "mine", "kind": "filter", "where": "False"}]})
     scratch = Scratch(user, partitions=1)

@@ -84,6 +84,17 @@ def test_a_reconnect_with_last_event_id_resumes_after_it(settings, store):
     assert [event["data"]["id"] for event in events(response.text) if "data" in event] == ["m-3"]
 
 
+def test_a_document_without_a_date_timestamp_is_not_sent_and_does_not_break_the_feed(settings, store):
+    store.insert_batch([stored("m-1", 1)])
+    store.insert_many([{"_id": "foreign", "content": "written by another program", "timestamp": None}])
+    settings = dataclasses.replace(settings, api=dataclasses.replace(settings.api, stream_seconds=1))
+    with api_client(settings, LiveStreams(settings.api)) as client:
+        response = client.simulate_get("/stream")
+
+    assert response.status_code == 200
+    assert [event["data"]["id"] for event in events(response.text) if "data" in event] == ["m-1"]
+
+
 def test_a_worker_with_every_feed_taken_answers_503_and_keeps_a_thread_free(settings, store):
     streams = LiveStreams(settings.api)
     assert streams.acquire()

@@ -16,6 +16,7 @@ from streamd.api.health import HealthResource, ReadyResource
 from streamd.api.lag import GroupLag
 from streamd.api.messages import MessageResource, MessagesResource
 from streamd.api.metrics import MetricsResource, RequestMetrics
+from streamd.api.openapi import OpenApiResource, build
 from streamd.api.stats import StatsResource
 from streamd.api.stream import LiveStreams, StreamResource
 from streamd.config import Config
@@ -56,6 +57,7 @@ def create_app(
     assets = load_assets()
     app.add_route("/", DashboardResource(assets))
     app.add_route("/static/{name}", StaticResource(assets))
+    app.add_route("/openapi.json", OpenApiResource(build(config, backends.collections, assets)))
 
     app.set_error_serializer(errors.serialize_error)
     # Falcon picks the handler of the most specific class in the exception's MRO.

@@ -200,8 +200,7 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HT
 def route_not_found(req: falcon.Request, resp: falcon.Response, error: Exception, params: dict) -> None:
     raise falcon.HTTPRouteNotFound(
         title="Not found",
-        description=f"no resource at {shown(req.path)}; "
-        "the API serves /, /messages, /messages/{id}, /stream, /stats, /metrics, /health and /ready.",
+        description=f"no resource at {shown(req.path)}; GET /openapi.json lists every route the API serves.",
     )
 
 

@@ -57,6 +57,16 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def dated(documents: list[dict]) -> list[dict]:
+    """The documents a newest-first list can hold: those with a date `timestamp`, which a cursor can point at.
+
+    A document another program wrote with no date there sorts after every dated one (BSON orders null,
+    numbers and strings below dates), so leaving it out only shortens the last page; GET /messages/{id}
+    still finds it. Listed, it had no place in the (timestamp, _id) order a cursor resumes from.
+    """
+    return [document for document in documents if isinstance(document.get("timestamp"), datetime)]
+
+
 def time_limit_ms(backends: Backends) -> int:
     # A gthread worker's heartbeat does not wait for its request threads, so Gunicorn never replaces a
     # worker whose threads hang on a slow query: the server stops the query instead. (Not pymongo's
@@ -78,7 +88,7 @@ class MessagesResource:
         query = MessageQuery.from_params(req.params, self.backends.collections)
         # One more than asked tells whether another page exists.
         message_store = self.backends.store_of(query.collection)
-        documents = message_store.newest(query, query.limit + 1, time_limit_ms(self.backends))
+        documents = dated(message_store.newest(query, query.limit + 1, time_limit_ms(self.backends)))
         page = documents[: query.limit]
         following = None
         if len(documents) > query.limit:

@@ -31,7 +31,8 @@ MAX_VALUE_LENGTH = 256
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MILLISECOND = timedelta(milliseconds=1)
 _DIGITS = re.compile(r"[0-9]{1,4}")
-_CURSOR_TOKEN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_VALUE_LENGTH}}}")
+CURSOR_PATTERN = rf"^[A-Za-z0-9_-]{{1,{MAX_VALUE_LENGTH}}}$"  # unpadded URL-safe base64, as Cursor.encode writes
+_CURSOR_TOKEN = re.compile(CURSOR_PATTERN)
 DATA_PREFIX = "data."
 MAX_DATA_FILTERS = 5  # each one filters the index walk of /messages; more would only make a scan
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")

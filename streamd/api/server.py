@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 from typing import Any
 
@@ -100,6 +101,7 @@ class ApiServer(BaseApplication):
             "post_worker_init": self.post_worker_init,
             "worker_exit": self.worker_exit,
             "child_exit": self.child_exit,
+            **https_settings(self.config),
         }
 
     def load(self) -> falcon.App:
@@ -173,6 +175,20 @@ def log_access_rule(config: Config) -> None:
         )
     else:
         log.info("the API needs a key: %d in %s", count, path)
+
+
+def https_settings(config: Config) -> dict[str, Any]:
+    """Gunicorn's TLS settings from api.tls_*; none for plain HTTP (config_rules.api_tls checked the files)."""
+    api = config.api
+    if not api.tls_cert_file:
+        return {}
+    settings = {
+        "certfile": str(config.resolve_path(api.tls_cert_file)),
+        "keyfile": str(config.resolve_path(api.tls_key_file or "")),
+    }
+    if api.tls_ca_file:
+        settings |= {"ca_certs": str(config.resolve_path(api.tls_ca_file)), "cert_reqs": ssl.CERT_REQUIRED}
+    return settings
 
 
 def bind_address(host: str, port: int) -> str:

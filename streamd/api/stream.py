@@ -37,7 +37,7 @@ from pymongo.errors import PyMongoError
 from streamd.api.auth import READ
 from streamd.api.backends import Backends
 from streamd.api.errors import InvalidParameter
-from streamd.api.messages import render, time_limit_ms
+from streamd.api.messages import dated, render, time_limit_ms
 from streamd.api.params import Cursor, MessageQuery, parse_collection, parse_cursor, reject_unknown, single
 from streamd.config import ApiConfig
 from streamd.metrics import series
@@ -143,7 +143,7 @@ class StreamResource:
             ) from None
 
     def newest(self, query: MessageQuery) -> list[dict]:
-        return self.backends.store_of(query.collection).newest(query, BACKLOG, time_limit_ms(self.backends))
+        return dated(self.backends.store_of(query.collection).newest(query, BACKLOG, time_limit_ms(self.backends)))
 
 
 class EventStream:

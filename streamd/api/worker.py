@@ -16,6 +16,11 @@ will not keep alive by lingering up to 2 s for the client to hang up (so that un
 do not turn into a reset), on that loop; ten clients that keep their socket open after a
 `Connection: close` answer held every probe for 20 s. Here the linger happens in the poller too.
 
+HTTPS (api.tls_cert_file). Encrypted bytes cannot be peeked at, so over TLS every request takes the
+shared pool, probes included: there, probes keep their own threads only on a plain-HTTP API (behind a
+TLS-terminating proxy, say). A new connection still waits in the poller for its ClientHello, and a
+closing one still lingers in the poller, as over plain HTTP.
+
 Parser errors. Gunicorn answers a request it cannot parse (400, 414, 431…) with an HTML page
 written by `handle_error`; this worker keeps Gunicorn's classification and logging and sends the
 error as JSON, like every other error of the API.
@@ -95,8 +100,11 @@ class ApiWorker(ThreadWorker):
     # --- routing (all on the worker's main thread) ------------------------------------------------
 
     def enqueue_req(self, conn: TConn) -> None:
-        if self.cfg.is_ssl or conn.is_http2:
-            super().enqueue_req(conn)  # encrypted or framed bytes say nothing readable here
+        if conn.is_http2:
+            super().enqueue_req(conn)  # framed bytes say nothing readable here
+            return
+        if self.cfg.is_ssl:
+            self.enqueue_encrypted(conn)
             return
         head = self.request_head(conn)
         if head is None and not conn.initialized and not conn.data_ready:
@@ -109,6 +117,18 @@ class ApiWorker(ThreadWorker):
         conn.data_ready = True
         future = self.probe_pools[probe].submit(self.handle, conn)
         future.add_done_callback(partial(self.probe_done, conn))
+
+    def enqueue_encrypted(self, conn: TConn) -> None:
+        """HTTPS: encrypted bytes name no route, so every request takes the shared pool, probes included.
+
+        A new connection still waits in the poller until its first bytes (the TLS ClientHello) arrive:
+        before the handshake its socket is the plain one, which can be peeked at. Once wrapped, it cannot
+        (an SSL socket refuses recv flags), and it goes to the pool whenever the poller finds it readable.
+        """
+        if not conn.initialized and not conn.data_ready and self.request_head(conn) is None:
+            self.await_request(conn)
+            return
+        super().enqueue_req(conn)
 
     def probe_done(self, conn: TConn, future: Future) -> None:
         self.method_queue.defer(self.finish_request, conn, future)
@@ -139,12 +159,14 @@ class ApiWorker(ThreadWorker):
     def finish_request(self, conn: TConn, fs: Future) -> None:
         # handle() returned False: the connection ends. Kept-alive and deferred ones are gthread's business.
         closing = not fs.cancelled() and fs.exception() is None and not fs.result()
-        if not closing or self.cfg.is_ssl:
+        if not closing:
             super().finish_request(conn, fs)
             return
         self.nr_conns -= 1
         try:
-            conn.sock.shutdown(socket.SHUT_WR)  # the FIN: the answer is complete
+            # The FIN: the answer is complete. On an SSL socket, shutdown() drops the TLS session first, as
+            # gthread's own close does, so what is drained below is the client's raw bytes either way.
+            conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             conn.close()
             return

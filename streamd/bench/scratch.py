@@ -75,8 +75,9 @@ class Scratch:
         The producer is off (the bench produces), the built-in schema applies (the bench's messages are
         the generator's), the user's stages are replaced by `stages` (none unless a phase measures them:
         the user's could filter or route the bench's messages away), the analyzer is off (it would read
-        the same backlog and compete with the consumers being timed), the API binds loopback, and the
-        supervisor starts no servers of its own.
+        the same backlog and compete with the consumers being timed), the API binds loopback over plain HTTP
+        (what wrk and the health wait speak; the figures leave TLS out), and the supervisor starts no servers
+        of its own.
         """
         base = self.base
         return dataclasses.replace(
@@ -89,7 +90,9 @@ class Scratch:
             consumer=dataclasses.replace(base.consumer, processes=processes, group=self.group(name), schema=None),
             stages=stages,
             analytics=dataclasses.replace(base.analytics, enabled=False),
-            api=dataclasses.replace(base.api, host="127.0.0.1", port=api_port),
+            api=dataclasses.replace(
+                base.api, host="127.0.0.1", port=api_port, tls_cert_file=None, tls_key_file=None, tls_ca_file=None
+            ),
             stack=dataclasses.replace(base.stack, local=False),
             state_dir=str(self.directory / name),
             source=None,
