@@ -16,6 +16,7 @@ from openapi_spec_validator import validate
 
 from streamd import config as config_module
 from streamd.api.params import MAX_DATA_FILTERS, MAX_LIMIT, MAX_VALUE_LENGTH
+from streamd.api_keys import issue, keys_path
 from streamd.ids import is_stored_id
 
 from .probes import STAGES, api_client, free_port
@@ -48,8 +49,8 @@ def described(document: dict) -> set[tuple[str, str]]:
     return {(path, method) for path, item in document["paths"].items() for method in item}
 
 
-def document_of(client: falcon.testing.TestClient) -> dict:
-    response = client.simulate_get("/openapi.json")
+def document_of(client: falcon.testing.TestClient, key: str | None = None) -> dict:
+    response = client.simulate_get("/openapi.json", headers={"Authorization": f"Bearer {key}"} if key else None)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     return response.json
@@ -78,7 +79,8 @@ def test_every_operation_says_what_it_does_and_how_it_fails(api):
     for path, item in document["paths"].items():
         for method, operation in item.items():
             assert operation.get("summary"), f"{method.upper()} {path} has no summary"
-            assert "200" in operation["responses"], f"{method.upper()} {path} documents no success"
+            successes = [status for status in operation["responses"] if status.startswith("2")]
+            assert successes, f"{method.upper()} {path} documents no success"
             # Every endpoint refuses unknown query parameters, so every one can answer 400.
             assert "400" in operation["responses"], f"{method.upper()} {path} documents no 400"
             for parameter in operation["parameters"]:
@@ -142,3 +144,54 @@ def test_a_method_the_document_does_not_list_is_a_json_405_allowing_exactly_thos
         assert response.json["status"] == 405
         allowed = {method.strip().lower() for method in response.headers["allow"].split(",")}
         assert allowed == {*item, "options"}, path
+
+
+def guarded(document: dict) -> dict[str, dict]:
+    """Operation label -> what the document says of who may call it: its security and its auth answers."""
+    return {
+        f"{method.upper()} {path}": {
+            "security": operation["security"],
+            "answers": sorted(set(operation["responses"]) & {"401", "403", "429"}),
+        }
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def test_on_loopback_with_auth_auto_every_operation_is_open():
+    with api_client(offline_config()) as client:
+        document = document_of(client)
+    assert all(access == {"security": [], "answers": []} for access in guarded(document).values())
+
+
+def test_with_keys_required_each_operation_names_the_key_and_the_answers_the_middleware_gives(tmp_path):
+    config = offline_config(state_dir=str(tmp_path), auth={"required": True, "public_scopes": ["metrics"]})
+    reader = issue(keys_path(config), "reader", ["read"])[1]
+    with api_client(config) as client:
+        assert client.simulate_get("/openapi.json").status_code == 401
+        document = document_of(client, reader)
+        access = guarded(document)
+        assert set(document["components"]["securitySchemes"]) == {"apiKey", "apiKeyAsPassword"}
+        keyed = [{"apiKey": []}, {"apiKeyAsPassword": []}]
+        for label in ("GET /messages", "POST /messages", "GET /stats", "GET /openapi.json", "GET /ready"):
+            assert access[label] == {"security": keyed, "answers": ["401", "403", "429"]}, label
+        for label in ("GET /health", "HEAD /health", "GET /", "GET /static/{name}"):
+            assert access[label] == {"security": [], "answers": []}, label
+        # A public scope: no key needed, but a key that is sent is still checked (and counted).
+        assert access["GET /metrics"] == {"security": [{}, *keyed], "answers": ["401", "429"]}
+        # What the document promises is what the middleware answers.
+        assert client.simulate_get("/messages").status_code == 401
+        assert client.simulate_post("/messages", body="{}").status_code == 401
+        assert client.simulate_get("/health").status_code == 200
+
+
+def test_post_messages_is_described_while_ingest_is_enabled_with_the_consumers_schema():
+    with api_client(offline_config()) as client:
+        document = document_of(client)
+    body = document["paths"]["/messages"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "application/x-ndjson"}
+    payload = document["components"]["schemas"]["Payload"]
+    assert payload["required"] == ["text"] and "id" in payload["properties"]
+    assert body["application/x-ndjson"]["schema"]["maxItems"] == 1000
+    with api_client(offline_config(ingest={"enabled": False})) as client:
+        assert "post" not in document_of(client)["paths"]["/messages"]

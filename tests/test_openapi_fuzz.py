@@ -13,9 +13,11 @@ fuzz longer locally (e.g. API_FUZZ_EXAMPLES=500), and API_FUZZ_SEED=<n> to draw 
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,11 +38,13 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from streamd import config as config_module
+from streamd.api.ingest import NDJSON
+from streamd.api_keys import issue, keys_path
 from streamd.config import Config
 from streamd.store import MessageStore
 
 from .probes import STAGES, wait_until
-from .supervisor_process import SupervisorProcess, api_url, get_json, start_streamd
+from .supervisor_process import SupervisorProcess, api_url, start_streamd
 
 # Not STREAMD_*: the supervisor under test takes every such variable for a config key.
 EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "200"))
@@ -59,13 +63,14 @@ CHECKS = [
 # Where a request that fits the document can still be refused: a cursor (`before`, Last-Event-ID) is a token
 # this API wrote, which no pattern can tell from another token of the same letters. Everywhere else, a request
 # that fits the document must be served (a 2xx, or 404 for an id no message has).
-INEXACT = ("/messages", "/stream")
-# A request the document forbids must be refused: 400 by the API, 404 when it names no route, 414 and 431 by
-# Gunicorn's parser; 401, 403 and 429 once the API takes keys.
-REFUSALS = [400, 401, 403, 404, 414, 429, 431]
-# The runs of the fuzzer, by the headers every request carries. A run with an API key is one more entry
-# here (e.g. "with a key": {"Authorization": "Bearer <key>"}), once the API takes keys.
-RUNS: dict[str, dict[str, str]] = {"without a key": {}}
+# POST /messages too: consumer.schema and the stages may refuse a message the document's Payload allows.
+INEXACT = {("GET", "/messages"), ("GET", "/stream"), ("POST", "/messages")}
+# A request the document forbids must be refused: 400 by the API, 404 when it names no route, 413 and 415 for
+# a POST body over the limit or of another type, 414 and 431 by Gunicorn's parser; 401, 403 and 429 for keys.
+REFUSALS = [400, 401, 403, 404, 413, 414, 415, 429, 431]
+# The runs of the fuzzer against an API that asks for keys (auth.required): without a key every operation but
+# the open ones must answer the documented 401; with an admin key, everything is served.
+RUNS = ("without a key", "with a key")
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
@@ -93,20 +98,48 @@ def seeded() -> list[dict]:
     ]
 
 
+@schemathesis.serializer(NDJSON)
+def ndjson(ctx: schemathesis.SerializationContext, value: object) -> bytes:
+    """A batch as NDJSON, one JSON value a line; anything else (a negative case) as its JSON text, one line."""
+    items = value if isinstance(value, list) else [value]
+    # The standard library's encoder: a generated integer may exceed the 64 bits orjson writes.
+    return "".join(json.dumps(item) + "\n" for item in items).encode()
+
+
+@dataclass
+class LiveApi:
+    sup: SupervisorProcess
+    key: str  # an admin key: every operation is served with it
+
+    def headers(self, run: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if run == "with a key" else {}
+
+
 @pytest.fixture
-def live_api(pipeline_config: Config, store: MessageStore, tmp_path: Path) -> Iterator[SupervisorProcess]:
+def live_api(pipeline_config: Config, store: MessageStore, tmp_path: Path) -> Iterator[LiveApi]:
     store.insert_many(seeded())
     # A route stage gives `?collection=` a second name; a second group_by field, /aggregates a second filter.
     raw = config_module.to_mapping(pipeline_config) | {"stages": STAGES}
     raw["analytics"]["group_by"] = ["source", "sensor"]
-    sup = start_streamd(tmp_path, config_module.from_mapping(raw), api={"stream_seconds": 1})
+    # Keys asked for, as on a shared network; no rate limit, so that a 429 never stands in for an answer.
+    raw["auth"] = {"required": True, "rate_limit": 0}
+    config = config_module.from_mapping(raw)
+    key = issue(keys_path(config), "fuzzer", ["admin"])[1]
+    sup = start_streamd(tmp_path, config, api={"stream_seconds": 1})
+    live = LiveApi(sup, key)
+
+    def ready() -> bool:
+        try:
+            response = requests.get(api_url(sup, "/ready"), headers=live.headers("with a key"), timeout=5)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
     try:
         # Ready: Kafka and the store answer and a consumer runs, so no 503 is the environment's fault.
-        ready = wait_until(
-            lambda: sup.process.poll() is not None or get_json(api_url(sup, "/ready"))[0] == 200, "/ready", 90
-        )
-        assert ready and sup.process.poll() is None, f"streamd stopped; log:\n{sup.log_tail()}"
-        yield sup
+        wait_until(lambda: sup.process.poll() is not None or ready(), "/ready", 90)
+        assert sup.process.poll() is None, f"streamd stopped; log:\n{sup.log_tail()}"
+        yield live
     finally:
         sup.kill()
 
@@ -115,7 +148,7 @@ def fuzzed(operation: schemathesis.APIOperation, mode: GenerationMode, call: dic
     """What the first failing case of `operation` in `mode` broke (Hypothesis shrinks it), or None;
     `sent` counts the requests per operation."""
     examples = STREAM_EXAMPLES if operation.path == "/stream" else EXAMPLES
-    checks = CHECKS if operation.path in INEXACT else [*CHECKS, positive_data_acceptance]
+    checks = CHECKS if (operation.method.upper(), operation.path) in INEXACT else [*CHECKS, positive_data_acceptance]
 
     @seed(SEED)
     @given(case=operation.as_strategy(generation_mode=mode))
@@ -149,10 +182,14 @@ def meaningful(operation: schemathesis.APIOperation, call: dict) -> list[schemat
     """Requests a generator almost never writes, which must succeed: real ids, a real cursor, a real user field."""
     if operation.path == "/messages/{message_id}":
         return [operation.Case(path_parameters={"message_id": document["_id"]}) for document in seeded()]
-    if operation.path == "/messages":
-        first = requests.get(f"{call['base_url']}/messages", params={"limit": "1"}, timeout=10).json()
+    if operation.label == "GET /messages":
+        # Without a key the page is a 401: any token of the right shape then does (it is refused first).
+        listing = requests.get(
+            f"{call['base_url']}/messages", params={"limit": "1"}, headers=call["headers"], timeout=10
+        )
+        cursor = listing.json()["next"] if listing.status_code == 200 else "AAAA"
         return [
-            operation.Case(query={"before": first["next"], "limit": 2}),
+            operation.Case(query={"before": cursor, "limit": 2}),
             operation.Case(query={"data.sensor": "A", "data.temperature": "21.5", "since": T0.isoformat()}),
         ]
     return []
@@ -172,12 +209,15 @@ def covered(operation: schemathesis.APIOperation, checks: list, call: dict, sent
 
 @pytest.mark.parametrize("run", RUNS)
 def test_every_operation_answers_as_its_document_says(live_api, run):
-    base = api_url(live_api, "")
+    base = api_url(live_api.sup, "")
+    headers = live_api.headers(run)
     # A config of its own: no schemathesis.toml found on the way changes what this test checks.
     config = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {"expected-statuses": REFUSALS}}})
-    schema = schemathesis.openapi.from_url(f"{base}/openapi.json", config=config, timeout=10)
+    schema = schemathesis.openapi.from_url(
+        f"{base}/openapi.json", config=config, timeout=10, headers=live_api.headers("with a key")
+    )
     with requests.Session() as session:
-        call = {"base_url": base, "session": session, "headers": RUNS[run], "timeout": 15}
+        call = {"base_url": base, "session": session, "headers": headers, "timeout": 15}
         failures = []
         sent: Counter = Counter()
         for result in schema.get_all_operations():
@@ -187,8 +227,9 @@ def test_every_operation_answers_as_its_document_says(live_api, run):
                 for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
                 if (found := fuzzed(operation, mode, call, sent))
             ]
+            expected = 200 if headers else 401
             for case in meaningful(operation, call):
-                assert case.call_and_validate(checks=CHECKS, **call).status_code == 200, case.as_curl_command()
+                assert case.call_and_validate(checks=CHECKS, **call).status_code == expected, case.as_curl_command()
     assert not failures, "\n\n".join(failures)
     # A fuzzer that sent nothing would pass too: every operation was called, the parameterised ones many times.
     assert set(sent) == {result.ok().label for result in schema.get_all_operations()}

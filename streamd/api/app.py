@@ -9,7 +9,7 @@ from pymongo.errors import PyMongoError
 
 from streamd.api import errors
 from streamd.api.aggregates import AggregatesResource
-from streamd.api.auth import Authorization
+from streamd.api.auth import Authorization, scope_of
 from streamd.api.backends import Backends
 from streamd.api.dashboard import DashboardResource, StaticResource, load_assets
 from streamd.api.health import HealthResource, ReadyResource
@@ -43,21 +43,29 @@ def create_app(
     # Falcon drops `?limit=` silently by default; an empty value is a mistake worth a 400.
     app.req_options.keep_blank_qs_values = True
 
-    app.add_route("/messages", MessagesResource(backends))
-    app.add_route("/messages/{message_id}", MessageResource(backends))
-    app.add_route("/aggregates", AggregatesResource(backends))
-    app.add_route("/health", HealthResource())
     lag = GroupLag(config, lambda: backends.kafka)
     analytics = config.analytics
     analyzer_lag = GroupLag(config, lambda: backends.kafka, analytics.group) if analytics.enabled else None
-    app.add_route("/ready", ReadyResource(backends, lag))
-    app.add_route("/metrics", MetricsResource(config, lag, analyzer_lag))
-    app.add_route("/stats", StatsResource(backends, lag, analyzer_lag))
-    app.add_route("/stream", StreamResource(backends, streams))
     assets = load_assets()
-    app.add_route("/", DashboardResource(assets))
-    app.add_route("/static/{name}", StaticResource(assets))
-    app.add_route("/openapi.json", OpenApiResource(build(config, backends.collections, assets)))
+    routes = {
+        "/messages": MessagesResource(backends),
+        "/messages/{message_id}": MessageResource(backends),
+        "/aggregates": AggregatesResource(backends),
+        "/health": HealthResource(),
+        "/ready": ReadyResource(backends, lag),
+        "/metrics": MetricsResource(config, lag, analyzer_lag),
+        "/stats": StatsResource(backends, lag, analyzer_lag),
+        "/stream": StreamResource(backends, streams),
+        "/": DashboardResource(assets),
+        "/static/{name}": StaticResource(assets),
+    }
+    # The document says who may call each operation from the declarations the middleware enforces; they are
+    # class attributes, so the document's own resource is read before it exists.
+    declared = {path: type(resource) for path, resource in routes.items()} | {"/openapi.json": OpenApiResource}
+    document = build(config, backends.collections, assets, lambda path, method: scope_of(declared[path], method))
+    routes["/openapi.json"] = OpenApiResource(document)
+    for path, resource in routes.items():
+        app.add_route(path, resource)
 
     app.set_error_serializer(errors.serialize_error)
     # Falcon picks the handler of the most specific class in the exception's MRO.

@@ -42,6 +42,7 @@ from streamd.api.errors import (
     MessagesRejected,
     UnsupportedBody,
 )
+from streamd.api.params import reject_unknown
 from streamd.config import Config, ConfigError
 from streamd.dead_letter import FORWARDING_SETTINGS
 from streamd.ids import message_key, new_id, offset_id
@@ -307,6 +308,7 @@ class Ingest:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         if not self.settings.enabled:
             raise IngestDisabled()
+        reject_unknown(req.params, ())
         kind = media_type(req)
         items = split_messages(read_body(req, self.settings.max_body_bytes), kind, self.settings.max_batch)
         try:

@@ -17,14 +17,16 @@ Bodies are JSON Schema 2020-12, the dialect of OpenAPI 3.1.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import falcon
 import orjson
 
 from streamd.api.aggregates import FIXED as AGGREGATE_PARAMETERS
+from streamd.api.auth import PUBLIC, READ, keys_required
 from streamd.api.dashboard import PAGE, Asset
+from streamd.api.ingest import NDJSON
 from streamd.api.params import (
     CURSOR_PATTERN,
     DATA_PREFIX,
@@ -35,8 +37,9 @@ from streamd.api.params import (
     reject_unknown,
 )
 from streamd.api.stats import RATE_WINDOWS, SINCE_START
-from streamd.config import Config
+from streamd.config import SCOPES, Config
 from streamd.ids import STORED_ID_PATTERN
+from streamd.message_schema import builtin_schema
 from streamd.metrics.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streamd.stages.spec import FIELD_NAME
 
@@ -87,6 +90,57 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string"},
                 "description": "The query or path parameters (or header) to fix, for a 400 about them.",
             },
+            "scope": {"enum": list(SCOPES), "description": "The scope the request needs, for a 403."},
+            "limit": {"type": "string", "description": "The config key of the limit the request is over."},
+            "accepted": {"type": "array", "items": ref("schemas", "AcceptedMessage")},
+            "rejected": {"type": "array", "items": ref("schemas", "RejectedMessage")},
+            "not_accepted": {
+                "type": "array",
+                "items": ref("schemas", "UnacceptedMessage"),
+                "description": "Valid messages Kafka did not acknowledge in time: send them again, with these ids.",
+            },
+        },
+        "additionalProperties": False,
+    },
+    "AcceptedMessage": {
+        "type": "object",
+        "required": ["index", "id"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0, "description": "Where it was in the request, from 0."},
+            "id": {"type": "string", "pattern": STORED_ID_PATTERN, "description": "The id it is stored under."},
+            "filtered_by": {"type": "string", "description": "The filter stage the consumer will drop it at."},
+        },
+        "additionalProperties": False,
+    },
+    "RejectedMessage": {
+        "type": "object",
+        "required": ["index", "reason", "error"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "reason": {"type": "string", "description": "The dead-letter reason a consumer would give (schema, …)."},
+            "error": {"type": "string", "description": "What is wrong with it, in one sentence."},
+        },
+        "additionalProperties": False,
+    },
+    "UnacceptedMessage": {
+        "type": "object",
+        "required": ["index", "id", "error"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "id": {
+                "type": ["string", "null"],
+                "description": "The id to send it again with (null without consumer.id_field).",
+            },
+            "error": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+    "Ingested": {
+        "type": "object",
+        "required": ["accepted", "rejected"],
+        "properties": {
+            "accepted": {"type": "array", "items": ref("schemas", "AcceptedMessage")},
+            "rejected": {"type": "array", "items": ref("schemas", "RejectedMessage")},
         },
         "additionalProperties": False,
     },
@@ -309,6 +363,10 @@ HEADERS: dict[str, Any] = {
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     },
     "ETag": {"description": "The file's version; send it back as If-None-Match.", "schema": {"type": "string"}},
+    "WWW-Authenticate": {
+        "description": "How to send a key: Bearer (and Basic for /metrics).",
+        "schema": {"type": "string"},
+    },
 }
 
 RESPONSES: dict[str, Any] = {
@@ -319,6 +377,25 @@ RESPONSES: dict[str, Any] = {
     # Gunicorn's parser answers these (streamd.api.worker makes them JSON) before any route sees the request.
     "UriTooLong": error("The request line is longer than Gunicorn's limit_request_line."),
     "HeadersTooLarge": error("A header is larger than Gunicorn's limit_request_field_size, or there are too many."),
+    "Unauthorized": {
+        **error("No API key was sent, or the one sent is unknown or revoked."),
+        "headers": {"WWW-Authenticate": ref("headers", "WWW-Authenticate")},
+    },
+    "Forbidden": error("The API key lacks the scope this operation needs; `scope` names it."),
+    "TooManyRequests": error("The API key is over auth.rate_limit.", retry=True),
+}
+
+SECURITY_SCHEMES: dict[str, Any] = {
+    "apiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key issued by `streamd keys add NAME --scope SCOPE`, as `Authorization: Bearer <key>`.",
+    },
+    "apiKeyAsPassword": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "The same key as the password of Basic auth (any user name), as Prometheus sends it.",
+    },
 }
 
 TIME_RANGE = (
@@ -360,13 +437,59 @@ def operation(
         "summary": summary,
         "parameters": list(parameters),
         "responses": {
-            **responses,
             "400": ref("responses", "BadRequest"),
             "414": ref("responses", "UriTooLong"),
             "431": ref("responses", "HeadersTooLarge"),
+            **responses,
         },
         **extra,
     }
+
+
+def ingest_operation(config: Config) -> dict[str, Any]:
+    """POST /messages: what the request may hold and every answer (streamd/api/ingest.py).
+
+    A lone message is described by the schema every message is held to (`Payload`); in a batch each item is
+    judged on its own and a bad one is refused by index in a 202, so a batch's items are any JSON value.
+    """
+    batch = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": config.ingest.max_batch,
+        "items": {"description": "One message, judged on its own against `Payload`: refused by index if it fails."},
+    }
+    return operation(
+        "ingestMessages",
+        "Send messages to kafka.topic: each checked as the consumers would, answered once Kafka acknowledged it.",
+        {
+            "202": json_body(
+                "Kafka acknowledged every valid message; invalid ones are in `rejected`.", ref("schemas", "Ingested")
+            ),
+            "400": error(
+                "No message could be read (empty body, JSON that does not parse, over ingest.max_batch: `limit`), or "
+                "every message is invalid (`rejected`, by index): nothing was sent."
+            ),
+            "413": error("The body is over ingest.max_body_bytes (`limit`)."),
+            "415": error("The Content-Type is neither application/json nor application/x-ndjson."),
+            "503": error(
+                "Kafka did not acknowledge some valid messages within ingest.ack_timeout (or the queue is full): "
+                "`not_accepted` lists them, to send again with their ids; the store keeps one per id.",
+                retry=True,
+            ),
+        },
+        requestBody={
+            "required": True,
+            "content": {
+                JSON: {"schema": {"oneOf": [ref("schemas", "Payload"), batch]}},
+                NDJSON: {
+                    "schema": {
+                        **batch,
+                        "description": "One message per line (blank lines skipped), each judged as an item of a batch.",
+                    }
+                },
+            },
+        },
+    )
 
 
 def message_paths(collections: Sequence[str]) -> dict[str, Any]:
@@ -504,25 +627,22 @@ def probe_paths() -> dict[str, Any]:
     }
 
 
-def observation_paths() -> dict[str, Any]:
+def observation_paths(config: Config) -> dict[str, Any]:
+    metrics = {
+        "200": {
+            "description": "The Prometheus text exposition format.",
+            "content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}},
+        }
+    }
+    if config.auth.metrics_port:
+        metrics = {"404": error(f"/metrics is served on port {config.auth.metrics_port} (auth.metrics_port).")}
     return {
         "/stats": {
             "get": operation(
                 "stats", "The pipeline in one document.", {"200": json_body("The statistics.", ref("schemas", "Stats"))}
             )
         },
-        "/metrics": {
-            "get": operation(
-                "metrics",
-                "Prometheus metrics of every streamd process.",
-                {
-                    "200": {
-                        "description": "The Prometheus text exposition format.",
-                        "content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}},
-                    }
-                },
-            )
-        },
+        "/metrics": {"get": operation("metrics", "Prometheus metrics of every streamd process.", metrics)},
         "/openapi.json": {
             "get": operation(
                 "openapi",
@@ -582,8 +702,43 @@ def dashboard_paths(assets: Mapping[str, Asset]) -> dict[str, Any]:
     }
 
 
-def build(config: Config, collections: Sequence[str], assets: Mapping[str, Asset]) -> dict[str, Any]:
-    """The document for this process: `collections` are those `?collection=` takes, `assets` the dashboard's files."""
+def guard(operation: dict[str, Any], scope: str, config: Config) -> None:
+    """Who may call `operation`, as auth.Authorization decides it: open, or a key with `scope` and its answers."""
+    if scope == PUBLIC or not keys_required(config):
+        operation["security"] = []
+        return
+    public = scope in config.auth.public_scopes
+    # A public scope serves requests without a key, but a key that is sent is still checked.
+    operation["security"] = [{}] * public + [{"apiKey": []}, {"apiKeyAsPassword": []}]
+    operation["description"] = f"Needs an API key with scope `{scope}`" + (" when one is sent." if public else ".")
+    answers = operation["responses"]
+    answers["401"] = ref("responses", "Unauthorized")
+    if not public:
+        answers["403"] = ref("responses", "Forbidden")
+    if config.auth.rate_limit > 0:
+        answers["429"] = ref("responses", "TooManyRequests")
+
+
+def build(
+    config: Config,
+    collections: Sequence[str],
+    assets: Mapping[str, Asset],
+    scope_of: Callable[[str, str], str] = lambda path, method: PUBLIC,
+) -> dict[str, Any]:
+    """The document for this process: `collections` are those `?collection=` takes, `assets` the dashboard's
+    files, and `scope_of(path, METHOD)` the scope its resource declares (auth.scope_of)."""
+    paths = {
+        **message_paths(collections),
+        **aggregate_paths(config),
+        **probe_paths(),
+        **observation_paths(config),
+        **dashboard_paths(assets),
+    }
+    if config.ingest.enabled:  # else a POST is a 405, as for any method a path does not list
+        paths["/messages"]["post"] = ingest_operation(config)
+    for path, item in paths.items():
+        for method, operation in item.items():
+            guard(operation, scope_of(path, method.upper()), config)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -592,15 +747,21 @@ def build(config: Config, collections: Sequence[str], assets: Mapping[str, Asset
             "description": "Stored messages, their live feed, window aggregates, health and metrics. Every error is "
             "the JSON `Error`; a method a path does not list answers 405 with an `Allow` header.",
         },
-        "paths": {
-            **message_paths(collections),
-            **aggregate_paths(config),
-            **probe_paths(),
-            **observation_paths(),
-            **dashboard_paths(assets),
+        "paths": paths,
+        "components": {
+            "schemas": {**SCHEMAS, "Payload": payload_schema(config)},
+            "responses": RESPONSES,
+            "headers": HEADERS,
+            "securitySchemes": SECURITY_SCHEMES,
         },
-        "components": {"schemas": SCHEMAS, "responses": RESPONSES, "headers": HEADERS},
     }
+
+
+def payload_schema(config: Config) -> dict[str, Any]:
+    """What a message must be (message_schema.builtin_schema, on consumer.id_field); consumer.schema and the
+    stages may refuse more, by index."""
+    schema = {key: value for key, value in builtin_schema(config.consumer.id_field).items() if key != "$schema"}
+    return {**schema, "description": "A message as the consumers read it from Kafka; other fields are kept in `data`."}
 
 
 def _version() -> str:
@@ -614,6 +775,8 @@ def _version() -> str:
 
 class OpenApiResource:
     """Serves the document, encoded once: it only changes when the process does (a reload restarts the API)."""
+
+    scopes = {"GET": READ}
 
     def __init__(self, document: dict[str, Any]) -> None:
         self.body = orjson.dumps(document)
