@@ -89,7 +89,7 @@ def _first_line(path: Path) -> str:
         ) from None
     if not line:
         raise CredentialsMissing(f"{path} is empty; delete {path.parent.parent} to make a new local stack.")
-    return line
+    return remember_secret(line)
 
 
 def credentials_dir(state_path: Path) -> Path:
@@ -125,7 +125,18 @@ def with_secrets_read(config: Config, label: str) -> Config:
     )
     config = dataclasses.replace(config, kafka=kafka, mongodb=mongodb)
     remember_config_secrets(config)
+    if stack is not None:
+        _remember_stack_secrets(StackCredentials(Path(stack)))
     return config
+
+
+def _remember_stack_secrets(stack: StackCredentials) -> None:
+    """Masked from the start in every process of a tls-mode stack, the servers' relays included."""
+    for read in (stack.kafka_password, stack.store_password):
+        try:
+            read()  # _first_line remembers what it reads
+        except CredentialsMissing:
+            pass  # not made yet: whoever makes or reads them later remembers them then
 
 
 def _absolute(config: Config, path: str | None) -> str | None:
@@ -158,30 +169,24 @@ def stack_credentials(directory: str | None) -> StackCredentials | None:
 def kafka_security(settings: KafkaConfig) -> dict[str, Any]:
     """librdkafka properties from the kafka security keys, completed from the local stack in tls mode.
 
-    Raises ConfigError when stack.security is tls and the stack has not made its credentials yet.
+    A key the user set is always passed on (kafka.client may be what sets security.protocol); the stack's
+    values fill the gaps only while the protocol is the stack's own.  Raises ConfigError when
+    stack.security is tls and the stack has not made its credentials yet.
     """
     stack = stack_credentials(settings.stack_credentials)
     protocol = settings.security_protocol or (STACK_KAFKA_PROTOCOL if stack else None)
-    properties: dict[str, Any] = {}
-    if protocol is not None:
-        properties["security.protocol"] = protocol
-    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
-        mechanism = settings.sasl_mechanism or (STACK_KAFKA_MECHANISM if stack else None)
-        if mechanism is not None:
-            properties["sasl.mechanism"] = mechanism
-        username = settings.sasl_username or (USER if stack else None)
-        if username is not None:
-            properties["sasl.username"] = username
-        password = settings.sasl_password or settings.password_read
-        if password is None and stack is not None:
-            password = _stack_secret(stack.kafka_password)
-        if password is not None:
-            properties["sasl.password"] = remember_secret(password)
-    if protocol in ("SSL", "SASL_SSL"):
-        ca_file = settings.tls_ca_file or (str(stack.ca_file) if stack else None)
-        if ca_file is not None:
-            properties["ssl.ca.location"] = ca_file
-    return properties
+    local = stack if protocol == STACK_KAFKA_PROTOCOL else None
+    properties = {
+        "security.protocol": protocol,
+        "sasl.mechanism": settings.sasl_mechanism or (STACK_KAFKA_MECHANISM if local else None),
+        "sasl.username": settings.sasl_username or (USER if local else None),
+        "sasl.password": settings.sasl_password
+        or settings.password_read
+        or (_stack_secret(local.kafka_password) if local else None),
+        "ssl.ca.location": settings.tls_ca_file or (str(local.ca_file) if local else None),
+    }
+    remember_secret(properties["sasl.password"])
+    return {key: value for key, value in properties.items() if value is not None}
 
 
 def mongo_security(settings: MongoConfig) -> dict[str, Any]:
@@ -193,9 +198,10 @@ def mongo_security(settings: MongoConfig) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if settings.tls or stack is not None:
         options["tls"] = True
-        ca_file = settings.tls_ca_file or (str(stack.ca_file) if stack else None)
-        if ca_file is not None:
-            options["tlsCAFile"] = ca_file
+    # Passed even without mongodb.tls: the uri's own tls=true may be what asks for TLS.
+    ca_file = settings.tls_ca_file or (str(stack.ca_file) if stack else None)
+    if ca_file is not None:
+        options["tlsCAFile"] = ca_file
     password = settings.password or settings.password_read
     if settings.username is not None:
         options["username"] = settings.username

@@ -50,6 +50,23 @@ def test_kafka_keys_become_librdkafka_properties(tmp_path):
     }
 
 
+def test_keys_the_user_set_are_passed_on_even_when_kafka_client_or_the_uri_asks_for_the_protocol(tmp_path):
+    ca = written(tmp_path, "pem", "ca.pem")
+    settings = config_module.from_mapping(
+        {
+            "kafka": {"client": {"security.protocol": "SASL_SSL"}, "sasl_username": "svc", "sasl_password": PASSWORD},
+            "mongodb": {"uri": "mongodb://db:27017/?tls=true", "tls_ca_file": str(ca)},
+        }
+    )
+    properties = client_settings(settings.kafka, "consumer")
+    assert (properties["security.protocol"], properties["sasl.username"], properties["sasl.password"]) == (
+        "SASL_SSL",
+        "svc",
+        PASSWORD,
+    )
+    assert mongo_security(settings.mongodb) == {"tlsCAFile": str(ca)}
+
+
 def test_kafka_client_overrides_the_security_keys_and_the_role_overrides_both():
     settings = config_module.from_mapping(
         {"kafka": {"security_protocol": "SSL", "client": {"security.protocol": "SASL_SSL", "acks": "1"}}}

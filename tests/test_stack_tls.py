@@ -5,6 +5,7 @@ and what lacks TLS or the right password is refused.  Nothing of it may show a p
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from pymongo.errors import OperationFailure, PyMongoError
 from streamd import config as config_module
 from streamd import stack
 from streamd.config import Config
-from streamd.credentials import StackCredentials, credentials_dir
+from streamd.credentials import StackCredentials, credentials_dir, mongo_client
+from streamd.kafka import make_client
 
 from .probes import REPO, STACK_STATE_DIR, free_port, wait_until
 from .supervisor_process import SupervisorProcess, api_url, get_json, start_streamd
@@ -161,3 +163,51 @@ def test_the_stack_files_are_readable_by_their_owner_only(secured: SupervisorPro
     }
     properties = Path(secured.config.state_path, "stack", "kafka", "server.properties")
     assert properties.stat().st_mode & 0o777 == 0o600, "it holds the broker's SCRAM password"
+
+
+def test_switching_a_stack_between_none_and_tls_never_leaves_it_unusable(tmp_path: Path) -> None:
+    ports = {"kafka": free_port(), "store": free_port(), "controller": free_port()}
+
+    def mode(security: str) -> Config:
+        return config_module.from_mapping(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "kafka": {"brokers": f"127.0.0.1:{ports['kafka']}"},
+                "mongodb": {"uri": f"mongodb://127.0.0.1:{ports['store']}", "timeout_ms": 5000},
+                "stack": {
+                    "security": security,
+                    "kafka_controller_port": ports["controller"],
+                    "cache_dir": str(STACK_STATE_DIR / "cache"),
+                },
+            },
+            label=f"{security} stack",
+        )
+
+    def kafka_serves(config: Config) -> bool:
+        return bool(make_client(AdminClient, config.kafka, "test").list_topics(timeout=10).brokers)
+
+    def kept(config: Config) -> dict | None:
+        with mongo_client(config.mongodb, serverSelectionTimeoutMS=5000) as client:
+            return client.switch.kept.find_one({"_id": "before"})
+
+    plain, secure = mode("none"), mode("tls")
+    try:
+        assert stack.ensure_running(plain)
+        with mongo_client(plain.mongodb) as client:
+            client.switch.kept.insert_one({"_id": "before"})
+        stack.down(plain)
+
+        with pytest.raises(stack.StackError, match="has no SCRAM user; set stack.security: none again, or delete"):
+            stack.ensure_running(secure)
+        assert not any(entry.answering for entry in stack.status(secure)), "nothing half-started"
+        shutil.rmtree(tmp_path / "state" / "stack" / "kafka")  # what the sentence says to do
+
+        assert stack.ensure_running(secure)
+        assert kafka_serves(secure) and kept(secure) is not None, "the store keeps its data and gains its user"
+        assert kafka_refuses(secure, {})
+        stack.down(secure)
+
+        assert stack.ensure_running(plain)
+        assert kafka_serves(plain) and kept(plain) is not None, "back to none: no TLS, no password"
+    finally:
+        stack.down(plain)
