@@ -49,13 +49,13 @@ def setting(
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata={"doc": doc, "check": check})
     metadata = {"doc": doc, "minimum": minimum, "maximum": maximum, "check": check, "secret": secret}
-    return field(default=default, metadata=metadata)
+    return field(default=default, repr=not secret, metadata=metadata)  # repr: a config printed while debugging
 
 
 def derived(doc: str) -> Any:
     """Not a config key: a value filled in by load() from the keys (a secret read from a *_file key, the
     local stack's credentials directory), never written in config.yaml and never printed."""
-    return field(default=None, metadata={"doc": doc, "internal": True})
+    return field(default=None, repr=False, metadata={"doc": doc, "internal": True})
 
 
 @dataclass(frozen=True)

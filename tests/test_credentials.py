@@ -88,6 +88,7 @@ def test_a_password_file_is_read_when_the_config_loads_relative_to_the_config_fi
     assert kafka_security(settings.kafka)["sasl.password"] == PASSWORD
     assert mongo_security(settings.mongodb) == {"username": "app", "password": PASSWORD}
     assert settings.kafka.sasl_password_file == str(tmp_path / "kafka.secret")
+    assert PASSWORD not in repr(settings), "a config printed while debugging shows no secret"
 
 
 @pytest.mark.parametrize(
