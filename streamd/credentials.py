@@ -85,7 +85,8 @@ def _first_line(path: Path) -> str:
     except OSError as exc:
         raise CredentialsMissing(
             f"stack.security is tls but the local stack's {path.name} in {path.parent} cannot be read "
-            f"({exc.strerror}); start the local stack once (streamd start or streamd stack up) to create it."
+            f"({exc.strerror}); start the local stack once (streamd start or streamd stack up) to make it, or, "
+            f"if it was deleted while the servers' data was kept, delete {path.parent.parent} to start over."
         ) from None
     if not line:
         raise CredentialsMissing(f"{path} is empty; delete {path.parent.parent} to make a new local stack.")
@@ -105,23 +106,21 @@ def with_secrets_read(config: Config, label: str) -> Config:
     """
     kafka, mongodb = config.kafka, config.mongodb
     stack = str(credentials_dir(config.state_path)) if config.stack.security == "tls" else None
+    kafka_file = _absolute(config, kafka.sasl_password_file)
     kafka = dataclasses.replace(
         kafka,
-        sasl_password_file=_absolute(config, kafka.sasl_password_file),
+        sasl_password_file=kafka_file,
         tls_ca_file=_absolute(config, kafka.tls_ca_file),
+        password_read=_secret_from_file(kafka.sasl_password, kafka_file, "kafka.sasl_password", label),
         stack_credentials=stack,
     )
-    kafka = dataclasses.replace(
-        kafka, password_read=_secret_from_file(kafka.sasl_password, kafka.sasl_password_file, "kafka.sasl", label)
-    )
+    mongodb_file = _absolute(config, mongodb.password_file)
     mongodb = dataclasses.replace(
         mongodb,
-        password_file=_absolute(config, mongodb.password_file),
+        password_file=mongodb_file,
         tls_ca_file=_absolute(config, mongodb.tls_ca_file),
+        password_read=_secret_from_file(mongodb.password, mongodb_file, "mongodb.password", label),
         stack_credentials=stack,
-    )
-    mongodb = dataclasses.replace(
-        mongodb, password_read=_secret_from_file(mongodb.password, mongodb.password_file, "mongodb.", label)
     )
     config = dataclasses.replace(config, kafka=kafka, mongodb=mongodb)
     remember_config_secrets(config)
@@ -143,8 +142,8 @@ def _absolute(config: Config, path: str | None) -> str | None:
     return None if path is None else str(config.resolve_path(path))
 
 
-def _secret_from_file(given: str | None, path: str | None, prefix: str, label: str) -> str | None:
-    key = f"{prefix}{'_' if prefix.endswith('sasl') else ''}password"
+def _secret_from_file(given: str | None, path: str | None, key: str, label: str) -> str | None:
+    """The first line of `path`, the file of secret `key` (given: the key's own value, which must be None)."""
     if path is None:
         return None
     if given is not None:

@@ -101,7 +101,11 @@ class SecretMask(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if _pattern is None:
             return True
-        record.msg = masked_text(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # a malformed logging call: the handler reports it (handleError), not the caller's code
+        record.msg = masked_text(message)
         record.args = None
         if record.exc_info:
             record.exc_text = masked_text(logging.Formatter().formatException(record.exc_info))
