@@ -52,10 +52,10 @@ def setting(
     return field(default=default, repr=not secret, metadata=metadata)  # repr: a config printed while debugging
 
 
-def derived(doc: str) -> Any:
+def derived(doc: str, *, secret: bool = False) -> Any:
     """Not a config key: a value filled in by load() from the keys (a secret read from a *_file key, the
     local stack's credentials directory), never written in config.yaml and never printed."""
-    return field(default=None, repr=False, metadata={"doc": doc, "internal": True})
+    return field(default=None, repr=False, metadata={"doc": doc, "internal": True, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class KafkaConfig:
         {},
         "Extra librdkafka properties for every client; they override the security keys above (see docs/tls.md).",
     )
-    password_read: str | None = derived("The first line of kafka.sasl_password_file.")
+    password_read: str | None = derived("The first line of kafka.sasl_password_file.", secret=True)
     stack_credentials: str | None = derived("The local stack's TLS directory when stack.security is tls.")
 
 
@@ -122,7 +122,7 @@ class MongoConfig:
         "empty keeps them forever.",
         check=lambda text: _retention(text),
     )
-    password_read: str | None = derived("The first line of mongodb.password_file.")
+    password_read: str | None = derived("The first line of mongodb.password_file.", secret=True)
     stack_credentials: str | None = derived("The local stack's TLS directory when stack.security is tls.")
 
 
@@ -429,7 +429,7 @@ def env_name(dotted_key: str) -> str:
 def _checked_across(config: Config, label: str) -> Config:
     """Rules that tie keys of different sections together; each refusal names the key to change."""
     from streamd.config_rules import conflicts
-    from streamd.credentials import with_secrets_read
+    from streamd.config_secrets import with_secrets_read
     from streamd.stages import StageChain, StageSpecError
 
     config = with_secrets_read(config, label)

@@ -10,23 +10,22 @@ Two functions decide everything a client gets, and every client goes through the
 
 In each, a key the user set wins over the local stack's value, key by key: `stack: {security: tls}` alone
 is enough on a laptop, and a user who sets kafka.sasl_username keeps the stack's CA.  Every secret these
-functions hand out is remembered by streamd.redaction, so no log line of this process shows it.
+functions hand out is remembered by streamd.masking, so no log line of this process shows it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamd.config_file import ConfigError
-from streamd.redaction import remember_config_secrets, remember_secret
+from streamd.masking import remember_secret
 
 if TYPE_CHECKING:
     import pymongo
 
-    from streamd.config import Config, KafkaConfig, MongoConfig
+    from streamd.config import KafkaConfig, MongoConfig
 
 USER = "streamd"  # the SCRAM user on the local Kafka and the user on the local store
 STACK_KAFKA_PROTOCOL = "SASL_SSL"
@@ -96,69 +95,6 @@ def _first_line(path: Path) -> str:
 def credentials_dir(state_path: Path) -> Path:
     """Where a state dir's local stack keeps its TLS material (beside the servers' own directories)."""
     return state_path / "stack" / "tls"
-
-
-def with_secrets_read(config: Config, label: str) -> Config:
-    """The config with its *_file secrets read and its paths made absolute; called once by config.load.
-
-    A file that cannot be read, or whose first line is empty, is a ConfigError naming the key and the
-    file; so is a secret given both ways (which would win is nobody's guess).
-    """
-    kafka, mongodb = config.kafka, config.mongodb
-    stack = str(credentials_dir(config.state_path)) if config.stack.security == "tls" else None
-    kafka_file = _absolute(config, kafka.sasl_password_file)
-    kafka = dataclasses.replace(
-        kafka,
-        sasl_password_file=kafka_file,
-        tls_ca_file=_absolute(config, kafka.tls_ca_file),
-        password_read=_secret_from_file(kafka.sasl_password, kafka_file, "kafka.sasl_password", label),
-        stack_credentials=stack,
-    )
-    mongodb_file = _absolute(config, mongodb.password_file)
-    mongodb = dataclasses.replace(
-        mongodb,
-        password_file=mongodb_file,
-        tls_ca_file=_absolute(config, mongodb.tls_ca_file),
-        password_read=_secret_from_file(mongodb.password, mongodb_file, "mongodb.password", label),
-        stack_credentials=stack,
-    )
-    config = dataclasses.replace(config, kafka=kafka, mongodb=mongodb)
-    remember_config_secrets(config)
-    if stack is not None:
-        _remember_stack_secrets(StackCredentials(Path(stack)))
-    return config
-
-
-def _remember_stack_secrets(stack: StackCredentials) -> None:
-    """Masked from the start in every process of a tls-mode stack, the servers' relays included."""
-    for read in (stack.kafka_password, stack.store_password):
-        try:
-            read()  # _first_line remembers what it reads
-        except CredentialsMissing:
-            pass  # not made yet: whoever makes or reads them later remembers them then
-
-
-def _absolute(config: Config, path: str | None) -> str | None:
-    return None if path is None else str(config.resolve_path(path))
-
-
-def _secret_from_file(given: str | None, path: str | None, key: str, label: str) -> str | None:
-    """The first line of `path`, the file of secret `key` (given: the key's own value, which must be None)."""
-    if path is None:
-        return None
-    if given is not None:
-        raise ConfigError(
-            f"{label}: {key} and {key}_file are both set (or {key} comes from its environment variable); "
-            "keep one of them."
-        )
-    try:
-        line = Path(path).read_text(encoding="utf-8").partition("\n")[0].strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-        raise ConfigError(f"{label}: {key}_file: cannot read {path} ({reason}); fix the path or the file.") from None
-    if not line:
-        raise ConfigError(f"{label}: {key}_file: {path} has no password on its first line; write it there.")
-    return line
 
 
 def stack_credentials(directory: str | None) -> StackCredentials | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from streamd.config import Config, LoggingConfig
-from streamd.redaction import SecretMask
+from streamd.masking import SecretMask
 
 LOG_DIR = "logs"
 SUFFIX = ".log"
@@ -34,7 +34,7 @@ class TextFormatter(logging.Formatter):
         line = f"{stamp} {record.levelname:<7} [{self.child}] {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        elif record.exc_text:  # already formatted, and its secrets masked, by redaction.SecretMask
+        elif record.exc_text:  # already formatted, and its secrets masked, by masking.SecretMask
             line += "\n" + record.exc_text
         return line
 
@@ -99,7 +99,7 @@ def configure(settings: LoggingConfig, child: str, directory: Path | None = None
         old.close()
     for handler in handlers:
         handler.setFormatter(formatter)
-        # Every secret the process has read or will read (redaction.remember_secret) becomes ****.
+        # Every secret the process has read or will read (masking.remember_secret) becomes ****.
         handler.addFilter(SecretMask())
         root.addHandler(handler)
     root.setLevel(settings.level)
