@@ -22,7 +22,7 @@ from streamd import config as config_module
 from streamd import stack
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
-from streamd.stack import kafka_server, tls
+from streamd.stack import kafka_server, store_server, tls
 from streamd.stack.pidfile import pid_path
 from streamd.stack.provisioning import MARKER
 from streamd.stack.store_server import STORE
@@ -140,6 +140,20 @@ def test_in_tls_mode_the_broker_port_takes_only_sasl_ssl_and_the_controller_stay
     assert properties["ssl.keystore.type"] == properties["ssl.truststore.type"] == "PEM"
     assert properties["ssl.truststore.location"] == str(stack_tls.ca_file)
     assert stack_tls.kafka_password() in properties["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+
+
+def test_in_tls_mode_the_store_listens_with_tls_only_and_its_password_stays_out_of_argv(tmp_path: Path) -> None:
+    settings = private_config(tmp_path, security="tls")
+    if STORE.provision(settings) is None:
+        pytest.skip("the local store is mongod")
+    service = store_server.service(settings)
+    password = tls.ensure(tmp_path / "state" / "stack" / "tls").store_password()
+
+    assert "--listen-addr=" in service.argv, "no plaintext listener"
+    assert any(argument.startswith("--listen-tls=127.0.0.1:") for argument in service.argv)
+    assert "--test-enable-new-auth" in service.argv
+    assert service.env == {"FERRETDB_SETUP_PASSWORD": password}
+    assert not any(password in argument for argument in service.argv)
 
 
 def test_a_kafka_storage_made_without_tls_is_not_silently_started_with_it(tmp_path: Path) -> None:

@@ -168,7 +168,6 @@ def service(config: Config) -> Service:
     binary = provision(config)
     secure = config.stack.security == "tls"
     credentials = tls.ensure(credentials_dir(config.state_path)) if secure else None
-    env: dict[str, str] = {}
     if binary is None:
         argv = [
             shutil.which("mongod") or "mongod",
@@ -178,7 +177,7 @@ def service(config: Config) -> Service:
             "--quiet",
         ]
         if credentials is not None:
-            # The first user is created through mongod's localhost exception once it answers (see answers).
+            # The first user is created through the localhost exception once it answers (_mongod_answers_with_user).
             argv += [
                 "--tlsMode=requireTLS",
                 f"--tlsCertificateKeyFile={credentials.key_and_cert_file}",
@@ -195,7 +194,7 @@ def service(config: Config) -> Service:
             # (acknowledged before its journal's 100 ms flush). See docs/performance.md for what it changed.
             f"--sqlite-url=file:{data}/?_pragma=synchronous(normal)",
             f"--state-dir={home}",
-            *_ferretdb_listener(Endpoint(endpoint.bind_host, endpoint.port), credentials, env),
+            *_ferretdb_listener(Endpoint(endpoint.bind_host, endpoint.port), credentials),
             "--telemetry=disable",
             "--debug-addr=-",  # no HTTP debug/metrics listener on 127.0.0.1:8088
             # Not WARN: FerretDB v1 lacks endSessions, which every pymongo client sends on close, and logs
@@ -208,7 +207,7 @@ def service(config: Config) -> Service:
     return Service(
         name="store",
         argv=argv,
-        env=env,
+        env=_ferretdb_env(credentials) if binary is not None else {},
         cwd=home,
         endpoint=str(endpoint),
         data_dir=data,
@@ -217,17 +216,16 @@ def service(config: Config) -> Service:
     )
 
 
-def _ferretdb_listener(address: Endpoint, credentials: StackCredentials | None, env: dict[str, str]) -> list[str]:
+def _ferretdb_listener(address: Endpoint, credentials: StackCredentials | None) -> list[str]:
     """FerretDB's listener: plain TCP, or in tls mode TLS only, with authentication enforced.
 
     FerretDB 1.24 enforces authentication only with --test-enable-new-auth (an "experimental" flag): every
     command except the handshake ones (hello, ping, saslStart, …) then needs a finished SCRAM conversation.
-    --setup-* creates the user, in the admin database, the first time it starts on storage without one; the
-    password goes in the environment rather than argv, where any local user could read it.
+    --setup-* creates the user, in the admin database, the first time it starts on storage without one; its
+    password is in the environment (_ferretdb_env).
     """
     if credentials is None:
         return [f"--listen-addr={address}"]
-    env["FERRETDB_SETUP_PASSWORD"] = credentials.store_password()
     return [
         "--listen-addr=",  # empty: no plaintext listener at all
         f"--listen-tls={address}",
@@ -237,6 +235,12 @@ def _ferretdb_listener(address: Endpoint, credentials: StackCredentials | None, 
         f"--setup-database={STACK_STORE_AUTH_SOURCE}",
         f"--setup-username={USER}",
     ]
+
+
+def _ferretdb_env(credentials: StackCredentials | None) -> dict[str, str]:
+    """The setup user's password, read by FerretDB's flag parser from the environment rather than from argv,
+    which any local user can read in /proc."""
+    return {} if credentials is None else {"FERRETDB_SETUP_PASSWORD": credentials.store_password()}
 
 
 def answers(settings: MongoConfig, timeout_ms: int = 2000) -> bool:
