@@ -1,5 +1,6 @@
-"""How streamd's clients prove who they are and whom they talk to: the security keys of kafka and mongodb,
-the secrets read from their *_file keys, and the local stack's own credentials when `stack.security` is tls.
+"""How streamd's clients prove who they are and whom they talk to: the security keys of kafka and mongodb
+(with the secrets config_secrets.py read from their *_file keys), and the local stack's own credentials
+when `stack.security` is tls, whose files (StackCredentials) stack/tls.py makes.
 
 Two functions decide everything a client gets, and every client goes through them:
 
@@ -152,6 +153,7 @@ def mongo_security(settings: MongoConfig) -> dict[str, Any]:
 def mongo_client(settings: MongoConfig, **options: Any) -> pymongo.MongoClient:
     """A client for mongodb.uri with the security settings applied; it connects lazily, so an unreachable
     store shows up at the first operation.  `options` are the caller's own (timeouts, tz_aware)."""
+    # Imported here: the producer makes Kafka clients through this module and never needs pymongo.
     import pymongo
     from pymongo.errors import ConfigurationError
 

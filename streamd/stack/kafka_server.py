@@ -234,6 +234,8 @@ def _format_storage(config: Config, jvm: list[str], properties: Path) -> None:
             raise StackError(f"formatting the local Kafka storage in {data} failed: {lines[-1].strip()}.")
         if secure:
             _scram_marker(config).write_text(f"{USER}\n", encoding="utf-8")
+        else:
+            _scram_marker(config).unlink(missing_ok=True)  # a storage made anew without it (data deleted)
 
 
 def answers(settings: KafkaConfig, timeout: float = 3.0) -> bool:
