@@ -11,6 +11,7 @@ turning its data into typed, bounded fields config_values.py's.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -36,15 +37,25 @@ def setting(
     minimum: float | None = None,
     maximum: float | None = None,
     check: Callable[[Any], Any] | None = None,
+    secret: bool = False,
 ) -> Any:
     """A config key: its default, its documentation, and its bounds or its `check`.
 
     `check` takes the value as written (after the type check) and returns it, normalised, or raises
-    ValueError with what is wrong; the loader names the file and the key.
+    ValueError with what is wrong; the loader names the file and the key.  A `secret` key is never shown:
+    not by `streamd config`, not in an error sentence, and its environment variable is taken as plain
+    text (a YAML reading would turn a password like `0123` into a number).
     """
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata={"doc": doc, "check": check})
-    return field(default=default, metadata={"doc": doc, "minimum": minimum, "maximum": maximum, "check": check})
+    metadata = {"doc": doc, "minimum": minimum, "maximum": maximum, "check": check, "secret": secret}
+    return field(default=default, repr=not secret, metadata=metadata)  # repr: a config printed while debugging
+
+
+def derived(doc: str, *, secret: bool = False) -> Any:
+    """Not a config key: a value filled in by load() from the keys (a secret read from a *_file key, the
+    local stack's credentials directory), never written in config.yaml and never printed."""
+    return field(default=None, repr=False, metadata={"doc": doc, "internal": True, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -57,12 +68,49 @@ class KafkaConfig:
         "data-stream.dlq",
         "Topic that receives messages the consumer cannot store, with the reason in headers.",
     )
-    client: dict = setting({}, "Extra librdkafka properties for every client (e.g. security.protocol, sasl.*).")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = setting(
+        None,
+        "How clients talk to the brokers (librdkafka security.protocol); empty: PLAINTEXT, or SASL_SSL when "
+        "stack.security is tls.",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = setting(
+        None, "SASL mechanism (librdkafka sasl.mechanism); empty: SCRAM-SHA-512 when stack.security is tls."
+    )
+    sasl_username: str | None = setting(None, "SASL user name; empty: the local stack's user when it runs tls.")
+    sasl_password: str | None = setting(
+        None, "SASL password; better given by sasl_password_file or STREAMD_KAFKA_SASL_PASSWORD.", secret=True
+    )
+    sasl_password_file: str | None = setting(
+        None, "File whose first line is the SASL password (read when the config loads)."
+    )
+    tls_ca_file: str | None = setting(
+        None,
+        "PEM file of the CA that signed the brokers' certificates (librdkafka ssl.ca.location); empty: the "
+        "system's CAs, or the local stack's CA when stack.security is tls.",
+    )
+    client: dict = setting(
+        {},
+        "Extra librdkafka properties for every client; they override the security keys above (see docs/tls.md).",
+    )
+    password_read: str | None = derived("The first line of kafka.sasl_password_file.", secret=True)
+    stack_credentials: str | None = derived("The local stack's TLS directory when stack.security is tls.")
 
 
 @dataclass(frozen=True)
 class MongoConfig:
-    uri: str = setting("mongodb://127.0.0.1:27017", "MongoDB connection string.")
+    uri: str = setting(
+        "mongodb://127.0.0.1:27017",
+        "MongoDB connection string; keep the password out of it (mongodb.password_file).",
+    )
+    username: str | None = setting(None, "User to authenticate as; empty: the uri's, or the local stack's user.")
+    password: str | None = setting(
+        None, "Password of mongodb.username; better given by password_file or STREAMD_MONGODB_PASSWORD.", secret=True
+    )
+    password_file: str | None = setting(None, "File whose first line is the password (read when the config loads).")
+    tls: bool = setting(False, "Connect with TLS (true whenever stack.security is tls); the uri's tls=true works too.")
+    tls_ca_file: str | None = setting(
+        None, "PEM file of the CA that signed the server's certificate; empty: the system's CAs or the stack's CA."
+    )
     database: str = setting("messageDB", "Database holding the messages.")
     collection: str = setting("messages", "Collection holding the messages.")
     timeout_ms: int = setting(
@@ -74,6 +122,8 @@ class MongoConfig:
         "empty keeps them forever.",
         check=lambda text: _retention(text),
     )
+    password_read: str | None = derived("The first line of mongodb.password_file.", secret=True)
+    stack_credentials: str | None = derived("The local stack's TLS directory when stack.security is tls.")
 
 
 @dataclass(frozen=True)
@@ -274,6 +324,11 @@ class StackConfig:
     cache_dir: str | None = setting(
         None, "Where downloaded and built server artifacts are kept; empty means <state_dir>/cache."
     )
+    security: Literal["none", "tls"] = setting(
+        "none",
+        "tls: the local Kafka takes only SASL_SSL with SCRAM-SHA-512 and the local store only TLS with a user, "
+        "all generated under <state_dir>/stack/tls, and streamd's clients use them (see docs/tls.md).",
+    )
 
 
 @dataclass(frozen=True)
@@ -395,8 +450,28 @@ def from_mapping(raw: Mapping[str, Any], label: str = "<config>") -> Config:
 
 
 def to_mapping(config: Config) -> dict[str, Any]:
-    """The config as plain YAML-ready data (for writing a config file or printing the effective config)."""
-    return {key: value for key, value in dataclasses.asdict(config).items() if key != "source"}
+    """The config as plain YAML-ready data (for writing a config file or printing the effective config).
+
+    Derived values are left out: loading the mapping derives them again (a password from its file).
+    """
+    mapping = {}
+    for top in dataclasses.fields(Config):
+        if top.metadata.get("internal"):
+            continue
+        value = getattr(config, top.name)
+        if dataclasses.is_dataclass(value):
+            mapping[top.name] = {
+                f.name: _plain(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if not f.metadata.get("internal")
+            }
+        else:
+            mapping[top.name] = _plain(value)
+    return mapping
+
+
+def _plain(value: Any) -> Any:
+    return copy.deepcopy(value)  # the caller may change the mapping; the frozen config must not change with it
 
 
 def documented_keys() -> Iterator[tuple[str, Any, str]]:
@@ -406,7 +481,8 @@ def documented_keys() -> Iterator[tuple[str, Any, str]]:
             continue
         if _is_section(top):
             for f in dataclasses.fields(field_type(Config, top.name)):
-                yield f"{top.name}.{f.name}", default_of(f), f.metadata["doc"]
+                if not f.metadata.get("internal"):
+                    yield f"{top.name}.{f.name}", default_of(f), f.metadata["doc"]
         else:
             yield top.name, default_of(top), top.metadata["doc"]
 
@@ -421,8 +497,10 @@ def env_name(dotted_key: str) -> str:
 def _checked_across(config: Config, label: str) -> Config:
     """Rules that tie keys of different sections together; each refusal names the key to change."""
     from streamd.config_rules import conflicts
+    from streamd.config_secrets import with_secrets_read
     from streamd.stages import StageChain, StageSpecError
 
+    config = with_secrets_read(config, label)
     try:
         # Compiled here so that a bad expression stops a start (exit 2) or a reload (the old config runs on).
         StageChain.compile(config.stages, config.consumer.id_field)
@@ -503,6 +581,11 @@ def _file_count(count: int) -> int:
     return count
 
 
+def _is_secret(section: str, key: str) -> bool:
+    owner = field_type(Config, section) if section else Config
+    return any(f.name == key and f.metadata.get("secret") for f in dataclasses.fields(owner))
+
+
 def _is_section(f: dataclasses.Field) -> bool:
     return dataclasses.is_dataclass(field_type(Config, f.name))
 
@@ -519,11 +602,13 @@ def _with_env_overrides(raw: dict, environ: Mapping[str, str]) -> dict:
                 f"environment variable {shown} names no config key; "
                 f"the rule is STREAMD_<SECTION>_<KEY>, e.g. STREAMD_CONSUMER_PROCESSES."
             )
+        section, _, key = known[variable].rpartition(".")
         try:
             value = parse_yaml(text) if text.strip() else None
         except Exception:
             value = text  # not YAML (e.g. `a: b: c`): the text itself, which validation then judges
-        section, _, key = known[variable].rpartition(".")
+        if _is_secret(section, key):
+            value = text.strip() or None  # a password is text, whatever YAML would make of it
         # Judged here, on its own, so that a bad value names the variable rather than the file.
         check_one(field_type(Config, section) if section else Config, key, value, f"environment variable {variable}")
         if section:

@@ -79,6 +79,9 @@ def _checked(value: Any, f: dataclasses.Field, label: str, key: str | None) -> A
 
 
 def _coerce(value: Any, expected: Any, f: dataclasses.Field, where: str) -> Any:
+    if f.metadata.get("secret") and value not in (None, "") and not _is_text(value):
+        # Every other refusal quotes the value; a password must not end up in a terminal or a log.
+        raise ConfigError(f"{where}: expected the secret as text (quote it in YAML); its value is not shown.")
     default = default_of(f)
     hint = f" (default {default!r})" if default not in (None, {}) else ""
     origin = typing.get_origin(expected)
@@ -134,6 +137,10 @@ def _coerce(value: Any, expected: Any, f: dataclasses.Field, where: str) -> Any:
                     raise ConfigError(f"{where}: expected a list of non-empty strings, got {_shown(item)} in it.")
         return tuple(value)
     raise TypeError(f"config schema has an unsupported type {expected!r} at {where}")  # our bug, not the user's
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and "\0" not in value
 
 
 def _checked_range(value: float, f: dataclasses.Field, where: str, hint: str) -> Any:

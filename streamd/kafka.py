@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamd.config import Config, ConfigError, KafkaConfig
+from streamd.credentials import kafka_security
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,14 @@ def client_settings(
     required: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """librdkafka properties for one client: the brokers, the role's defaults, the user's extras, then what
-    `role` needs.
+    """librdkafka properties for one client: the brokers, the role's defaults, the security keys, the user's
+    extras, then what `role` needs.
 
-    The role's required properties are applied last on purpose: commit-after-write and the idempotent
-    producer rest on them, so kafka.client can add security settings but cannot switch those off. Its
-    defaults are only streamd's choice, and kafka.client overrides them.
+    Precedence, lowest first: the role's defaults < the security keys (kafka.security_protocol, sasl_*,
+    tls_ca_file, or the local stack's in tls mode: streamd.credentials.kafka_security) < kafka.client <
+    the role's required properties.  The required ones are applied last on purpose: commit-after-write and
+    the idempotent producer rest on them, so kafka.client can add or override security settings but cannot
+    switch those off. The defaults are only streamd's choice, and kafka.client overrides them.
     """
     return {
         "bootstrap.servers": settings.brokers,
@@ -74,6 +77,7 @@ def client_settings(
         # librdkafka logs through Python logging (served from poll/consume), so its lines carry the child name.
         "logger": librdkafka_logger(role),
         **(defaults or {}),
+        **kafka_security(settings),
         **settings.client,
         **(required or {}),
     }

@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 
 from streamd.config import Config, LoggingConfig
+from streamd.masking import SecretMask
 
 LOG_DIR = "logs"
 SUFFIX = ".log"
@@ -33,6 +34,8 @@ class TextFormatter(logging.Formatter):
         line = f"{stamp} {record.levelname:<7} [{self.child}] {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:  # already formatted, and its secrets masked, by masking.SecretMask
+            line += "\n" + record.exc_text
         return line
 
 
@@ -51,6 +54,8 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
         return orjson.dumps(entry).decode()
 
 
@@ -94,6 +99,8 @@ def configure(settings: LoggingConfig, child: str, directory: Path | None = None
         old.close()
     for handler in handlers:
         handler.setFormatter(formatter)
+        # Every secret the process has read or will read (masking.remember_secret) becomes ****.
+        handler.addFilter(SecretMask())
         root.addHandler(handler)
     root.setLevel(settings.level)
     # pymongo and librdkafka's Python wrapper are chatty at DEBUG; their warnings still come through.

@@ -3,16 +3,19 @@
 A config file holds credentials (the password in mongodb.uri, SASL and TLS passwords in kafka.client),
 and what streamd prints ends up in terminals, journald and bug reports.  Everything that shows config
 values goes through `shown_config` or `masked_uri`; the config itself is never altered.
+
+Log lines are masked by value instead, by streamd.masking.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
 from streamd.config import Config, to_mapping
+from streamd.masking import MASK
 
-MASK = "****"
 # librdkafka properties that hold a secret themselves: every *password* and *secret* (sasl.password,
 # ssl.key.password, ssl.keystore.password, ssl.truststore.password, sasl.oauthbearer.client.secret),
 # an inline private key, and the OAUTHBEARER config string, which carries the token's claims.
@@ -27,6 +30,13 @@ def shown_config(config: Config) -> dict[str, Any]:
     shown = to_mapping(config)
     shown["mongodb"]["uri"] = masked_uri(config.mongodb.uri)
     shown["kafka"]["client"] = {key: masked_property(key, value) for key, value in config.kafka.client.items()}
+    for name, section in shown.items():
+        value = getattr(config, name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for f in dataclasses.fields(value):
+            if f.metadata.get("secret") and section.get(f.name) is not None:
+                section[f.name] = MASK
     return shown
 
 

@@ -32,7 +32,6 @@ from pymongo.collection import Collection
 from pymongo.errors import (
     BulkWriteError,
     CollectionInvalid,
-    ConfigurationError,
     ConnectionFailure,
     ExecutionTimeout,
     OperationFailure,
@@ -40,7 +39,8 @@ from pymongo.errors import (
 )
 
 from streamd import coordinates
-from streamd.config import ConfigError, MongoConfig
+from streamd.config import MongoConfig
+from streamd.credentials import mongo_client
 
 DUPLICATE_KEY = 11000
 NAMESPACE_EXISTS = 48
@@ -222,12 +222,7 @@ def failure_reason(exc: Exception) -> str:
 
 def connect(settings: MongoConfig) -> pymongo.MongoClient:
     """A client for mongodb.uri; it connects lazily, so an unreachable store shows up at the first operation."""
-    try:
-        return pymongo.MongoClient(
-            settings.uri, serverSelectionTimeoutMS=settings.timeout_ms, tz_aware=True, appname="streamd"
-        )
-    except ConfigurationError as exc:
-        raise ConfigError(f"mongodb.uri: {exc}; expected a connection string like mongodb://host:27017.") from None
+    return mongo_client(settings, serverSelectionTimeoutMS=settings.timeout_ms, tz_aware=True, appname="streamd")
 
 
 class MessageStore:

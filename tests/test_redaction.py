@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamd import config as config_module
-from streamd.redaction import MASK, masked_property, masked_uri, shown_config
+from streamd.masking import MASK
+from streamd.redaction import masked_property, masked_uri, shown_config
 
 from .test_cli import streamd
 
@@ -82,3 +83,14 @@ def test_streamd_config_prints_no_secret(tmp_path):
     assert printed["mongodb"]["uri"] == f"mongodb://alice:{MASK}@db:27017"
     assert printed["kafka"]["client"]["sasl.password"] == MASK
     assert printed["kafka"]["client"]["sasl.username"] == "svc-streamd"
+
+
+def test_shown_config_masks_the_security_keys_and_keeps_their_files(tmp_path):
+    (tmp_path / "secret").write_text("file-hunter2\n")
+    config = config_module.from_mapping(
+        {"kafka": {"sasl_password": "key-hunter2"}, "mongodb": {"password_file": str(tmp_path / "secret")}}
+    )
+    shown = shown_config(config)
+    assert shown["kafka"]["sasl_password"] == MASK
+    assert shown["mongodb"]["password"] is None and shown["mongodb"]["password_file"] == str(tmp_path / "secret")
+    assert "hunter2" not in yaml.safe_dump(shown)

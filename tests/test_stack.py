@@ -22,7 +22,7 @@ from streamd import config as config_module
 from streamd import stack
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
-from streamd.stack import kafka_server
+from streamd.stack import kafka_server, store_server, tls
 from streamd.stack.pidfile import pid_path
 from streamd.stack.provisioning import MARKER
 from streamd.stack.store_server import STORE
@@ -119,6 +119,51 @@ def test_localhost_broker_binds_ipv4_loopback_and_advertises_the_configured_name
 
     assert properties["listeners"].startswith("PLAINTEXT://127.0.0.1:9192,")
     assert properties["advertised.listeners"] == "PLAINTEXT://localhost:9192"
+
+
+def test_in_tls_mode_the_broker_port_takes_only_sasl_ssl_and_the_controller_stays_on_loopback(tmp_path: Path) -> None:
+    settings = config_module.from_mapping(
+        {
+            "state_dir": str(tmp_path),
+            "kafka": {"brokers": "127.0.0.1:19092"},
+            "stack": {"kafka_controller_port": 19093, "security": "tls"},
+        }
+    )
+    stack_tls = tls.ensure(tmp_path / "stack" / "tls")
+    properties = parse_properties(kafka_server.server_properties(settings))
+
+    assert properties["listeners"] == "SASL_SSL://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert properties["advertised.listeners"] == "SASL_SSL://127.0.0.1:19092"
+    assert properties["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+    assert properties["inter.broker.listener.name"] == "SASL_SSL"
+    assert properties["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert properties["ssl.keystore.type"] == properties["ssl.truststore.type"] == "PEM"
+    assert properties["ssl.truststore.location"] == str(stack_tls.ca_file)
+    assert stack_tls.kafka_password() in properties["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+
+
+def test_in_tls_mode_the_store_listens_with_tls_only_and_its_password_stays_out_of_argv(tmp_path: Path) -> None:
+    settings = private_config(tmp_path, security="tls")
+    if STORE.provision(settings) is None:
+        pytest.skip("the local store is mongod")
+    service = store_server.service(settings)
+    password = tls.ensure(tmp_path / "state" / "stack" / "tls").store_password()
+
+    assert "--listen-addr=" in service.argv, "no plaintext listener"
+    assert any(argument.startswith("--listen-tls=127.0.0.1:") for argument in service.argv)
+    assert "--test-enable-new-auth" in service.argv
+    assert service.env == {"FERRETDB_SETUP_PASSWORD": password}
+    assert not any(password in argument for argument in service.argv)
+
+
+def test_a_kafka_storage_made_without_tls_is_not_silently_started_with_it(tmp_path: Path) -> None:
+    settings = private_config(tmp_path, security="tls")
+    data = kafka_server.data_dir(settings)
+    data.mkdir(parents=True)
+    (data / "meta.properties").write_text("formatted while stack.security was none\n")
+
+    with pytest.raises(stack.StackError, match=r"made without it, so it has no SCRAM user; set stack.security: none"):
+        kafka_server.service(settings)
 
 
 def test_cluster_ids_are_kafka_uuids_that_never_look_like_an_option() -> None:

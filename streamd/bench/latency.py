@@ -22,13 +22,13 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import orjson
-import pymongo
 from confluent_kafka import KafkaError, Message
 from confluent_kafka.admin import AdminClient
 
 from streamd.bench.scratch import BenchError
 from streamd.bench.supervised import CommitWatch, SupervisedRun, group_settled
 from streamd.config import Config
+from streamd.credentials import mongo_client
 from streamd.kafka import make_client
 from streamd.lifecycle import Shutdown
 from streamd.producer import Sender, generate
@@ -166,7 +166,7 @@ def offered_load(run: SupervisedRun, config: Config, partitions: Sequence[int], 
 def _pass(
     run: SupervisedRun, config: Config, partitions: Sequence[int], rate: float, seconds: float, watch_api: bool
 ) -> dict:
-    with pymongo.MongoClient(config.mongodb.uri, serverSelectionTimeoutMS=config.mongodb.timeout_ms) as client:
+    with mongo_client(config.mongodb, serverSelectionTimeoutMS=config.mongodb.timeout_ms) as client:
         # In chunks: one delete_many({}) of a 5000 msg/s pass (50,000 documents) fails on FerretDB.
         delete_expired(client[config.mongodb.database][config.mongodb.collection], datetime.now(UTC))
     source = f"bench-{rate:g}-{'polled' if watch_api else 'quiet'}"

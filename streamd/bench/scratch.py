@@ -18,6 +18,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from streamd.config import Config
+from streamd.credentials import mongo_client
 from streamd.kafka import make_client
 from streamd.stack import ferretdb_ids
 from streamd.store import StoreKind
@@ -99,9 +100,7 @@ class Scratch:
         )
 
     def store(self) -> pymongo.MongoClient:
-        return pymongo.MongoClient(
-            self.base.mongodb.uri, serverSelectionTimeoutMS=self.base.mongodb.timeout_ms, tz_aware=True
-        )
+        return mongo_client(self.base.mongodb, serverSelectionTimeoutMS=self.base.mongodb.timeout_ms, tz_aware=True)
 
     def index_id_lookups(self, collection: str) -> bool:
         """What the consumer's index step adds on the local FerretDB, for a collection filled without a consumer;

@@ -12,15 +12,15 @@ import base64
 import functools
 import subprocess
 import uuid
-from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from streamd.config import Config
+from streamd.config import Config, ConfigError, KafkaConfig
+from streamd.credentials import USER, StackCredentials, credentials_dir, kafka_security
+from streamd.stack import tls
 from streamd.stack.endpoint import Endpoint, any_answers, kafka_endpoints
 from streamd.stack.pidfile import server_data, server_home
 from streamd.stack.provisioning import (
@@ -36,6 +36,7 @@ from streamd.stack.service import Service, StackError
 SCALA_VERSION = "2.13"
 SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")  # Kafka 3.x logs through log4j 1 (reload4j)
 NODE_ID = 1
+SCRAM_MECHANISM = "SCRAM-SHA-512"
 
 
 def artifacts_dir(config: Config) -> Path:
@@ -87,14 +88,20 @@ def server_properties(config: Config) -> str:
     broker = broker_endpoint(config)
     bind = Endpoint(broker.bind_host, broker.port)
     controller = controller_endpoint(config)
-    settings = {
+    # In tls mode the one broker listener takes SASL_SSL only, and the broker uses it for its own
+    # inter-broker traffic too: nothing on the broker port speaks plaintext. The controller listener stays
+    # PLAINTEXT, bound to 127.0.0.1 only: it serves the KRaft quorum, which on a single node is this process.
+    listener = "SASL_SSL" if config.stack.security == "tls" else "PLAINTEXT"
+    settings: dict[str, object] = {
         "process.roles": "broker,controller",
         "node.id": NODE_ID,
         "controller.quorum.voters": f"{NODE_ID}@{controller}",
-        "listeners": f"PLAINTEXT://{bind},CONTROLLER://{controller}",
-        "advertised.listeners": f"PLAINTEXT://{broker}",
+        "listeners": f"{listener}://{bind},CONTROLLER://{controller}",
+        "advertised.listeners": f"{listener}://{broker}",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": listener,
+        **(_tls_settings(config) if listener == "SASL_SSL" else {}),
         "log.dirs": data_dir(config),
         "offsets.topic.replication.factor": 1,
         "transaction.state.log.replication.factor": 1,
@@ -105,6 +112,25 @@ def server_properties(config: Config) -> str:
     }
     header = "# Written by streamd on every start from config.yaml; edits here are overwritten.\n"
     return header + "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def _tls_settings(config: Config) -> dict[str, object]:
+    """SCRAM-SHA-512 over TLS with the stack's PEM files: Kafka reads PEM itself, so no keytool and no JKS."""
+    credentials = StackCredentials(credentials_dir(config.state_path))
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{USER}" password="{credentials.kafka_password()}";'
+    )
+    return {
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+        # The broker's own login on its listener, as the inter-broker client.
+        f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": jaas,
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": credentials.key_and_cert_file,
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": credentials.ca_file,
+    }
 
 
 def new_cluster_id() -> str:
@@ -137,8 +163,12 @@ def service(config: Config) -> Service:
     libs = provision(config)
     home = home_dir(config)
     data_dir(config).mkdir(parents=True, exist_ok=True)
+    if config.stack.security == "tls":
+        tls.ensure(credentials_dir(config.state_path))
+        _refuse_storage_without_scram(config)
     properties = home / "server.properties"
-    properties.write_text(server_properties(config), encoding="utf-8")
+    # Owner-only: in tls mode it holds the broker's SCRAM password.
+    tls.write_private_text(properties, server_properties(config))
     log4j = home / "log4j.properties"
     log4j.write_bytes(resources.files("streamd.stack").joinpath("log4j.properties").read_bytes())
     jvm = [java, "-Djava.awt.headless=true", f"-Dlog4j.configuration={log4j.as_uri()}", "-cp", f"{libs}/*"]
@@ -152,8 +182,23 @@ def service(config: Config) -> Service:
         endpoint=str(broker),
         data_dir=data_dir(config),
         stop_timeout=config.supervisor.graceful_timeout * 0.8,
-        check=functools.partial(answers, str(broker), {}),
+        check=functools.partial(answers, config.kafka),
     )
+
+
+def _refuse_storage_without_scram(config: Config) -> None:
+    """SCRAM users of a KRaft cluster are created when its storage is formatted (see _format_storage); a
+    storage formatted while stack.security was none has none, and its broker would refuse every client."""
+    if (data_dir(config) / "meta.properties").is_file() and not _scram_marker(config).is_file():
+        raise StackError(
+            f"stack.security is tls but the local Kafka storage in {data_dir(config)} was made without it, so it "
+            f"has no SCRAM user; set stack.security: none again, or delete {home_dir(config)} (its messages are "
+            "lost) to have it made anew with TLS."
+        )
+
+
+def _scram_marker(config: Config) -> Path:
+    return home_dir(config) / "scram-user-added"
 
 
 def _format_storage(config: Config, jvm: list[str], properties: Path) -> None:
@@ -176,18 +221,35 @@ def _format_storage(config: Config, jvm: list[str], properties: Path) -> None:
             "-c",
             str(properties),
         ]
+        secure = config.stack.security == "tls"
+        if secure:
+            # KRaft keeps SCRAM credentials in its metadata log; the storage tool writes the first one there
+            # (Kafka >= 3.5), before the broker needs it for its own inter-broker login. The password is on
+            # this short-lived command line: token_urlsafe characters need no quoting in its [name=…] syntax.
+            password = StackCredentials(credentials_dir(config.state_path)).kafka_password()
+            argv += ["--add-scram", f"{SCRAM_MECHANISM}=[name={USER},password={password}]"]
         result = subprocess.run(argv, cwd=home_dir(config), capture_output=True, text=True, check=False)
         if result.returncode != 0:
             lines = (result.stdout + result.stderr).strip().splitlines() or ["no output"]
             raise StackError(f"formatting the local Kafka storage in {data} failed: {lines[-1].strip()}.")
+        if secure:
+            _scram_marker(config).write_text(f"{USER}\n", encoding="utf-8")
+        else:
+            _scram_marker(config).unlink(missing_ok=True)  # a storage made anew without it (data deleted)
 
 
-def answers(brokers: str, client: Mapping[str, Any], timeout: float = 3.0) -> bool:
-    """True when a broker returns cluster metadata with at least one live broker in it."""
+def answers(settings: KafkaConfig, timeout: float = 3.0) -> bool:
+    """True when a broker returns cluster metadata with at least one live broker in it, to a client with
+    streamd's own security settings (so a broker that refuses them does not count as serving)."""
+    brokers = settings.brokers
     if not any_answers(kafka_endpoints, brokers):
         return False  # nothing listens: skip librdkafka's retries and its connection-refused noise
+    try:
+        security = kafka_security(settings)
+    except ConfigError:
+        return False  # tls mode, and the stack's credentials are not made yet: nothing of ours serves
     # log_level 0: a probe that fails is an answer here, not an error worth printing.
-    admin = AdminClient({"log_level": 0, **client, "bootstrap.servers": brokers})
+    admin = AdminClient({"log_level": 0, **security, **settings.client, "bootstrap.servers": brokers})
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException:
@@ -212,7 +274,7 @@ class KafkaServer:
         return any_answers(kafka_endpoints, config.kafka.brokers)
 
     def answers(self, config: Config) -> bool:
-        return answers(config.kafka.brokers, config.kafka.client)
+        return answers(config.kafka)
 
     def preflight(self, config: Config) -> None:
         if controller_endpoint(config).answers():

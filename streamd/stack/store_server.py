@@ -18,8 +18,10 @@ from pathlib import Path
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from streamd.config import Config
+from streamd.config import Config, ConfigError, MongoConfig
+from streamd.credentials import STACK_STORE_AUTH_SOURCE, USER, StackCredentials, credentials_dir, mongo_client
 from streamd.redaction import masked_uri
+from streamd.stack import tls
 from streamd.stack.endpoint import Endpoint, any_answers, is_srv_uri, mongodb_endpoints
 from streamd.stack.pidfile import server_data, server_home
 from streamd.stack.provisioning import (
@@ -164,6 +166,8 @@ def service(config: Config) -> Service:
     data = data_dir(config)
     data.mkdir(parents=True, exist_ok=True)  # FerretDB's SQLite backend does not create it
     binary = provision(config)
+    secure = config.stack.security == "tls"
+    credentials = tls.ensure(credentials_dir(config.state_path)) if secure else None
     if binary is None:
         argv = [
             shutil.which("mongod") or "mongod",
@@ -172,6 +176,13 @@ def service(config: Config) -> Service:
             f"--dbpath={data}",
             "--quiet",
         ]
+        if credentials is not None:
+            # The first user is created through the localhost exception once it answers (_mongod_answers_with_user).
+            argv += [
+                "--tlsMode=requireTLS",
+                f"--tlsCertificateKeyFile={credentials.key_and_cert_file}",
+                "--auth",
+            ]
     else:
         argv = [
             str(binary),
@@ -183,30 +194,65 @@ def service(config: Config) -> Service:
             # (acknowledged before its journal's 100 ms flush). See docs/performance.md for what it changed.
             f"--sqlite-url=file:{data}/?_pragma=synchronous(normal)",
             f"--state-dir={home}",
-            f"--listen-addr={Endpoint(endpoint.bind_host, endpoint.port)}",
+            *_ferretdb_listener(Endpoint(endpoint.bind_host, endpoint.port), credentials),
             "--telemetry=disable",
             "--debug-addr=-",  # no HTTP debug/metrics listener on 127.0.0.1:8088
             # Not WARN: FerretDB v1 lacks endSessions, which every pymongo client sends on close, and logs
             # each of those refusals as a multi-line warning.
             "--log-level=ERROR",
         ]
+    check = functools.partial(answers, config.mongodb)
+    if binary is None and credentials is not None:
+        check = functools.partial(_mongod_answers_with_user, config.mongodb, credentials)
     return Service(
         name="store",
         argv=argv,
-        env={},
+        env=_ferretdb_env(credentials) if binary is not None else {},
         cwd=home,
         endpoint=str(endpoint),
         data_dir=data,
         stop_timeout=config.supervisor.graceful_timeout * 0.8,
-        check=functools.partial(answers, config.mongodb.uri),
+        check=check,
     )
 
 
-def answers(uri: str, timeout_ms: int = 2000) -> bool:
-    """True when the server answers a ping (FerretDB and mongod both do once they accept commands)."""
+def _ferretdb_listener(address: Endpoint, credentials: StackCredentials | None) -> list[str]:
+    """FerretDB's listener: plain TCP, or in tls mode TLS only, with authentication enforced.
+
+    FerretDB 1.24 enforces authentication only with --test-enable-new-auth (an "experimental" flag): every
+    command except the handshake ones (hello, ping, saslStart, …) then needs a finished SCRAM conversation.
+    --setup-* creates the user, in the admin database, the first time it starts on storage without one; its
+    password is in the environment (_ferretdb_env).
+    """
+    if credentials is None:
+        return [f"--listen-addr={address}"]
+    return [
+        "--listen-addr=",  # empty: no plaintext listener at all
+        f"--listen-tls={address}",
+        f"--listen-tls-cert-file={credentials.cert_file}",
+        f"--listen-tls-key-file={credentials.key_file}",
+        "--test-enable-new-auth",
+        f"--setup-database={STACK_STORE_AUTH_SOURCE}",
+        f"--setup-username={USER}",
+    ]
+
+
+def _ferretdb_env(credentials: StackCredentials | None) -> dict[str, str]:
+    """The setup user's password, read by FerretDB's flag parser from the environment rather than from argv,
+    which any local user can read in /proc."""
+    return {} if credentials is None else {"FERRETDB_SETUP_PASSWORD": credentials.store_password()}
+
+
+def answers(settings: MongoConfig, timeout_ms: int = 2000) -> bool:
+    """True when the server answers a ping to a client with streamd's own security settings (FerretDB and
+    mongod both answer once they accept commands; with credentials, only once they accept those too)."""
+    uri = settings.uri
     if not is_srv_uri(uri) and not any_answers(mongodb_endpoints, uri):
         return False  # nothing listens: don't wait out the driver's server selection
-    client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
+    try:
+        client = mongo_client(settings, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
+    except ConfigError:
+        return False  # tls mode, and the stack's credentials are not made yet: nothing of ours serves
     try:
         client.admin.command("ping")
         return True
@@ -214,6 +260,23 @@ def answers(uri: str, timeout_ms: int = 2000) -> bool:
         return False
     finally:
         client.close()
+
+
+def _mongod_answers_with_user(settings: MongoConfig, credentials: StackCredentials) -> bool:
+    """mongod with --auth starts with no user; while it has none, its localhost exception lets a client on
+    127.0.0.1 create the first one, which is what this does before reporting the store ready."""
+    if answers(settings):
+        return True
+    options = {"tlsCAFile": str(credentials.ca_file), "serverSelectionTimeoutMS": 2000}
+    try:
+        # Without credentials on purpose: the localhost exception is for a client that has none yet.
+        with MongoClient(settings.uri, tls=True, **options) as client:
+            client.admin.command(
+                "createUser", USER, pwd=credentials.store_password(), roles=[{"role": "root", "db": "admin"}]
+            )
+    except PyMongoError:
+        return False  # not up yet, or the user exists and the password is wrong: answers() keeps saying no
+    return answers(settings)
 
 
 class StoreServer:
@@ -238,11 +301,11 @@ class StoreServer:
     def accepts_connections(self, config: Config) -> bool:
         uri = config.mongodb.uri
         if is_srv_uri(uri):
-            return answers(uri)  # only DNS knows the hosts; ask the driver
+            return answers(config.mongodb)  # only DNS knows the hosts; ask the driver
         return any_answers(mongodb_endpoints, uri)
 
     def answers(self, config: Config) -> bool:
-        return answers(config.mongodb.uri)
+        return answers(config.mongodb)
 
     def preflight(self, config: Config) -> None:
         pass  # the store needs nothing but its endpoint
