@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from streamd.config import Config, LoggingConfig
-from streamd.masking import SecretMask
+from streamd.masking import masked_text
 
 LOG_DIR = "logs"
 SUFFIX = ".log"
@@ -31,11 +31,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        line = f"{stamp} {record.levelname:<7} [{self.child}] {record.getMessage()}"
+        line = f"{stamp} {record.levelname:<7} [{self.child}] {masked_text(record.getMessage())}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        elif record.exc_text:  # already formatted, and its secrets masked, by masking.SecretMask
-            line += "\n" + record.exc_text
+            line += "\n" + masked_text(self.formatException(record.exc_info))
         return line
 
 
@@ -50,12 +48,10 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "child": self.child,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": masked_text(record.getMessage()),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            entry["exception"] = record.exc_text
+            entry["exception"] = masked_text(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()
 
 
@@ -99,8 +95,6 @@ def configure(settings: LoggingConfig, child: str, directory: Path | None = None
         old.close()
     for handler in handlers:
         handler.setFormatter(formatter)
-        # Every secret the process has read or will read (masking.remember_secret) becomes ****.
-        handler.addFilter(SecretMask())
         root.addHandler(handler)
     root.setLevel(settings.level)
     # pymongo and librdkafka's Python wrapper are chatty at DEBUG; their warnings still come through.

@@ -3,13 +3,14 @@ from kafka.client and mongodb.uri, and from the local stack's files.
 
 Masking is by value, so it needs no knowledge of who wrote the line (streamd, librdkafka, pymongo, a local
 server's relayed output) or where the secret sits in it: `remember_secret` is called wherever a secret is
-read or handed to a client, and `SecretMask`, a filter logs.configure puts on every handler, replaces each
-occurrence with **** in the message and in the exception text.  Reads no config: every child imports it.
+read or handed to a client, and streamd.logs' formatters pass the message and the exception text of every
+line through `masked_text`. (In the formatters, not in a filter: a filter would have to rewrite the record,
+which every other handler of the process, a test's log capture say, shares.)  Reads no config: every child
+imports it.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from typing import Any
@@ -40,29 +41,3 @@ def masked_text(text: str) -> str:
     """`text` with every remembered secret replaced by ****."""
     pattern = _pattern
     return text if pattern is None else pattern.sub(MASK, text)
-
-
-class SecretMask(logging.Filter):
-    """Renders the record's message and exception text with every remembered secret masked.
-
-    A filter on the handler rather than the formatter: it sees each record once before any handler
-    formats it, and the formatted exception it leaves in exc_text is what every formatter prints.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if _pattern is None:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:
-            return True  # a malformed logging call: the handler reports it (handleError), not the caller's code
-        record.msg = masked_text(message)
-        record.args = None
-        if record.exc_info:
-            record.exc_text = masked_text(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        elif record.exc_text:
-            record.exc_text = masked_text(record.exc_text)
-        if record.stack_info:
-            record.stack_info = masked_text(record.stack_info)
-        return True

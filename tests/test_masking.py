@@ -63,3 +63,15 @@ def test_the_secrets_a_config_holds_are_masked_in_log_lines_once_it_is_loaded(pr
         logging.getLogger("streamd").error("saw %s", secret)
     output = process_log()
     assert "hunter2" not in output and output.count(MASK) == 4
+
+
+def test_masking_leaves_the_record_itself_whole_for_every_other_handler(process_log, caplog):
+    secret = "shared-hunter2-" + "x" * 8
+    remember_secret(secret)
+    try:
+        raise RuntimeError(f"connect failed with {secret}")
+    except RuntimeError:
+        logging.getLogger("streamd.consumer").exception("giving up on %s", "the store")
+    assert secret not in process_log()
+    (record,) = [record for record in caplog.records if record.getMessage() == "giving up on the store"]
+    assert record.exc_info is not None, "a test's capture (or any other handler) still gets the exception"
