@@ -289,16 +289,17 @@ def concrete(template: str) -> str:
     return template.replace("{message_id}", "some-id").replace("{name}", "dashboard.js")
 
 
-def test_without_a_key_every_route_but_health_and_the_dashboard_files_answers_401(app):
+def test_without_a_key_every_route_but_health_answers_401_with_a_challenge_a_browser_answers(app):
     client = falcon.testing.TestClient(app)
-    open_routes = {"/health", "/", "/static/{name}"}
     for template, _ in routes(app):
         answer = client.simulate_get(concrete(template))
-        if template in open_routes:
+        if template == "/health":
             assert answer.status_code == 200, template
         else:
             assert answer.status_code == 401, template
             assert answer.json["title"] == "API key required"
+            # Basic makes a browser ask for the key (as the password) on the dashboard and send it on.
+            assert 'Basic realm="streamd"' in answer.headers["www-authenticate"], template
 
 
 def test_metrics_on_its_own_port_is_served_there_alone_and_that_port_serves_nothing_else(tmp_path):
@@ -318,7 +319,7 @@ def test_metrics_takes_a_key_as_the_password_of_basic_auth_as_prometheus_sends_i
     _, token = issue(keys_path(config), "prometheus", ["metrics"])
     client = falcon.testing.TestClient(create_app(config))
     refused = client.simulate_get("/metrics")
-    assert refused.status_code == 401 and 'Basic realm="streamd metrics"' in refused.headers["www-authenticate"]
+    assert refused.status_code == 401 and 'Basic realm="streamd"' in refused.headers["www-authenticate"]
     basic = base64.b64encode(f"prometheus:{token}".encode()).decode()
     answer = client.simulate_get("/metrics", headers={"Authorization": f"Basic {basic}"})
     assert answer.status_code == 200 and "streamd_" in answer.text
@@ -365,7 +366,16 @@ def test_the_served_api_asks_for_keys_refuses_scopes_limits_and_forgets_revoked_
     try:
         api, metrics = config.api.port, config.auth.metrics_port
         wait_until(lambda: call(api, "/health")[0] == 200, f"the API up; log:\n{sup.log_tail()}", timeout=60)
-        for path in ("/messages", "/messages/some-id", "/stats", "/aggregates", "/ready", "/stream"):
+        for path in (
+            "/messages",
+            "/messages/some-id",
+            "/stats",
+            "/aggregates",
+            "/ready",
+            "/stream",
+            "/",
+            "/openapi.json",
+        ):
             status, headers, body = call(api, path)
             assert (status, body.get("title")) == (401, "API key required"), path
             assert headers["www-authenticate"].startswith("Bearer")

@@ -231,7 +231,7 @@ def test_the_dashboard_shows_the_pipeline_live_in_a_browser(pipeline, browser, p
 
 
 @pytest.mark.integration
-def test_with_keys_required_the_page_asks_for_a_key_and_then_runs_live_on_it(pipeline_config, browser, tmp_path):
+def test_with_keys_required_the_browser_asks_for_a_key_and_the_page_runs_live_on_it(pipeline_config, browser, tmp_path):
     settings = config_module.from_mapping({**config_module.to_mapping(pipeline_config), "auth": {"required": True}})
     _, token = issue(keys_path(settings), "wall-screen", ["read"])
     sup = start_streamd(
@@ -243,32 +243,35 @@ def test_with_keys_required_the_page_asks_for_a_key_and_then_runs_live_on_it(pip
     )
     try:
         sup.wait_running("producer", "consumer-1", "api", timeout=60)
-        page = browser.new_page()
+        # Without a key, not even the page: the answer asks for Basic credentials, which a browser prompts for.
+        anonymous = browser.new_page()
+        refused = anonymous.goto(api_url(sup, "/"))
+        assert refused.status == 401 and "Basic" in refused.headers["www-authenticate"]
+        anonymous.close()
+        wrong = browser.new_context(http_credentials={"username": "me", "password": "sdk_0123456789ab_not-a-key"})
+        assert wrong.new_page().goto(api_url(sup, "/")).status == 401
+        wrong.close()
+
+        # The key typed as the password of the browser's prompt (any user name).
+        context = browser.new_context(http_credentials={"username": "wall-screen", "password": token})
+        page = context.new_page()
         crashes: list[str] = []
         page.on("pageerror", lambda error: crashes.append(str(error)))
         urls: list[str] = []
         page.on("request", lambda request: urls.append(request.url))
-        page.goto(api_url(sup, "/"))
-        page.wait_for_selector("#key-form:not([hidden])", timeout=10_000)
-        wait_for_page(page, "() => document.getElementById('connection').dataset.state === 'locked'")
-
-        page.fill("#api-key", "sdk_0123456789ab_not-a-key")
-        page.press("#api-key", "Enter")
-        page.wait_for_selector("#key-form:not([hidden])", timeout=10_000)
-        wait_for_page(page, "() => document.getElementById('key-problem').textContent.includes('refused')")
-
-        page.fill("#api-key", token)
-        page.press("#api-key", "Enter")
+        assert page.goto(api_url(sup, "/")).status == 200
         page.wait_for_selector("#messages button.message", timeout=30_000)
         wait_for_page(page, "() => document.getElementById('connection').dataset.state === 'live'")
         # Past a planned end of the feed, new messages still arrive: the reconnect sent the key too.
-        page.wait_for_timeout(STREAM_SECONDS * 1000)
+        wait_until(
+            lambda: sum("/stream" in url for url in urls) >= 2,
+            timeout=STREAM_SECONDS * 3,
+            what="the live feed reconnected",
+        )
         before = shown_ids(page)
         wait_for_page(page, NEW_MESSAGE_SHOWN, before)
-        assert page.evaluate("sessionStorage.getItem('streamd.apiKey')") == token
-        assert page.locator("#key-form").is_hidden()
         assert not [url for url in urls if token in url], "the key never travels in a URL"
         assert not crashes, crashes
-        page.close()
+        context.close()
     finally:
         sup.kill()

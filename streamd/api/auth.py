@@ -7,7 +7,7 @@ Each resource says which scope each of its methods needs, in a class attribute b
 
 HEAD needs what GET needs unless declared apart. A method a resource does not declare needs `admin`, so a
 responder added without a declaration fails closed instead of open. PUBLIC opens a method to everyone
-(/health, the dashboard's page and files, which must load before the page can ask for a key). `admin`
+(/health alone: a liveness probe must answer whoever asks; the dashboard reads like the data it shows). `admin`
 holds every scope.
 
 Whether keys are needed at all is `auth.required`: `auto` asks for them unless the API binds a loopback
@@ -99,12 +99,11 @@ def presented_key(header: str) -> str | None:
 # --- the answers -----------------------------------------------------------------------------------------
 
 
-def _challenges(scope: str, error: str | None = None) -> list[str]:
+def _challenges(error: str | None = None) -> list[str]:
+    # Basic too: a browser answers it with its login prompt (the key as the password), then sends it with every
+    # request of the page, EventSource's included; Prometheus's basic_auth answers it the same way.
     detail = f', error="{error}"' if error else ""
-    challenges = [f'Bearer realm="streamd"{detail}']
-    if scope == METRICS:
-        challenges.append('Basic realm="streamd metrics"')  # what Prometheus's basic_auth answers
-    return challenges
+    return [f'Bearer realm="streamd"{detail}', 'Basic realm="streamd", charset="UTF-8"']
 
 
 class KeyMissing(falcon.HTTPUnauthorized):
@@ -113,17 +112,17 @@ class KeyMissing(falcon.HTTPUnauthorized):
             title="API key required",
             description=f"this request needs an API key with scope {scope}; send it as `Authorization: Bearer <key>` "
             "(`streamd keys add NAME --scope SCOPE` issues one).",
-            challenges=_challenges(scope),
+            challenges=_challenges(),
         )
 
 
 class KeyInvalid(falcon.HTTPUnauthorized):
-    def __init__(self, scope: str) -> None:
+    def __init__(self) -> None:
         super().__init__(
             title="API key not valid",
             description="the API key sent is unknown, revoked or mistyped; `streamd keys list` shows the "
             "valid ones by name and id.",
-            challenges=_challenges(scope, "invalid_token"),
+            challenges=_challenges("invalid_token"),
         )
 
 
@@ -288,7 +287,7 @@ class Authorization:
         token = presented_key(header)
         key = self.keys.authenticate(token) if token is not None else None
         if key is None:
-            raise KeyInvalid(scope)
+            raise KeyInvalid()
         if not key.allows(scope) and scope not in self.public:
             raise ScopeMissing(key, scope, req)
         if self.limiter is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import falcon
 
-from streamd.api.auth import PUBLIC
+from streamd.api.auth import READ
 from streamd.api.errors import shown
 from streamd.api.params import reject_unknown
 
@@ -61,7 +61,9 @@ def load_assets() -> dict[str, Asset]:
 
 
 class DashboardResource:
-    scopes = {"GET": PUBLIC}
+    # Read like the data it shows: on a shared network a browser asks for the key (Basic auth's password) here,
+    # then sends it with every request of the page, its live feed included.
+    scopes = {"GET": READ}
 
     def __init__(self, assets: dict[str, Asset]) -> None:
         self.page = assets[PAGE]
@@ -72,7 +74,7 @@ class DashboardResource:
 
 
 class StaticResource:
-    scopes = {"GET": PUBLIC}
+    scopes = {"GET": READ}
 
     def __init__(self, assets: dict[str, Asset]) -> None:
         self.assets = assets

@@ -1,14 +1,9 @@
 // streamd dashboard: /stream (Server-Sent Events) for new messages, /stats every few seconds for the rest,
 // and the analyzer's one-minute windows (/aggregates) for the per-minute table.
 //
-// Each /stream response lasts api.stream_seconds; the page then reconnects with the id of the last event it
-// got (Last-Event-ID), so the feed resumes where it left off. When a worker has no free feed (503), the page
-// polls /messages and tries the feed again later.
-//
-// API keys: when the API answers 401 or 403, the page asks for a key, keeps it in sessionStorage (this tab
-// only, gone when it closes) and sends it as `Authorization: Bearer`. EventSource cannot send a header, and
-// a key must never go in a URL (it would land in logs and history), so the feed is read with fetch() and
-// parsed here, one code path with or without a key.
+// Each /stream response lasts api.stream_seconds; EventSource then reconnects by itself and sends the id
+// of the last event it got (Last-Event-ID), so the feed resumes where it left off. When a worker has no
+// free feed (503), EventSource gives up: the page then polls /messages and tries the feed again later.
 "use strict";
 
 const KEEP = 50;                 // messages shown
@@ -19,8 +14,6 @@ const CHART_SPAN_MS = 5 * 60 * 1000;  // the chart's width once the page has bee
 const CHART_MIN_SPAN_MS = 60 * 1000;
 const AGGREGATES_EVERY_MS = 5000;
 const MINUTES_SHOWN = 10;
-const KEY_STORAGE = "streamd.apiKey";
-const FEED_RECONNECT_MS = 1000;  // until the server's `retry:` says otherwise
 
 const $ = (id) => document.getElementById(id);
 const numbers = new Intl.NumberFormat();
@@ -30,8 +23,7 @@ const rates = { format: (value) => rateFormats[value < 1 ? 0 : 1].format(value) 
 const state = {
   source: "",
   messages: new Map(),   // id -> message, at most KEEP
-  feed: null,            // {controller, lastId, open} while a /stream response is wanted
-  key: sessionStorage.getItem(KEY_STORAGE) || "",
+  feed: null,
   pollTimer: null,
   feedTimer: null,
   samples: [],           // [{at: ms, stored: n}] from /stats, for the throughput chart
@@ -110,149 +102,34 @@ function clearMessages() {
   $("messages-empty").hidden = false;
 }
 
-// --- API keys -------------------------------------------------------------------------------------
-
-function authHeaders() {
-  return state.key ? { Authorization: `Bearer ${state.key}` } : {};
-}
-
-// Every request of the page goes through here; a 401 or 403 asks for a key and answers null.
-async function api(path) {
-  const sent = state.key;
-  const response = await fetch(path, { cache: "no-store", headers: authHeaders() });
-  if (response.status === 401 || response.status === 403) {
-    await askForKey(response, sent);
-    return null;
-  }
-  return response;
-}
-
-// `sent` is the key the refused request carried: several requests may come back refused at once.
-async function askForKey(response, sent) {
-  if (state.key && sent !== state.key) return;  // sent before the key now in use was given
-  let problem = "";
-  try {
-    problem = (await response.json()).description || "";
-  } catch (error) {
-    // not the API's JSON: the status says enough
-  }
-  if (response.status === 401 && sent) {
-    if (state.key === sent) {
-      state.key = "";
-      sessionStorage.removeItem(KEY_STORAGE);
-    }
-    problem = `That key was refused: ${problem}`;
-  }
-  const form = $("key-form");
-  $("key-problem").textContent = problem;
-  setConnection("locked", response.status === 403 ? "Key lacks a scope" : "API key needed");
-  if (form.hidden) {
-    form.hidden = false;
-    $("api-key").focus();
-  }
-}
-
-function useKey(event) {
-  event.preventDefault();
-  const key = $("api-key").value.trim();
-  if (!key) return;
-  state.key = key;
-  sessionStorage.setItem(KEY_STORAGE, key);
-  $("api-key").value = "";
-  $("key-form").hidden = true;
-  setConnection("connecting", "Connecting…");
-  openFeed();
-  refreshStats();
-  refreshAggregates();
-}
-
 // --- live feed, and polling while it is refused ---------------------------------------------------
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function openFeed() {
   closeFeed();
-  const feed = { controller: new AbortController(), lastId: null, open: false };
-  state.feed = feed;
-  followFeed(feed);
-}
-
-async function followFeed(feed) {
   const query = state.source ? `?source=${encodeURIComponent(state.source)}` : "";
-  let reconnectMs = FEED_RECONNECT_MS;
-  while (state.feed === feed) {
-    const sent = state.key;
-    const headers = { Accept: "text/event-stream", ...authHeaders() };
-    if (feed.lastId) headers["Last-Event-ID"] = feed.lastId;
-    let response;
-    try {
-      response = await fetch(`/stream${query}`, { cache: "no-store", headers, signal: feed.controller.signal });
-    } catch (error) {
-      if (state.feed !== feed) return;  // closed on purpose
-      setConnection("offline", "API unreachable");
-      await sleep(FEED_RETRY_MS);
-      continue;
-    }
-    if (state.feed !== feed) return;
-    if (response.status === 401 || response.status === 403) {
-      state.feed = null;  // the key form reopens it
-      await askForKey(response, sent);
-      return;
-    }
-    if (!response.ok) {
-      // Refused (busy worker, store down): poll, and ask for a feed again later.
+  const feed = new EventSource(`/stream${query}`);
+  state.feed = feed;
+  feed.onopen = () => {
+    stopPolling();
+    setConnection("live", "Live");
+  };
+  feed.onmessage = (event) => addMessages([JSON.parse(event.data)]);
+  feed.onerror = () => {
+    if (feed !== state.feed) return;
+    if (feed.readyState === EventSource.CLOSED) {
+      // Refused (busy worker, store down) rather than ended: poll, and ask for a feed again later.
       state.feed = null;
       startPolling();
       state.feedTimer = setTimeout(openFeed, FEED_RETRY_MS);
-      return;
     }
-    feed.open = true;
-    stopPolling();
-    setConnection("live", "Live");
-    try {
-      reconnectMs = await readEvents(response.body, feed, reconnectMs);
-    } catch (error) {
-      if (state.feed !== feed) return;
-    }
-    // The response ended as planned (api.stream_seconds) or the connection broke: resume after the last event.
-    feed.open = false;
-    await sleep(reconnectMs);
-  }
-}
-
-// The Server-Sent Events format as /stream writes it: blocks ended by a blank line, of `id:`, `data:`,
-// `retry:` fields and `:` comments. Answers the reconnection delay the server last asked for.
-async function readEvents(body, feed, reconnectMs) {
-  const reader = body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done || state.feed !== feed) return reconnectMs;
-    buffer += decoder.decode(value, { stream: true });
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      let data = null;
-      for (const line of block.split("\n")) {
-        const colon = line.indexOf(":");
-        if (colon <= 0) continue;  // a comment, or a line without a field
-        const field = line.slice(0, colon);
-        const text = line.slice(colon + 1).replace(/^ /, "");
-        if (field === "data") data = data === null ? text : `${data}\n${text}`;
-        else if (field === "id") feed.lastId = text;
-        else if (field === "retry" && /^\d+$/.test(text)) reconnectMs = Number(text);
-      }
-      if (data !== null) addMessages([JSON.parse(data)]);
-    }
-  }
+    // CONNECTING: the response ended as planned and EventSource is already reconnecting.
+  };
 }
 
 function closeFeed() {
   clearTimeout(state.feedTimer);
   if (state.feed) {
-    state.feed.controller.abort();
+    state.feed.close();
     state.feed = null;
   }
 }
@@ -261,11 +138,7 @@ async function pollOnce() {
   const query = new URLSearchParams({ limit: String(KEEP) });
   if (state.source) query.set("source", state.source);
   try {
-    const response = await api(`/messages?${query}`);
-    if (response === null) {
-      stopPolling();  // the key form reopens the feed
-      return;
-    }
+    const response = await fetch(`/messages?${query}`, { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const page = await response.json();
     addMessages(page.data);
@@ -403,8 +276,7 @@ function renderChart(stats) {
 
 async function refreshStats() {
   try {
-    const response = await api("/stats");
-    if (response === null) return;
+    const response = await fetch("/stats", { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const stats = await response.json();
     renderFigures(stats);
@@ -412,7 +284,7 @@ async function refreshStats() {
     renderPartitions(stats.lag);
     renderSources(stats.sources);
     renderChart(stats);
-    if (state.feed && state.feed.open) setConnection("live", "Live");
+    if (state.feed && state.feed.readyState === EventSource.OPEN) setConnection("live", "Live");
     const updated = $("updated");
     updated.dateTime = stats.at;
     updated.textContent = clockTime(stats.at);
@@ -479,8 +351,7 @@ function renderPerMinute(aggregates, problem) {
 
 async function refreshAggregates() {
   try {
-    const response = await api("/aggregates?window=1m&limit=500");
-    if (response === null) return;
+    const response = await fetch("/aggregates?window=1m&limit=500", { cache: "no-store" });
     const answer = await response.json();
     if (response.ok) renderPerMinute(answer.aggregates);
     else renderPerMinute(null, answer.description || `HTTP ${response.status}`);
@@ -494,8 +365,8 @@ async function refreshAggregates() {
 let opener = null;
 
 async function showDetail(id) {
-  const response = await api(`/messages/${encodeURIComponent(id)}`);
-  const message = response && response.ok ? await response.json() : state.messages.get(id);
+  const response = await fetch(`/messages/${encodeURIComponent(id)}`, { cache: "no-store" });
+  const message = response.ok ? await response.json() : state.messages.get(id);
   if (!message) return;
   const fields = [
     ["Id", message.id],
@@ -534,7 +405,6 @@ function start() {
     if (again) again.focus();
   });
   $("filter").addEventListener("submit", (event) => event.preventDefault());
-  $("key-form").addEventListener("submit", useKey);
   $("source").addEventListener("change", (event) => {
     state.source = event.target.value;
     clearMessages();
