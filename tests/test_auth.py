@@ -193,10 +193,11 @@ def guarded(tmp_path: Path) -> Guarded:
     return Guarded(settings(tmp_path))
 
 
-def test_without_a_key_a_guarded_route_is_a_json_401_with_a_bearer_challenge(guarded):
+def test_without_a_key_a_guarded_route_is_a_json_401_with_basic_and_bearer_challenges(guarded):
     refused = guarded.client.simulate_get("/data")
     assert refused.status_code == 401
-    assert refused.headers["www-authenticate"] == 'Bearer realm="streamd"'
+    # Basic first: browsers read the first challenge of the header, and answer Basic with their prompt.
+    assert refused.headers["www-authenticate"] == 'Basic realm="streamd", charset="UTF-8", Bearer realm="streamd"'
     assert refused.json["status"] == 401 and "scope read" in refused.json["description"]
     assert guarded.client.simulate_get("/open").status_code == 200
 
@@ -378,7 +379,7 @@ def test_the_served_api_asks_for_keys_refuses_scopes_limits_and_forgets_revoked_
         ):
             status, headers, body = call(api, path)
             assert (status, body.get("title")) == (401, "API key required"), path
-            assert headers["www-authenticate"].startswith("Bearer")
+            assert "Bearer" in headers["www-authenticate"] and "Basic" in headers["www-authenticate"]
         assert call(api, "/metrics", scraper)[0] == 404, "/metrics moved to its own port"
         assert call(metrics, "/metrics")[0] == 401
         assert call(metrics, "/metrics", scraper)[0] == 200

@@ -173,9 +173,9 @@ def test_with_keys_required_each_operation_names_the_key_and_the_answers_the_mid
         access = guarded(document)
         assert set(document["components"]["securitySchemes"]) == {"apiKey", "apiKeyAsPassword"}
         keyed = [{"apiKey": []}, {"apiKeyAsPassword": []}]
-        for label in ("GET /messages", "POST /messages", "GET /stats", "GET /openapi.json", "GET /ready"):
+        for label in ("GET /messages", "POST /messages", "GET /stats", "GET /openapi.json", "GET /ready", "GET /"):
             assert access[label] == {"security": keyed, "answers": ["401", "403", "429"]}, label
-        for label in ("GET /health", "HEAD /health", "GET /", "GET /static/{name}"):
+        for label in ("GET /health", "HEAD /health"):
             assert access[label] == {"security": [], "answers": []}, label
         # A public scope: no key needed, but a key that is sent is still checked (and counted).
         assert access["GET /metrics"] == {"security": [{}, *keyed], "answers": ["401", "429"]}

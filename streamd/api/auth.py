@@ -100,10 +100,11 @@ def presented_key(header: str) -> str | None:
 
 
 def _challenges(error: str | None = None) -> list[str]:
-    # Basic too: a browser answers it with its login prompt (the key as the password), then sends it with every
-    # request of the page, EventSource's included; Prometheus's basic_auth answers it the same way.
+    # Basic too, and first (Chromium reads only the first challenge of the header): a browser answers it with its
+    # login prompt (the key as the password), then sends it with every request of the page, EventSource's
+    # included; Prometheus's basic_auth answers it the same way.
     detail = f', error="{error}"' if error else ""
-    return [f'Bearer realm="streamd"{detail}', 'Basic realm="streamd", charset="UTF-8"']
+    return ['Basic realm="streamd", charset="UTF-8"', f'Bearer realm="streamd"{detail}']
 
 
 class KeyMissing(falcon.HTTPUnauthorized):
