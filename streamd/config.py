@@ -160,6 +160,10 @@ class ConsumerConfig:
     )
 
 
+# MongoDB's read preference modes, spelled as in a connection string's readPreference option.
+ReadPreference = Literal["primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"]
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     host: str = setting("127.0.0.1", "Address the API binds to.")
@@ -186,6 +190,11 @@ class ApiConfig:
     tls_key_file: str | None = setting(None, "PEM private key of api.tls_cert_file.")
     tls_ca_file: str | None = setting(
         None, "PEM CA certificates: when set, every client must present a certificate they signed (mutual TLS)."
+    )
+    read_preference: ReadPreference | None = setting(
+        None,
+        "MongoDB read preference of the API's reads only (e.g. secondaryPreferred on a replica set, whose reads may "
+        "lag the primary's); empty: mongodb.uri's, which is primary unless it says otherwise.",
     )
 
 

@@ -220,9 +220,16 @@ def failure_reason(exc: Exception) -> str:
     return str(exc).partition(" (configured timeouts")[0].partition(", Timeout:")[0][:200]
 
 
-def connect(settings: MongoConfig) -> pymongo.MongoClient:
-    """A client for mongodb.uri; it connects lazily, so an unreachable store shows up at the first operation."""
-    return mongo_client(settings, serverSelectionTimeoutMS=settings.timeout_ms, tz_aware=True, appname="streamd")
+def connect(settings: MongoConfig, read_preference: str | None = None) -> pymongo.MongoClient:
+    """A client for mongodb.uri; it connects lazily, so an unreachable store shows up at the first operation.
+
+    `read_preference` (a mode, as api.read_preference names it) replaces the uri's for this client's reads.
+    """
+    # A keyword argument, which pymongo lets override the uri's readPreference for this client alone.
+    reads = {} if read_preference is None else {"readPreference": read_preference}
+    return mongo_client(
+        settings, serverSelectionTimeoutMS=settings.timeout_ms, tz_aware=True, appname="streamd", **reads
+    )
 
 
 class MessageStore:
@@ -234,10 +241,11 @@ class MessageStore:
         client: pymongo.MongoClient | None = None,
         collection: str | None = None,
         kind: StoreKind | None = None,
+        read_preference: str | None = None,
     ) -> None:
         self._owns_client = client is None
         self.settings = settings
-        self.client = connect(settings) if client is None else client
+        self.client = connect(settings, read_preference) if client is None else client
         self.name = collection or settings.collection
         self.collection: Collection = self.client[settings.database][self.name]
         self._kind = kind
@@ -251,6 +259,11 @@ class MessageStore:
         if self._kind is None:
             self._kind = StoreKind.of(self.client)
         return self._kind
+
+    def writes_acknowledged(self) -> bool:
+        """False when the write concern (mongodb.uri's w=0) has the server acknowledge no write: insert_many then
+        returns before the documents are stored, and duplicates and refusals go unseen."""
+        return self.collection.write_concern.acknowledged
 
     def ensure_indexes(self) -> None:
         """The indexes the store kind uses; the collection exists afterwards either way (the stack indexes its

@@ -31,8 +31,11 @@ import falcon.testing
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pymongo import ReadPreference
 
 from streamd import config as config_module
+from streamd.api.app import create_app
+from streamd.api.backends import Backends
 from streamd.api.errors import BadParameters
 from streamd.api.health import ReadyResource
 from streamd.api.params import Cursor, MessageQuery
@@ -503,6 +506,29 @@ def test_get_by_id_looks_in_the_main_then_the_routed_collections_unless_told_whi
     assert client.simulate_get("/messages/in-both", params={"collection": "alerts"}).json["source"] == "routed"
     assert client.simulate_get("/messages/in-main", params={"collection": "alerts"}).status_code == 404
     assert client.simulate_get("/messages/nowhere").status_code == 404
+
+
+@pytest.mark.integration
+def test_api_read_preference_sends_only_the_apis_reads_elsewhere(pipeline_config, store):
+    mapping = config_module.to_mapping(with_routes(pipeline_config))
+    mapping["api"]["read_preference"] = "secondaryPreferred"
+    config = config_module.from_mapping(mapping)
+    store.insert_batch([stored("m-1", T0)])
+    backends = Backends(config)
+    try:
+        client = falcon.testing.TestClient(create_app(config, backends))
+        # FerretDB, a single server, takes any read preference: the reads are answered the same.
+        assert ids(client.simulate_get("/messages").json) == ["m-1"]
+        assert client.simulate_get("/messages/m-1").status_code == 200
+
+        preferences = {name: read.collection.read_preference for name, read in backends.stores.items()}
+        assert preferences == {
+            store.name: ReadPreference.SECONDARY_PREFERRED,
+            "alerts": ReadPreference.SECONDARY_PREFERRED,
+        }
+    finally:
+        backends.close()
+    assert store.collection.read_preference == ReadPreference.PRIMARY, "the consumers' store keeps the uri's"
 
 
 @pytest.mark.integration

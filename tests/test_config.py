@@ -137,6 +137,11 @@ def test_any_hostile_content_is_one_config_error_sentence_naming_the_file(tmp_pa
         ("producer:\n  enabled: yes please\n", "producer.enabled: expected true or false, got 'yes please'"),
         ("logging:\n  format: xml\n", "logging.format: expected one of text | json, got 'xml'"),
         ("stack:\n  local: sometimes\n", "stack.local: expected one of auto | true | false, got 'sometimes'"),
+        (
+            "api:\n  read_preference: secondaries\n",
+            "api.read_preference: expected one of primary | primaryPreferred | secondary | secondaryPreferred | "
+            "nearest, got 'secondaries'",
+        ),
         ("kafka:\n  topik: x\n", "unknown key 'kafka.topik'"),
         ("kafak:\n  topic: x\n", "unknown key 'kafak'"),
         ("kafka: [a, b]\n", "kafka must be a mapping of keys, got a list"),
@@ -151,6 +156,12 @@ def test_a_bad_value_names_the_file_the_key_and_what_was_expected(tmp_path, text
         load_text(tmp_path, text)
     assert str(tmp_path / "config.yaml") in str(error.value)
     assert message in str(error.value)
+
+
+def test_the_api_read_preference_is_the_uris_unless_set_and_takes_any_capitalisation(tmp_path):
+    assert load_text(tmp_path, "{}\n").api.read_preference is None
+    settings = load_text(tmp_path, "api:\n  read_preference: SecondaryPreferred\n")
+    assert settings.api.read_preference == "secondaryPreferred", "spelled as pymongo and the uri spell it"
 
 
 def test_environment_variables_override_the_file(tmp_path):

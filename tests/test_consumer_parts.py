@@ -57,6 +57,9 @@ class FlakyStore:
     def ensure_indexes(self) -> None:
         pass
 
+    def writes_acknowledged(self) -> bool:
+        return True
+
     def insert_batch(self, documents: list[dict]) -> WriteOutcome:
         if self.away:
             self.away = False
@@ -117,6 +120,9 @@ class GatedStore:
     def ensure_indexes(self) -> None:
         pass
 
+    def writes_acknowledged(self) -> bool:
+        return True
+
     def insert_batch(self, documents: list[dict]) -> WriteOutcome:
         self.writing.set()
         assert self.release.acquire(timeout=30)
@@ -173,3 +179,25 @@ def test_under_a_backlog_the_next_batch_is_prepared_while_one_is_written_and_boo
         loop.join(30)
         sink.writer.close()
     assert [d["_id"] for d in store.written] == [f"~t:0:{o}" for o in range(9)], "each written once, in order"
+
+
+class UnacknowledgedStore:
+    """A store whose uri says w=0."""
+
+    def ensure_indexes(self) -> None:
+        pass
+
+    def writes_acknowledged(self) -> bool:
+        return False
+
+
+def test_a_consumer_warns_at_start_when_the_store_acknowledges_no_write(caplog):
+    Sink(UnacknowledgedStore(), None, ConsumerCounters()).prepare()  # type: ignore[arg-type]
+
+    assert any(record.levelname == "WARNING" and "w=0" in record.getMessage() for record in caplog.records)
+
+
+def test_a_consumer_says_nothing_of_write_concern_when_writes_are_acknowledged(caplog):
+    Sink(FlakyStore(), None, ConsumerCounters()).prepare()  # type: ignore[arg-type]
+
+    assert not any("w=0" in record.getMessage() for record in caplog.records)

@@ -248,3 +248,19 @@ def test_reads_of_any_collection_return_the_user_fields(message_store):
     assert found["_id"] == "with-data" and found["data"] == {"sensor": "A"}
     assert other.by_id("other", 5000)["data"] == {"sensor": "B"}
     assert message_store.by_id("with-data", 5000) is None, "each MessageStore reads its own collection"
+
+
+def test_a_store_tells_when_its_uri_asks_for_unacknowledged_writes():
+    def store_at(uri: str) -> MessageStore:
+        return MessageStore(config_module.from_mapping({"mongodb": {"uri": uri}}).mongodb)
+
+    for uri, acknowledged in [
+        ("mongodb://127.0.0.1:1", True),
+        ("mongodb://127.0.0.1:1/?w=majority", True),
+        ("mongodb://127.0.0.1:1/?w=0", False),
+    ]:
+        message_store = store_at(uri)
+        try:
+            assert message_store.writes_acknowledged() is acknowledged, uri
+        finally:
+            message_store.close()

@@ -1,7 +1,8 @@
 """The store and Kafka clients one API process talks to, built on first use and kept for its lifetime.
 
 The store is one client and one MessageStore per collection the API reads: mongodb.collection first,
-then every collection a route stage names (config.stages), in config order.
+then every collection a route stage names (config.stages), in config order; the client reads with
+api.read_preference when set.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Backends:
         with self._lock:
             self._forget_if_forked()
             if self._stores is None:
-                main = MessageStore(self.config.mongodb)
+                # The API only reads: its reads may go to secondaries while the consumers write to the primary.
+                main = MessageStore(self.config.mongodb, read_preference=self.config.api.read_preference)
                 self._stores = {main.name: main}
                 for name in self.collections[1:]:
                     self._stores[name] = main.in_collection(name)

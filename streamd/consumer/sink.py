@@ -64,6 +64,12 @@ class Sink:
         self.dead_letter_outage = Outage()
 
     def prepare(self) -> None:
+        if not self.store.writes_acknowledged():
+            # Respected, not overridden (the uri is the operator's word), but commit-after-write means nothing then.
+            log.warning(
+                "mongodb.uri sets w=0: the store acknowledges no write, so offsets are committed for messages it may "
+                "never have stored; remove w=0 (w=majority keeps every committed message through a failover)"
+            )
         try:
             self.ensure_indexes()
         except store.UNAVAILABLE as exc:
