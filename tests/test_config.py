@@ -143,6 +143,11 @@ def test_any_hostile_content_is_one_config_error_sentence_naming_the_file(tmp_pa
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("kafka:\n  topic: [unclosed\n", "is not valid YAML"),
         ("mongodb:\n  uri: ''\n", "mongodb.uri: expected a non-empty string"),
+        ("stack:\n  kafka_nodes: 2\n", "stack.kafka_nodes: expected 1, 3 or 5 nodes, got 2: a KRaft quorum of an even"),
+        ("stack:\n  kafka_nodes: 7\n", "stack.kafka_nodes: expected 1, 3 or 5 nodes, got 7"),
+        ("kafka:\n  replication_factor: 0\n", "kafka.replication_factor: expected a value from 1 to 16, got 0"),
+        ("kafka:\n  topic_config: {cleanup.policy: [compact]}\n", "kafka.topic_config: expected a mapping of"),
+        ("kafka:\n  topic_config: {preallocate: true}\n", "kafka.topic_config: preallocate: expected a string or"),
         ("".join(f"k{n}: {n}\n" for n in range(20_000)), "unknown key 'k0'"),  # many keys, but no merge
     ],
 )
@@ -151,6 +156,14 @@ def test_a_bad_value_names_the_file_the_key_and_what_was_expected(tmp_path, text
         load_text(tmp_path, text)
     assert str(tmp_path / "config.yaml") in str(error.value)
     assert message in str(error.value)
+
+
+def test_topic_configs_reach_kafka_as_strings_and_replication_defaults_to_the_brokers(tmp_path):
+    settings = load_text(tmp_path, "kafka:\n  topic_config: {min.insync.replicas: 2, cleanup.policy: delete}\n")
+
+    assert settings.kafka.topic_config == {"min.insync.replicas": "2", "cleanup.policy": "delete"}
+    assert settings.kafka.replication_factor is None
+    assert settings.stack.kafka_nodes == 1
 
 
 def test_environment_variables_override_the_file(tmp_path):
