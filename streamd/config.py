@@ -63,7 +63,19 @@ class KafkaConfig:
     brokers: str = setting("127.0.0.1:9092", "Bootstrap brokers, comma separated (librdkafka bootstrap.servers).")
     topic: str = setting("data-stream", "Topic the producer writes to and the consumers read.")
     partitions: int = setting(3, "Partitions of the topic when streamd creates it.", minimum=1, maximum=1000)
-    replication_factor: int = setting(1, "Replication factor of topics streamd creates.", minimum=1, maximum=16)
+    replication_factor: int | None = setting(
+        None,
+        "Replication factor of topics streamd creates; empty: the brokers' default.replication.factor "
+        "(3 on a local stack of 3 or 5 nodes, 1 on one).",
+        minimum=1,
+        maximum=16,
+    )
+    topic_config: dict = setting(
+        {},
+        "Topic-level configs of the topics streamd creates (the topic and the dead-letter topic), "
+        'e.g. {"min.insync.replicas": "2"}.',
+        check=lambda configs: _topic_config(configs),
+    )
     dead_letter_topic: str = setting(
         "data-stream.dlq",
         "Topic that receives messages the consumer cannot store, with the reason in headers.",
@@ -327,8 +339,19 @@ class StackConfig:
         "true: always run them; false: never (production).",
     )
     kafka_version: str = setting("3.9.2", "Apache Kafka version resolved from Maven Central.")
-    kafka_heap: str = setting("512m", "JVM heap of the local Kafka broker (-Xmx).")
-    kafka_controller_port: int = setting(9093, "KRaft controller port of the local broker.", minimum=1, maximum=65535)
+    kafka_nodes: int = setting(
+        1,
+        "KRaft nodes (each a broker and a controller) of the local Kafka: 1, 3 or 5; with more than one, "
+        "kafka.brokers lists each node's loopback host:port (see docs/operations.md).",
+        check=lambda count: _kafka_nodes(count),
+    )
+    kafka_heap: str = setting("512m", "JVM heap of each local Kafka node (-Xmx).")
+    kafka_controller_port: int = setting(
+        9093,
+        "KRaft controller port of the local Kafka; node i of several uses this port + i - 1.",
+        minimum=1,
+        maximum=65535,
+    )
     ferretdb_version: str = setting("v1.24.2", "FerretDB version built when no mongod is on PATH.")
     cache_dir: str | None = setting(
         None, "Where downloaded and built server artifacts are kept; empty means <state_dir>/cache."
@@ -572,6 +595,27 @@ def _windows(windows: tuple[str, ...]) -> tuple[str, ...]:
     if len(set(windows)) != len(windows):
         raise ValueError("each window length may be listed once")
     return windows
+
+
+def _topic_config(configs: dict) -> dict[str, str]:
+    # Kafka takes every topic config as a string; a YAML true would arrive as "True", which Kafka refuses.
+    for name, value in configs.items():
+        if isinstance(value, bool):
+            raise ValueError(f'{name}: expected a string or a number, got {value!r}; quote it, e.g. "true"')
+    return {name: str(value) for name, value in configs.items()}
+
+
+# A quorum of 2k nodes survives k - 1 failures, like one of 2k - 1: an even count only adds a node to lose.
+KAFKA_NODE_COUNTS = (1, 3, 5)
+
+
+def _kafka_nodes(count: int) -> int:
+    if count not in KAFKA_NODE_COUNTS:
+        raise ValueError(
+            f"expected 1, 3 or 5 nodes, got {count}: a KRaft quorum of an even count tolerates no more failures "
+            "than the odd count below it"
+        )
+    return count
 
 
 def _public_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:

@@ -129,7 +129,8 @@ def group_member(settings: KafkaConfig, role: str, group: str, on_commit: Callab
 
 
 def ensure_topic(config: Config, name: str, partitions: int | None = None, timeout: float = TOPIC_TIMEOUT) -> bool:
-    """Create topic `name` unless it exists; True when this call created it.
+    """Create topic `name` unless it exists, with kafka.replication_factor and kafka.topic_config; True when
+    this call created it. Every topic streamd creates goes through here (a topic that exists is left as is).
 
     Raises KafkaUnavailable when the brokers do not answer within `timeout` seconds.
     """
@@ -149,7 +150,14 @@ def ensure_topic(config: Config, name: str, partitions: int | None = None, timeo
         return False
 
     wanted = partitions or settings.partitions
-    topic = NewTopic(name, num_partitions=wanted, replication_factor=settings.replication_factor)
+    topic = NewTopic(
+        name,
+        num_partitions=wanted,
+        # -1: the brokers' default.replication.factor (Kafka >= 2.4), so a local cluster of three copies
+        # each partition three times and a single node once, without a setting to keep in step.
+        replication_factor=settings.replication_factor or -1,
+        config=dict(settings.topic_config),
+    )
     future = admin.create_topics([topic], request_timeout=timeout, operation_timeout=timeout)[name]
     try:
         future.result()  # request_timeout bounds this: librdkafka always resolves the future
@@ -160,7 +168,7 @@ def ensure_topic(config: Config, name: str, partitions: int | None = None, timeo
             return False
         raise KafkaUnavailable(
             f"Kafka at {settings.brokers} did not create topic {name!r} ({error.str()}); "
-            f"create it yourself or check kafka.partitions and kafka.replication_factor."
+            f"create it yourself or check kafka.partitions, kafka.replication_factor and kafka.topic_config."
         ) from None
     log.info("created topic %s with %d partitions", name, wanted)
     return True

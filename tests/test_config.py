@@ -148,6 +148,11 @@ def test_any_hostile_content_is_one_config_error_sentence_naming_the_file(tmp_pa
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("kafka:\n  topic: [unclosed\n", "is not valid YAML"),
         ("mongodb:\n  uri: ''\n", "mongodb.uri: expected a non-empty string"),
+        ("stack:\n  kafka_nodes: 2\n", "stack.kafka_nodes: expected 1, 3 or 5 nodes, got 2: a KRaft quorum of an even"),
+        ("stack:\n  kafka_nodes: 7\n", "stack.kafka_nodes: expected 1, 3 or 5 nodes, got 7"),
+        ("kafka:\n  replication_factor: 0\n", "kafka.replication_factor: expected a value from 1 to 16, got 0"),
+        ("kafka:\n  topic_config: {cleanup.policy: [compact]}\n", "kafka.topic_config: expected a mapping of"),
+        ("kafka:\n  topic_config: {preallocate: true}\n", "kafka.topic_config: preallocate: expected a string or"),
         ("".join(f"k{n}: {n}\n" for n in range(20_000)), "unknown key 'k0'"),  # many keys, but no merge
     ],
 )
@@ -162,6 +167,14 @@ def test_the_api_read_preference_is_the_uris_unless_set_and_takes_any_capitalisa
     assert load_text(tmp_path, "{}\n").api.read_preference is None
     settings = load_text(tmp_path, "api:\n  read_preference: SecondaryPreferred\n")
     assert settings.api.read_preference == "secondaryPreferred", "spelled as pymongo and the uri spell it"
+
+
+def test_topic_configs_reach_kafka_as_strings_and_replication_defaults_to_the_brokers(tmp_path):
+    settings = load_text(tmp_path, "kafka:\n  topic_config: {min.insync.replicas: 2, cleanup.policy: delete}\n")
+
+    assert settings.kafka.topic_config == {"min.insync.replicas": "2", "cleanup.policy": "delete"}
+    assert settings.kafka.replication_factor is None
+    assert settings.stack.kafka_nodes == 1
 
 
 def test_environment_variables_override_the_file(tmp_path):

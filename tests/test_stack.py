@@ -22,7 +22,8 @@ from streamd import config as config_module
 from streamd import stack
 from streamd.config import Config
 from streamd.lifecycle import Shutdown
-from streamd.stack import kafka_server, store_server, tls
+from streamd.stack import kafka_nodes, kafka_server, store_server, tls
+from streamd.stack.endpoint import Endpoint
 from streamd.stack.pidfile import pid_path
 from streamd.stack.provisioning import MARKER
 from streamd.stack.store_server import STORE
@@ -94,11 +95,19 @@ def parse_properties(text: str) -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
+def node_properties(settings: Config, node_id: int = 1) -> dict[str, str]:
+    """The server.properties the product path writes for one node of the configured stack."""
+    nodes = kafka_nodes.cluster_nodes(settings)
+    node = nodes[node_id - 1]
+    home = kafka_nodes.node_home(settings, node, nodes)
+    return parse_properties(kafka_server.server_properties(settings, node, nodes, home))
+
+
 def test_server_properties_bind_the_configured_broker_and_controller(tmp_path: Path) -> None:
     settings = config_module.from_mapping(
         {"state_dir": str(tmp_path), "kafka": {"brokers": "127.0.0.1:19092"}, "stack": {"kafka_controller_port": 19093}}
     )
-    properties = parse_properties(kafka_server.server_properties(settings))
+    properties = node_properties(settings)
 
     assert properties["process.roles"] == "broker,controller"
     assert properties["node.id"] == "1"
@@ -115,7 +124,7 @@ def test_server_properties_bind_the_configured_broker_and_controller(tmp_path: P
 
 def test_localhost_broker_binds_ipv4_loopback_and_advertises_the_configured_name(tmp_path: Path) -> None:
     settings = config_module.from_mapping({"state_dir": str(tmp_path), "kafka": {"brokers": "localhost:9192"}})
-    properties = parse_properties(kafka_server.server_properties(settings))
+    properties = node_properties(settings)
 
     assert properties["listeners"].startswith("PLAINTEXT://127.0.0.1:9192,")
     assert properties["advertised.listeners"] == "PLAINTEXT://localhost:9192"
@@ -130,7 +139,7 @@ def test_in_tls_mode_the_broker_port_takes_only_sasl_ssl_and_the_controller_stay
         }
     )
     stack_tls = tls.ensure(tmp_path / "stack" / "tls")
-    properties = parse_properties(kafka_server.server_properties(settings))
+    properties = node_properties(settings)
 
     assert properties["listeners"] == "SASL_SSL://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
     assert properties["advertised.listeners"] == "SASL_SSL://127.0.0.1:19092"
@@ -156,6 +165,22 @@ def test_in_tls_mode_the_store_listens_with_tls_only_and_its_password_stays_out_
     assert not any(password in argument for argument in service.argv)
 
 
+def test_the_store_is_built_at_any_address_for_the_harness_with_its_prefix(tmp_path: Path) -> None:
+    settings = private_config(tmp_path)
+    if STORE.provision(settings) is None:
+        pytest.skip("the local store is mongod")
+    address = Endpoint("198.18.77.21", 27017)
+    service = store_server.store_service_at(settings, address, tmp_path / "store-1", ["ip", "netns", "exec", "s1"])
+
+    assert service.argv[:4] == ["ip", "netns", "exec", "s1"]
+    assert "--listen-addr=198.18.77.21:27017" in service.argv
+    assert f"--state-dir={tmp_path / 'store-1'}" in service.argv
+    assert service.endpoint == "198.18.77.21:27017" and (tmp_path / "store-1" / "data").is_dir()
+    assert [argument for argument in store_server.service(settings).argv if "listen" in argument] == [
+        f"--listen-addr={store_address(settings)}"
+    ], "the product's store is the same builder at the configured address"
+
+
 def test_a_kafka_storage_made_without_tls_is_not_silently_started_with_it(tmp_path: Path) -> None:
     settings = private_config(tmp_path, security="tls")
     data = kafka_server.data_dir(settings)
@@ -163,7 +188,7 @@ def test_a_kafka_storage_made_without_tls_is_not_silently_started_with_it(tmp_pa
     (data / "meta.properties").write_text("formatted while stack.security was none\n")
 
     with pytest.raises(stack.StackError, match=r"made without it, so it has no SCRAM user; set stack.security: none"):
-        kafka_server.service(settings)
+        kafka_server.services(settings)
 
 
 def test_cluster_ids_are_kafka_uuids_that_never_look_like_an_option() -> None:

@@ -1,4 +1,5 @@
-"""The local stack: a Kafka broker and a MongoDB-wire store for development, tests and single-host installs.
+"""The local stack: Kafka (one node, or a cluster of 3 or 5) and a MongoDB-wire store for development, tests
+and single-host installs.
 
 When the configured endpoints answer, streamd uses them; otherwise (per `stack.local`) it provisions
 Apache Kafka from Maven Central and mongod or FerretDB, and runs them bound to loopback, either as

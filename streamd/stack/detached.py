@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TextIO
 
 from streamd.config import Config
-from streamd.stack.pidfile import is_alive, log_path, owned_pid, remove_pid, stack_dir, write_pid
-from streamd.stack.plan import KINDS, SERVICE_NAMES, needed, provision, services_to_run
+from streamd.stack.pidfile import is_alive, log_path, owned_pid, remove_pid, stack_dir, started_names, write_pid
+from streamd.stack.plan import KINDS, needed, provision, services_to_run
 from streamd.stack.provisioning import say
 from streamd.stack.service import Service, StackError, wait_ready
 
@@ -69,34 +69,38 @@ def ensure_running(config: Config, timeout: float = READY_TIMEOUT) -> bool:
 
 
 def down(config: Config) -> None:
-    """Stop the servers `ensure_running` started from this state dir: SIGTERM, then SIGKILL after the
-    supervisor's graceful_timeout. Servers streamd did not start are never touched."""
-    if all(owned_pid(config, name) is None for name in SERVICE_NAMES):
+    """Stop the servers `ensure_running` started from this state dir, whatever the config says now (every
+    node of a cluster of any size): SIGTERM, then SIGKILL after the supervisor's graceful_timeout. Servers
+    streamd did not start are never touched."""
+    names = started_names(config)
+    if all(owned_pid(config, name) is None for name in names):
         say(f"no local server started from {stack_dir(config)} is running")
-    _stop(config, list(SERVICE_NAMES), config.supervisor.graceful_timeout)
+    _stop(config, names, config.supervisor.graceful_timeout)
 
 
 def status(config: Config) -> list[ServiceStatus]:
-    """Each server: where the config points, whether it answers its protocol, and whether it is ours."""
+    """Each server (each node of a Kafka cluster): where the config points, whether it answers its protocol,
+    and whether it is ours."""
     statuses = []
     for kind in KINDS:
-        pid = owned_pid(config, kind.name)
-        ours = pid is not None
-        statuses.append(
-            ServiceStatus(
-                kind.name,
-                kind.address(config),
-                kind.answers(config),
-                pid,
-                kind.data_dir(config) if ours else None,
-                log_path(config, kind.name) if ours else None,
+        for instance in kind.instances(config):
+            pid = owned_pid(config, instance.name)
+            ours = pid is not None
+            statuses.append(
+                ServiceStatus(
+                    instance.name,
+                    instance.address,
+                    instance.answers(),
+                    pid,
+                    instance.data_dir if ours else None,
+                    log_path(config, instance.name) if ours else None,
+                )
             )
-        )
     return statuses
 
 
 def print_status(config: Config, out: TextIO = sys.stdout) -> int:
-    """The `streamd stack status` table; exit code 0 when both endpoints answer, 1 otherwise."""
+    """The `streamd stack status` table; exit code 0 when every endpoint answers, 1 otherwise."""
     rows = [("SERVICE", "ENDPOINT", "STATE", "PID", "DATA")]
     statuses = status(config)
     for entry in statuses:

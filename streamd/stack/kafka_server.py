@@ -1,5 +1,6 @@
-"""The local Apache Kafka broker (a server kind, see kind.py): jars from Maven Central, a single KRaft node
-bound to the configured loopback port.  Not to be confused with streamd/kafka.py, the client side.
+"""The local Apache Kafka (a server kind, see kind.py): jars from Maven Central, one KRaft node or a cluster of
+3 or 5 (kafka_nodes.py lays them out), bound to loopback.  Not to be confused with streamd/kafka.py, the client
+side.  `node_service` builds one node at any address, for the product and for a multi-host test harness alike.
 
 Kafka's release tarball is just its jars plus shell scripts; resolving the jars with Maven gets the
 same thing from a checksummed repository the JDK toolchain already trusts, and running `java` directly
@@ -9,9 +10,11 @@ means no script sets a JMX port or reads KAFKA_* variables behind our back.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import subprocess
 import uuid
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +25,16 @@ from streamd.config import Config, ConfigError, KafkaConfig
 from streamd.credentials import USER, StackCredentials, credentials_dir, kafka_security
 from streamd.stack import tls
 from streamd.stack.endpoint import Endpoint, any_answers, kafka_endpoints
+from streamd.stack.kafka_nodes import (
+    SINGLE_NODE_NAME,
+    KafkaNode,
+    cluster_id_file,
+    cluster_nodes,
+    layout,
+    node_home,
+    node_name,
+)
+from streamd.stack.kind import Instance
 from streamd.stack.pidfile import server_data, server_home
 from streamd.stack.provisioning import (
     INSTEAD,
@@ -35,8 +48,9 @@ from streamd.stack.service import Service, StackError
 
 SCALA_VERSION = "2.13"
 SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")  # Kafka 3.x logs through log4j 1 (reload4j)
-NODE_ID = 1
 SCRAM_MECHANISM = "SCRAM-SHA-512"
+CLUSTER_REPLICATION = 3  # copies of each partition on a local cluster of 3 or 5 nodes
+CLUSTER_MIN_INSYNC = 2  # copies an acks=all write waits for: one node may be down
 
 
 def artifacts_dir(config: Config) -> Path:
@@ -44,74 +58,58 @@ def artifacts_dir(config: Config) -> Path:
 
 
 def home_dir(config: Config) -> Path:
-    """Everything of one local broker: its properties, cluster id, data, and (when detached) log and pid."""
-    return server_home(config, "kafka")
+    """Everything of a single local node: its properties, cluster id, data, and (when detached) log and pid."""
+    return server_home(config, SINGLE_NODE_NAME)
 
 
 def data_dir(config: Config) -> Path:
-    return server_data(config, "kafka")
+    return server_data(config, SINGLE_NODE_NAME)
 
 
-def broker_endpoint(config: Config) -> Endpoint:
-    """The one loopback address a local broker may bind; StackError for anything else."""
-    brokers = config.kafka.brokers
-    try:
-        endpoints = kafka_endpoints(brokers)
-    except ValueError as exc:
-        raise StackError(f"kafka.brokers {brokers!r} is not a list of host:port ({exc}).") from None
-    if len(endpoints) != 1:
-        raise StackError(
-            f"kafka.brokers lists {len(endpoints)} brokers but a local Kafka is a single node; "
-            f"set it to one loopback host:port such as 127.0.0.1:9092, or set stack.local: false."
-        )
-    broker = endpoints[0]
-    if not broker.is_loopback:
-        raise StackError(
-            f"kafka.brokers is {brokers}, which is not a loopback address, so streamd will not start a "
-            f"local Kafka for it; start that broker, set kafka.brokers to 127.0.0.1:<port>, "
-            f"or set stack.local: false."
-        )
-    if broker.port == config.stack.kafka_controller_port:
-        raise StackError(
-            f"stack.kafka_controller_port {broker.port} is also the port of kafka.brokers; "
-            f"give the local KRaft controller a port of its own."
-        )
-    return broker
-
-
-def controller_endpoint(config: Config) -> Endpoint:
-    return Endpoint("127.0.0.1", config.stack.kafka_controller_port)
-
-
-def server_properties(config: Config) -> str:
-    """A single-node KRaft broker+controller; replication factors of 1 because there is only one node."""
-    broker = broker_endpoint(config)
-    bind = Endpoint(broker.bind_host, broker.port)
-    controller = controller_endpoint(config)
-    # In tls mode the one broker listener takes SASL_SSL only, and the broker uses it for its own
-    # inter-broker traffic too: nothing on the broker port speaks plaintext. The controller listener stays
-    # PLAINTEXT, bound to 127.0.0.1 only: it serves the KRaft quorum, which on a single node is this process.
+def server_properties(config: Config, node: KafkaNode, nodes: list[KafkaNode], home: Path) -> str:
+    """One KRaft node, broker and controller in one process, of a static quorum of `nodes`."""
+    bind = Endpoint(node.broker.bind_host, node.broker.port)
+    # In tls mode the broker listener takes SASL_SSL only, and the brokers use it for their inter-broker
+    # traffic too (the same SCRAM user): nothing on a broker port speaks plaintext. The controller listener
+    # stays PLAINTEXT: it serves the KRaft quorum only, bound where the caller put it (127.0.0.1 on a laptop).
     listener = "SASL_SSL" if config.stack.security == "tls" else "PLAINTEXT"
     settings: dict[str, object] = {
         "process.roles": "broker,controller",
-        "node.id": NODE_ID,
-        "controller.quorum.voters": f"{NODE_ID}@{controller}",
-        "listeners": f"{listener}://{bind},CONTROLLER://{controller}",
-        "advertised.listeners": f"{listener}://{broker}",
+        "node.id": node.node_id,
+        "controller.quorum.voters": ",".join(f"{voter.node_id}@{voter.controller}" for voter in nodes),
+        "listeners": f"{listener}://{bind},CONTROLLER://{node.controller}",
+        "advertised.listeners": f"{listener}://{node.broker}",
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
         "inter.broker.listener.name": listener,
         **(_tls_settings(config) if listener == "SASL_SSL" else {}),
-        "log.dirs": data_dir(config),
-        "offsets.topic.replication.factor": 1,
-        "transaction.state.log.replication.factor": 1,
-        "transaction.state.log.min.isr": 1,
+        "log.dirs": home / "data",
+        **_replication_settings(len(nodes)),
         # A lone consumer should not wait the default 3 s for group members that will never come.
         "group.initial.rebalance.delay.ms": 0,
         "num.partitions": config.kafka.partitions,
     }
     header = "# Written by streamd on every start from config.yaml; edits here are overwritten.\n"
     return header + "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def _replication_settings(node_count: int) -> dict[str, object]:
+    """One node: replication factors of 1, there is nothing to copy to. Three or more: every partition on
+    three nodes, and an acks=all write waits for two of them, so one node may fail without losing an
+    acknowledged message or refusing writes (Kafka's own defaults would keep one copy)."""
+    if node_count == 1:
+        return {
+            "offsets.topic.replication.factor": 1,
+            "transaction.state.log.replication.factor": 1,
+            "transaction.state.log.min.isr": 1,
+        }
+    return {
+        "default.replication.factor": CLUSTER_REPLICATION,
+        "min.insync.replicas": CLUSTER_MIN_INSYNC,
+        "offsets.topic.replication.factor": CLUSTER_REPLICATION,
+        "transaction.state.log.replication.factor": CLUSTER_REPLICATION,
+        "transaction.state.log.min.isr": CLUSTER_MIN_INSYNC,
+    }
 
 
 def _tls_settings(config: Config) -> dict[str, object]:
@@ -156,61 +154,85 @@ def provision(config: Config) -> Path:
     return resolve_jars(mvn, config.cache_path, directory, pom_text, f"Kafka {version}", advice)
 
 
-def service(config: Config) -> Service:
-    """The local broker, ready to exec: jars provisioned, properties written, storage formatted."""
-    broker = broker_endpoint(config)
+def services(config: Config) -> list[Service]:
+    """Every node the config asks for, ready to exec, all formatted with one cluster id (product path)."""
+    nodes = cluster_nodes(config)
+    cluster_id = _cluster_id(config, nodes)
+    return [node_service(config, node, nodes, node_home(config, node, nodes), cluster_id) for node in nodes]
+
+
+def _cluster_id(config: Config, nodes: list[KafkaNode]) -> str:
+    id_file = cluster_id_file(config, nodes)
+    if not id_file.is_file():
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(new_cluster_id() + "\n", encoding="utf-8")
+    return id_file.read_text(encoding="utf-8").strip()
+
+
+def node_service(
+    config: Config,
+    node: KafkaNode,
+    nodes: list[KafkaNode],
+    home: Path,
+    cluster_id: str,
+    argv_prefix: Sequence[str] = (),
+) -> Service:
+    """One node, ready to exec: jars provisioned, properties written under `home`, storage formatted with
+    `cluster_id` (once: a formatted storage keeps its id). The addresses are the caller's choice, unchecked;
+    `argv_prefix` goes before the server's argv (e.g. `ip netns exec <ns>`), not before the storage tool's.
+    The Service's check asks this node alone, at its own broker address."""
     java = require_tool("java", "run a local Kafka", "a JDK 17 (e.g. openjdk-17-jdk-headless)")
     libs = provision(config)
-    home = home_dir(config)
-    data_dir(config).mkdir(parents=True, exist_ok=True)
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
     if config.stack.security == "tls":
         tls.ensure(credentials_dir(config.state_path))
-        _refuse_storage_without_scram(config)
+        _refuse_storage_without_scram(home)
     properties = home / "server.properties"
     # Owner-only: in tls mode it holds the broker's SCRAM password.
-    tls.write_private_text(properties, server_properties(config))
+    tls.write_private_text(properties, server_properties(config, node, nodes, home))
     log4j = home / "log4j.properties"
     log4j.write_bytes(resources.files("streamd.stack").joinpath("log4j.properties").read_bytes())
     jvm = [java, "-Djava.awt.headless=true", f"-Dlog4j.configuration={log4j.as_uri()}", "-cp", f"{libs}/*"]
-    _format_storage(config, jvm, properties)
+    _format_storage(config, jvm, properties, home, cluster_id)
     heap = config.stack.kafka_heap
+    argv = [jvm[0], f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", *jvm[1:], "kafka.Kafka", str(properties)]
+    own_address = dataclasses.replace(config.kafka, brokers=str(node.broker))
     return Service(
-        name="kafka",
-        argv=[jvm[0], f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", *jvm[1:], "kafka.Kafka", str(properties)],
+        name=node_name(node, nodes),
+        argv=[*argv_prefix, *argv],
         env={},
         cwd=home,
-        endpoint=str(broker),
-        data_dir=data_dir(config),
+        endpoint=str(node.broker),
+        data_dir=data,
         stop_timeout=config.supervisor.graceful_timeout * 0.8,
-        check=functools.partial(answers, config.kafka),
+        check=functools.partial(answers, own_address, node_id=node.node_id),
     )
 
 
-def _refuse_storage_without_scram(config: Config) -> None:
+def _refuse_storage_without_scram(home: Path) -> None:
     """SCRAM users of a KRaft cluster are created when its storage is formatted (see _format_storage); a
     storage formatted while stack.security was none has none, and its broker would refuse every client."""
-    if (data_dir(config) / "meta.properties").is_file() and not _scram_marker(config).is_file():
+    data = home / "data"
+    if (data / "meta.properties").is_file() and not _scram_marker(home).is_file():
         raise StackError(
-            f"stack.security is tls but the local Kafka storage in {data_dir(config)} was made without it, so it "
-            f"has no SCRAM user; set stack.security: none again, or delete {home_dir(config)} (its messages are "
+            f"stack.security is tls but the local Kafka storage in {data} was made without it, so it "
+            f"has no SCRAM user; set stack.security: none again, or delete {home} (its messages are "
             "lost) to have it made anew with TLS."
         )
 
 
-def _scram_marker(config: Config) -> Path:
-    return home_dir(config) / "scram-user-added"
+def _scram_marker(home: Path) -> Path:
+    return home / "scram-user-added"
 
 
-def _format_storage(config: Config, jvm: list[str], properties: Path) -> None:
-    """KRaft refuses to start on an unformatted log dir: format it once, keeping the cluster id beside it."""
-    data = data_dir(config)
+def _format_storage(config: Config, jvm: list[str], properties: Path, home: Path, cluster_id: str) -> None:
+    """KRaft refuses to start on an unformatted log dir: format it once. Every node of a cluster must be
+    formatted with the same cluster id, or the quorum refuses the odd one out."""
+    data = home / "data"
     if (data / "meta.properties").is_file():
         return
-    id_file = home_dir(config) / "cluster.id"
-    if not id_file.is_file():
-        id_file.write_text(new_cluster_id() + "\n", encoding="utf-8")
-    cluster_id = id_file.read_text(encoding="utf-8").strip()
-    with phase(f"kafka: formatting storage (cluster id {cluster_id})"):
+    with phase(f"kafka: formatting storage in {data} (cluster id {cluster_id})"):
         argv = [
             *jvm,
             "kafka.tools.StorageTool",
@@ -224,23 +246,25 @@ def _format_storage(config: Config, jvm: list[str], properties: Path) -> None:
         secure = config.stack.security == "tls"
         if secure:
             # KRaft keeps SCRAM credentials in its metadata log; the storage tool writes the first one there
-            # (Kafka >= 3.5), before the broker needs it for its own inter-broker login. The password is on
-            # this short-lived command line: token_urlsafe characters need no quoting in its [name=…] syntax.
+            # (Kafka >= 3.5), before the broker needs it for its own inter-broker login; every node gets the
+            # same bootstrap record. The password is on this short-lived command line: token_urlsafe
+            # characters need no quoting in its [name=…] syntax.
             password = StackCredentials(credentials_dir(config.state_path)).kafka_password()
             argv += ["--add-scram", f"{SCRAM_MECHANISM}=[name={USER},password={password}]"]
-        result = subprocess.run(argv, cwd=home_dir(config), capture_output=True, text=True, check=False)
+        result = subprocess.run(argv, cwd=home, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             lines = (result.stdout + result.stderr).strip().splitlines() or ["no output"]
             raise StackError(f"formatting the local Kafka storage in {data} failed: {lines[-1].strip()}.")
         if secure:
-            _scram_marker(config).write_text(f"{USER}\n", encoding="utf-8")
+            _scram_marker(home).write_text(f"{USER}\n", encoding="utf-8")
         else:
-            _scram_marker(config).unlink(missing_ok=True)  # a storage made anew without it (data deleted)
+            _scram_marker(home).unlink(missing_ok=True)  # a storage made anew without it (data deleted)
 
 
-def answers(settings: KafkaConfig, timeout: float = 3.0) -> bool:
-    """True when a broker returns cluster metadata with at least one live broker in it, to a client with
-    streamd's own security settings (so a broker that refuses them does not count as serving)."""
+def answers(settings: KafkaConfig, timeout: float = 3.0, node_id: int | None = None) -> bool:
+    """True when a broker returns cluster metadata with at least one live broker in it (with node `node_id`
+    among them, when given: registered with the quorum), to a client with streamd's own security settings
+    (so a broker that refuses them does not count as serving)."""
     brokers = settings.brokers
     if not any_answers(kafka_endpoints, brokers):
         return False  # nothing listens: skip librdkafka's retries and its connection-refused noise
@@ -254,21 +278,22 @@ def answers(settings: KafkaConfig, timeout: float = 3.0) -> bool:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException:
         return False
-    return bool(metadata.brokers)
+    return bool(metadata.brokers) if node_id is None else node_id in metadata.brokers
 
 
 class KafkaServer:
-    """The local Kafka broker as a `ServerKind`."""
+    """The local Kafka, one node or a cluster, as a `ServerKind`."""
 
     name = "kafka"
     endpoint_key = "kafka.brokers"
-    check_endpoint = staticmethod(broker_endpoint)
-    data_dir = staticmethod(data_dir)
     provision = staticmethod(provision)
-    service = staticmethod(service)
+    services = staticmethod(services)
 
     def address(self, config: Config) -> str:
         return config.kafka.brokers
+
+    def check_endpoints(self, config: Config) -> None:
+        cluster_nodes(config)
 
     def accepts_connections(self, config: Config) -> bool:
         return any_answers(kafka_endpoints, config.kafka.brokers)
@@ -276,12 +301,33 @@ class KafkaServer:
     def answers(self, config: Config) -> bool:
         return answers(config.kafka)
 
-    def preflight(self, config: Config) -> None:
-        if controller_endpoint(config).answers():
-            raise StackError(
-                f"stack.kafka_controller_port {config.stack.kafka_controller_port} is already in use on "
-                f"127.0.0.1; choose a free port for the local KRaft controller."
+    def instances(self, config: Config) -> list[Instance]:
+        whole = Instance(SINGLE_NODE_NAME, config.kafka.brokers, data_dir(config), lambda: answers(config.kafka))
+        if config.stack.kafka_nodes == 1:
+            return [whole]
+        try:
+            nodes = layout(config)
+        except StackError:
+            return [whole]  # a layout the stack would refuse: show the brokers as one, as for a remote cluster
+        return [
+            Instance(
+                node_name(node, nodes),
+                str(node.broker),
+                node_home(config, node, nodes) / "data",
+                functools.partial(answers, dataclasses.replace(config.kafka, brokers=str(node.broker))),
             )
+            for node in nodes
+        ]
+
+    def preflight(self, config: Config) -> None:
+        first = config.stack.kafka_controller_port
+        for node in cluster_nodes(config):
+            if node.controller.answers():
+                which = "stack.kafka_controller_port" if node.node_id == 1 else f"{first} + {node.node_id - 1}"
+                raise StackError(
+                    f"KRaft controller port {node.controller.port} ({which}) is already in use on 127.0.0.1; "
+                    "choose a stack.kafka_controller_port whose ports are free for the local KRaft controllers."
+                )
 
 
 KAFKA = KafkaServer()

@@ -33,6 +33,12 @@ def log_path(config: Config, name: str) -> Path:
     return server_home(config, name) / "server.log"
 
 
+def started_names(config: Config) -> list[str]:
+    """Every server this state dir has a pid file for, whatever the config says now (a Kafka cluster of
+    another size, a kind no longer needed): what `stack down` must look at so nothing is orphaned."""
+    return sorted(path.parent.name for path in stack_dir(config).glob("*/server.pid"))
+
+
 def write_pid(config: Config, name: str, pid: int) -> None:
     path = pid_path(config, name)
     partial = path.with_suffix(".pid.tmp")

@@ -11,7 +11,6 @@ from streamd.stack.service import Service, StackError
 from streamd.stack.store_server import STORE
 
 KINDS: tuple[ServerKind, ...] = (KAFKA, STORE)  # in start order
-SERVICE_NAMES = tuple(kind.name for kind in KINDS)
 
 
 def needed_kinds(config: Config) -> list[ServerKind]:
@@ -22,12 +21,14 @@ def needed_kinds(config: Config) -> list[ServerKind]:
     kinds = []
     for kind in KINDS:
         if config.stack.local is True:
-            kind.check_endpoint(config)  # before probing: whatever answers at a remote address is not ours
+            kind.check_endpoints(config)  # before probing: whatever answers at a remote address is not ours
         if not kind.accepts_connections(config):
-            # Refuse a non-loopback or multi-host address before anything is downloaded or started for it.
-            kind.check_endpoint(config)
+            # Refuse a non-loopback address or a wrong count before anything is downloaded or started for it.
+            kind.check_endpoints(config)
             kinds.append(kind)
-        elif config.stack.local is True and owned_pid(config, kind.name) is None:
+        elif config.stack.local is True and not any(
+            owned_pid(config, instance.name) for instance in kind.instances(config)
+        ):
             key = kind.endpoint_key
             raise StackError(
                 f"stack.local is true but {key} ({kind.address(config)}) is already served by "
@@ -48,8 +49,10 @@ def provision(config: Config) -> None:
 
 
 def services_to_run(config: Config) -> list[Service]:
-    """The local servers to start, prepared (data dirs, Kafka storage formatted); [] when none are needed."""
+    """The local servers to start, prepared (data dirs, Kafka storage formatted); [] when none are needed.
+    All of them are to be launched before waiting for any: a Kafka node is ready only once a majority of
+    its quorum runs."""
     kinds = needed_kinds(config)
     for kind in kinds:
         kind.preflight(config)  # all of them before any is prepared
-    return [kind.service(config) for kind in kinds]
+    return [service for kind in kinds for service in kind.services(config)]

@@ -7,12 +7,14 @@ gets a real server for the consumers and the API; both are single processes boun
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from pymongo import MongoClient
@@ -23,6 +25,7 @@ from streamd.credentials import STACK_STORE_AUTH_SOURCE, USER, StackCredentials,
 from streamd.redaction import masked_uri
 from streamd.stack import tls
 from streamd.stack.endpoint import Endpoint, any_answers, is_srv_uri, mongodb_endpoints
+from streamd.stack.kind import Instance
 from streamd.stack.pidfile import server_data, server_home
 from streamd.stack.provisioning import (
     INSTEAD,
@@ -160,10 +163,15 @@ def _make_writable(tree: Path) -> None:
 
 
 def service(config: Config) -> Service:
-    """The local store, ready to exec: binary provisioned, data directory created."""
-    endpoint = store_endpoint(config)
-    home = home_dir(config)
-    data = data_dir(config)
+    """The local store at the configured loopback address, ready to exec, data under the state dir."""
+    return store_service_at(config, store_endpoint(config), home_dir(config))
+
+
+def store_service_at(config: Config, endpoint: Endpoint, home: Path, argv_prefix: Sequence[str] = ()) -> Service:
+    """The store (mongod when on PATH, else FerretDB) bound to `endpoint`, data under `home`, ready to exec.
+    The address is the caller's choice, unchecked; `argv_prefix` goes before the server's argv (e.g.
+    `ip netns exec <ns>`). Its check asks the store at `endpoint` with mongodb.uri's credentials and options."""
+    data = home / "data"
     data.mkdir(parents=True, exist_ok=True)  # FerretDB's SQLite backend does not create it
     binary = provision(config)
     secure = config.stack.security == "tls"
@@ -201,12 +209,13 @@ def service(config: Config) -> Service:
             # each of those refusals as a multi-line warning.
             "--log-level=ERROR",
         ]
-    check = functools.partial(answers, config.mongodb)
+    settings = dataclasses.replace(config.mongodb, uri=_uri_at(config.mongodb.uri, endpoint))
+    check = functools.partial(answers, settings)
     if binary is None and credentials is not None:
-        check = functools.partial(_mongod_answers_with_user, config.mongodb, credentials)
+        check = functools.partial(_mongod_answers_with_user, settings, credentials)
     return Service(
         name="store",
-        argv=argv,
+        argv=[*argv_prefix, *argv],
         env=_ferretdb_env(credentials) if binary is not None else {},
         cwd=home,
         endpoint=str(endpoint),
@@ -214,6 +223,15 @@ def service(config: Config) -> Service:
         stop_timeout=config.supervisor.graceful_timeout * 0.8,
         check=check,
     )
+
+
+def _uri_at(uri: str, endpoint: Endpoint) -> str:
+    """`uri` with its hosts replaced by `endpoint`: the same user, database and options, asked at one address
+    (a mongodb+srv:// URI becomes a mongodb:// one: the address is given, not looked up)."""
+    rest = uri.split("://", 1)[1] if "://" in uri else uri
+    cut = min((index for index in (rest.find("/"), rest.find("?")) if index >= 0), default=len(rest))
+    userinfo, at, _ = rest[:cut].rpartition("@")
+    return f"mongodb://{userinfo}{at}{endpoint}{rest[cut:]}"
 
 
 def _ferretdb_listener(address: Endpoint, credentials: StackCredentials | None) -> list[str]:
@@ -284,10 +302,16 @@ class StoreServer:
 
     name = "store"
     endpoint_key = "mongodb.uri"
-    check_endpoint = staticmethod(store_endpoint)
-    data_dir = staticmethod(data_dir)
     provision = staticmethod(provision)
-    service = staticmethod(service)
+
+    def check_endpoints(self, config: Config) -> None:
+        store_endpoint(config)
+
+    def services(self, config: Config) -> list[Service]:
+        return [service(config)]
+
+    def instances(self, config: Config) -> list[Instance]:
+        return [Instance(self.name, self.address(config), data_dir(config), lambda: answers(config.mongodb))]
 
     def address(self, config: Config) -> str:
         uri = config.mongodb.uri
