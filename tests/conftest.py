@@ -29,6 +29,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=float(os.environ.get("FAULT_SCALE", "1")),
         help="multiply the message counts of tests/test_faults.py (default 1, or $FAULT_SCALE); e.g. 5 for a soak",
     )
+    parser.addoption(
+        "--scale",
+        type=float,
+        default=float(os.environ.get("SCALEOUT_SCALE", "1")),
+        help="multiply the 100,000 messages of each tests/scaleout scenario (default 1, or $SCALEOUT_SCALE)",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

@@ -47,13 +47,16 @@ def poison_count(count: int) -> int:
 class KnownProducer:
     """Sends messages with ids <run>-000000, <run>-000001… at `rate` per second from a thread, like a client
     application would (idempotent, acks=all, retried by librdkafka until acknowledged), until `limit` are
-    sent or stop() is called; `count` is then how many were sent."""
+    sent or stop() is called; `count` is then how many were sent. `longest_stall` is the longest time
+    between two acknowledgements while some were outstanding: how long a fault held the producer up."""
 
     def __init__(self, settings: Config, run: str, limit: int, rate: float) -> None:
         self.run, self.limit, self.rate = run, limit, rate
         self.count = 0
         self.acked = 0
         self.failed: list[str] = []
+        self.longest_stall = 0.0
+        self._last_progress: float | None = None  # the first send, then the latest acknowledgement
         self.producer = Producer(
             {
                 "bootstrap.servers": settings.kafka.brokers,
@@ -96,11 +99,17 @@ class KnownProducer:
                 except BufferError:
                     self.producer.poll(0.1)
             self.count += 1
+            if self._last_progress is None:
+                self._last_progress = time.monotonic()
         self.producer.flush(120)
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
             self.acked += 1
+            now = time.monotonic()
+            if self._last_progress is not None:
+                self.longest_stall = max(self.longest_stall, now - self._last_progress)
+            self._last_progress = now
         else:
             self.failed.append(f"{message.key().decode()}: {error.str()}")
 

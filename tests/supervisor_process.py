@@ -24,14 +24,17 @@ from .probes import REPO, wait_until
 PIPELINE = ("producer", "consumer-1", "consumer-2", "analyzer", "api")
 
 
-def start_streamd(tmp_path: Path, settings: Config, **sections: dict) -> SupervisorProcess:
-    """`streamd start -c <tmp_path>/config.yaml` as a real process, with `sections` laid over `settings`."""
+def start_streamd(
+    tmp_path: Path, settings: Config, prefix: Sequence[str] = (), **sections: dict
+) -> SupervisorProcess:
+    """`streamd start -c <tmp_path>/config.yaml` as a real process, with `sections` laid over `settings`;
+    `prefix` goes before the command (the scale-out harness runs it inside a host's network namespace)."""
     raw = config_module.to_mapping(settings)
     for section, values in sections.items():
         raw[section] = {**raw[section], **values}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
-    command = [sys.executable, "-m", "streamd", "start", "-c", str(path)]
+    command = [*prefix, sys.executable, "-m", "streamd", "start", "-c", str(path)]
     return SupervisorProcess(path, command, tmp_path / "streamd.log").start()
 
 
