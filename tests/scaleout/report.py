@@ -52,6 +52,15 @@ def write(rows: list[Figures], directory: Path = REPORT_DIR) -> Path:
     return path
 
 
+def write_samples(scenario: str, samples: list, started: float, directory: Path = REPORT_DIR) -> Path:
+    """What the watch saw, second by second, for whoever wants to see where a stall was."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{scenario}.samples.json"
+    rows = [{**asdict(sample), "at": round(sample.at - started, 2)} for sample in samples]
+    path.write_text(json.dumps(rows) + "\n")
+    return path
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "-"

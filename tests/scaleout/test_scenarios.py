@@ -125,6 +125,7 @@ class Scenario:
 
     def load(self, rate: float = RATE) -> None:
         self.producer.rate = self.rate = rate
+        self.started = time.monotonic()
         self.watch.start()
         self.producer.start()
 
@@ -179,6 +180,7 @@ class Scenario:
             catch_up=self.watch.catch_up(fault_over),
         )
         self.figures.append(figures)
+        report.write_samples(self.name, self.watch.samples, self.started)
         return figures
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from streamd.config import Config
 
 SAMPLE_SECONDS = 0.5
+ASK_SECONDS = 2  # per question: a sample that waits on a dead broker must not hide the ones after
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Sample:
     at: float  # time.monotonic()
     committed: dict[int, int]
     ends: dict[int, int]
+    carried: tuple[str, ...] = ()  # what could not be asked this time and is the sample before's
 
     @property
     def waiting(self) -> bool:
@@ -33,8 +35,8 @@ class Sample:
 
 
 class Watch:
-    """Samples every SAMPLE_SECONDS from a thread until stop(); a sample the cluster cannot answer (a broker
-    just died) is skipped, so a fault shows up as time between samples, never as a test error."""
+    """Samples every SAMPLE_SECONDS from a thread until stop(); a fault never makes it fail, only shows in
+    what it sees."""
 
     def __init__(self, settings: Config) -> None:
         self.topic = settings.kafka.topic
@@ -66,13 +68,29 @@ class Watch:
             self.stopping.wait(SAMPLE_SECONDS)
 
     def _take(self) -> Sample | None:
+        """One sample. What the cluster cannot answer now (a dead leader's end offsets, the group's offsets
+        while its coordinator moves) is carried over from the sample before: nothing could be committed
+        then, which is what a stall is. None only until a first full answer came."""
+        last = self.samples[-1] if self.samples else None
+        carried = []
         wanted = [TopicPartition(self.topic, partition) for partition in range(self.partitions)]
         try:
-            committed = {tp.partition: tp.offset for tp in self.reader.committed(wanted, timeout=5)}
-            ends = {tp.partition: self.reader.get_watermark_offsets(tp, timeout=5)[1] for tp in wanted}
+            committed = {tp.partition: tp.offset for tp in self.reader.committed(wanted, timeout=ASK_SECONDS)}
         except KafkaException:
-            return None  # a broker just died or the coordinator moved: the next sample will do
-        sample = Sample(time.monotonic(), committed, ends)
+            if last is None:
+                return None
+            committed = last.committed
+            carried.append("committed")
+        ends = {}
+        for tp in wanted:
+            try:
+                ends[tp.partition] = self.reader.get_watermark_offsets(tp, timeout=ASK_SECONDS)[1]
+            except KafkaException:
+                if last is None:
+                    return None
+                ends[tp.partition] = last.ends[tp.partition]
+                carried.append(f"end {tp.partition}")
+        sample = Sample(time.monotonic(), committed, ends, tuple(carried))
         self.samples.append(sample)
         return sample
 
