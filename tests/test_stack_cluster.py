@@ -260,8 +260,13 @@ def test_topics_streamd_creates_get_three_copies_and_two_in_sync(cluster: Config
     assert ensure_topic(settings, "replicated") is True
 
     admin = AdminClient({"bootstrap.servers": cluster.kafka.brokers})
-    topic = admin.list_topics("replicated", timeout=10).topics["replicated"]
-    assert {len(partition.replicas) for partition in topic.partitions.values()} == {3}
+
+    def replica_counts() -> set[int]:
+        """Copies per partition, once the node asked knows the new topic's partitions (empty before)."""
+        topic = admin.list_topics("replicated", timeout=10).topics["replicated"]
+        return {len(partition.replicas) for partition in topic.partitions.values()}
+
+    assert wait_until(replica_counts, "every node to know the new topic's partitions") == {3}
     configs = wait_until(lambda: topic_configs(admin, "replicated"), "every node to know the new topic")
     assert configs["min.insync.replicas"].value == "2"
     assert configs["retention.ms"].value == "3600000", "kafka.topic_config is applied"

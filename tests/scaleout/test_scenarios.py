@@ -30,7 +30,7 @@ from streamd.config import Config
 from streamd.verify import verify
 
 from ..fault_stack import KnownProducer, poison_count
-from ..probes import all_committed, committed, wait_until
+from ..probes import all_committed, committed, logged, wait_until
 from . import report
 from .apps import StreamdHost, owners
 from .cluster import Cluster
@@ -235,6 +235,7 @@ def test_a_host_cut_off_from_the_brokers_longer_than_the_session_hands_over_and_
     healed = time.monotonic()
     wait_until(lambda: scenario.owned_by(cut, other), timeout=120, what="the healed host back in the group")
     scenario.finish(healed)
+    assert logged(cut.supervisor.messages("consumer-1"), "lost", "session timed out"), "it knew it lost them"
 
 
 def test_a_host_paused_for_a_minute_does_not_commit_over_its_successor(
@@ -259,6 +260,7 @@ def test_a_host_paused_for_a_minute_does_not_commit_over_its_successor(
     # its commits (checked by the watch: no committed offset ever goes back), and it rejoins.
     wait_until(lambda: scenario.owned_by(paused, other), timeout=120, what="the paused host back in the group")
     scenario.finish(resumed)
+    assert logged(paused.supervisor.messages("consumer-1"), "lost", "session timed out"), "it knew it lost them"
 
 
 def test_one_to_three_to_one_hosts_under_load(scenario: Scenario, cluster: Cluster, app_hosts: list[Host]):
