@@ -24,9 +24,7 @@ from .probes import REPO, wait_until
 PIPELINE = ("producer", "consumer-1", "consumer-2", "analyzer", "api")
 
 
-def start_streamd(
-    tmp_path: Path, settings: Config, prefix: Sequence[str] = (), **sections: dict
-) -> SupervisorProcess:
+def start_streamd(tmp_path: Path, settings: Config, prefix: Sequence[str] = (), **sections: dict) -> SupervisorProcess:
     """`streamd start -c <tmp_path>/config.yaml` as a real process, with `sections` laid over `settings`;
     `prefix` goes before the command (the scale-out harness runs it inside a host's network namespace)."""
     raw = config_module.to_mapping(settings)

@@ -32,6 +32,9 @@ class FakeConsumer:
     def assignment(self) -> list[TopicPartition]:
         return []
 
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        pass
+
     def pause(self, partitions: list[TopicPartition]) -> None:
         pass
 

@@ -135,10 +135,14 @@ class PartitionHold:
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)
         log.info("assigned %s", _partition_list(partitions))
+        consumer.incremental_assign(partitions)
         if self.paused:
             # Holding a batch: new partitions wait too, or poll() would hand out their messages.
-            consumer.incremental_assign(partitions)
             consumer.pause(partitions)
+        else:
+            # librdkafka keeps a partition's pause through a revoke or a loss: one that left this member while
+            # it held a batch (resume() only reaches what is assigned) would come back paused, never read again.
+            consumer.resume(partitions)
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -76,7 +77,8 @@ def in_namespace(namespace: str, argv: Sequence[str]) -> None:
 
 
 def sweep_stale() -> list[str]:
-    """Delete the namespaces (and so their veths) of runs whose process is gone; returns their names."""
+    """Kill what still runs in the namespaces of runs whose process is gone (a server outlives a SIGKILLed
+    test), then delete those namespaces, and so their veths; returns their names."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     removed = []
     for line in listing.splitlines():
@@ -85,6 +87,12 @@ def sweep_stale() -> list[str]:
             continue
         owner = name.removeprefix(f"{PREFIX}-").split("-", 1)[0]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, check=False).stdout
+            for pid in pids.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             subprocess.run(["ip", "netns", "del", name], check=False)
             removed.append(name)
     return removed

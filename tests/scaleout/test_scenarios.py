@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,11 +52,19 @@ def network() -> Iterator[Network]:
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(f"the scale-out scenarios build a simulated network and cannot here: {reason}")
+    # A SIGTERM (a CI job timing out, a Ctrl-C in another terminal) becomes an interruption, which pytest
+    # answers by tearing every fixture down: servers stopped, namespaces deleted.
+    previous = signal.signal(signal.SIGTERM, interrupt)
     built = Network().build()
     try:
         yield built
     finally:
         built.tear_down()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="module")
