@@ -46,6 +46,8 @@ PAUSE_SECONDS = 60
 IMPAIRED_SECONDS = 60
 SESSION_TIMEOUT_SECONDS = 10  # the consumers' session.timeout.ms (streamd/kafka.py)
 
+pytestmark = pytest.mark.integration  # real servers of its own: `-m "not integration"` leaves it out
+
 
 @pytest.fixture(scope="module")
 def network() -> Iterator[Network]:
