@@ -64,9 +64,8 @@ class StreamdHost:
         return f"--- {self.host.name}\n{self.supervisor.log_tail(40)}"
 
 
-def owners(settings: Config) -> dict[str, set[int]]:
+def owners(admin: AdminClient, settings: Config) -> dict[str, set[int]]:
     """The members' addresses and the partitions of kafka.topic each holds; {} while nobody can say."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka.brokers, "log_level": 0})
     group = settings.consumer.group
     try:
         description = admin.describe_consumer_groups([group], request_timeout=10)[group].result()

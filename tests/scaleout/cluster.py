@@ -102,6 +102,8 @@ class Cluster:
         store_endpoint = Endpoint(self.store_host.address, STORE_PORT)
         store = store_service_at(self.config, store_endpoint, store_home, argv_prefix=self.store_host.exec_prefix())
         self.store = Server(self.store_host, store, store_home / "server.log")
+        # One client for every question of the tests: polled questions must not open connections each time.
+        self.admin = AdminClient({"bootstrap.servers": brokers, "log_level": 0})
 
     def servers(self) -> list[Server]:
         return [self.store, *self.brokers.values()]
@@ -118,12 +120,10 @@ class Cluster:
         self._wait_ready([broker])
 
     def leader_of(self, topic: str, partition: int = 0) -> int:
-        admin = AdminClient({"bootstrap.servers": self.config.kafka.brokers, "log_level": 0})
-        return admin.list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
+        return self.admin.list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
 
     def live_brokers(self) -> int:
-        admin = AdminClient({"bootstrap.servers": self.config.kafka.brokers, "log_level": 0})
-        return len(admin.list_topics(timeout=10).brokers)
+        return len(self.admin.list_topics(timeout=10).brokers)
 
     def stop(self) -> None:
         for server in self.servers():

@@ -15,8 +15,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from streamd.control import descendants
+
 from ..probes import REPO
-from .network import Host, in_namespace, ip
+from .network import Host, ip
 
 IMPAIRED_TABLE = "77"  # a routing table of the host's own, used only for its locally sent packets
 RULE_PRIORITY = "77"
@@ -74,16 +76,16 @@ def impaired(
         assert line.stdout is not None and line.stdout.readline().strip() == "ready", "the delay line did not start"
         # Forwarding its own packets back out needs forwarding on, and a source address that is the host's
         # own accepted on the TUN side (rp_filter and accept_local), which no default allows.
-        in_namespace(
+        ip(
+            "netns",
+            "exec",
             host.namespace,
-            [
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-                "net.ipv4.conf.all.rp_filter=0",
-                f"net.ipv4.conf.{DEVICE}.rp_filter=0",
-                f"net.ipv4.conf.{DEVICE}.accept_local=1",
-            ],
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            f"net.ipv4.conf.{DEVICE}.rp_filter=0",
+            f"net.ipv4.conf.{DEVICE}.accept_local=1",
         )
         ip("-n", host.namespace, "link", "set", DEVICE, "up")
         for address in targets:
@@ -111,8 +113,6 @@ def cut_off(host: Host, towards: Iterable[Host], seconds: float = 120):
 
 
 def process_tree(pid: int) -> list[int]:
-    from streamd.control import descendants
-
     return [pid, *sorted(descendants(pid))]
 
 

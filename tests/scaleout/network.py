@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +67,6 @@ def ip(*args: str) -> None:
     result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip() or result.returncode}")
-
-
-def in_namespace(namespace: str, argv: Sequence[str]) -> None:
-    result = subprocess.run(["ip", "netns", "exec", namespace, *argv], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} in {namespace}: {result.stderr.strip() or result.returncode}")
 
 
 def sweep_stale() -> list[str]:

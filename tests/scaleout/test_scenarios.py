@@ -31,7 +31,7 @@ from streamd.config import Config
 from streamd.verify import verify
 
 from ..fault_stack import KnownProducer, poison_count
-from ..probes import all_committed, committed, logged, wait_until
+from ..probes import all_committed, logged, wait_until
 from . import report
 from .apps import StreamdHost, owners
 from .cluster import Cluster
@@ -119,8 +119,8 @@ def flow(cluster: Cluster) -> Config:
 class Scenario:
     """One run: hosts started, the load, the watch, and the checks and figures at the end."""
 
-    def __init__(self, name: str, flow: Config, tmp_path: Path, scale: float, figures: list) -> None:
-        self.name, self.flow, self.tmp_path, self.figures = name, flow, tmp_path, figures
+    def __init__(self, name: str, flow: Config, cluster: Cluster, tmp_path: Path, scale: float, figures: list) -> None:
+        self.name, self.flow, self.cluster, self.tmp_path, self.figures = name, flow, cluster, tmp_path, figures
         self.count = int(MESSAGES * scale)
         self.hosts: dict[str, StreamdHost] = {}
         self.watch = Watch(flow)
@@ -134,21 +134,24 @@ class Scenario:
             instance.wait_running()
         return started
 
+    def share(self, *hosts: Host) -> list[StreamdHost]:
+        """These hosts started, and holding the partitions between them."""
+        started = self.start(*hosts)
+        wait_until(lambda: self.owned_by(*started), timeout=60, what="the hosts sharing the partitions")
+        return started
+
     def load(self, rate: float = RATE) -> None:
         self.producer.rate = self.rate = rate
         self.started = time.monotonic()
         self.watch.start()
         self.producer.start()
 
-    def committed_total(self) -> int:
-        try:
-            return sum(committed(self.flow).values())
-        except Exception:  # a broker just died: the coordinator answers again in a moment
-            return 0
-
     def flowing(self, more: int = 5_000, timeout: float = 120) -> None:
-        before = self.committed_total()
-        wait_until(lambda: self.committed_total() >= before + more, timeout=timeout, what=f"{more} more committed")
+        """Wait for the group to commit `more` messages (as the watch sees it: the load must be going)."""
+        before = self.watch.committed_total()
+        wait_until(
+            lambda: self.watch.committed_total() >= before + more, timeout=timeout, what=f"{more} more committed"
+        )
 
     def assert_under_load(self) -> None:
         """The fault comes while the load is still being sent, not after."""
@@ -156,7 +159,7 @@ class Scenario:
 
     def owned_by(self, *instances: StreamdHost) -> bool:
         """Every partition is held, and by exactly these hosts, each holding some."""
-        held = owners(self.flow)
+        held = owners(self.cluster.admin, self.flow)
         everything = set().union(*held.values()) if held else set()
         return set(held) == {i.address for i in instances} and everything == set(range(PARTITIONS))
 
@@ -194,6 +197,15 @@ class Scenario:
         report.write_samples(self.name, self.watch.samples, self.started)
         return figures
 
+    def rejoined(self, returning: StreamdHost, other: StreamdHost, fault_over: float) -> None:
+        """A host that lost its partitions to a fault is back in the group, and knew it had lost them."""
+        wait_until(
+            lambda: self.owned_by(returning, other), timeout=120, what=f"{returning.host.name} back in the group"
+        )
+        self.finish(fault_over)
+        lines = returning.supervisor.messages("consumer-1")
+        assert logged(lines, "lost", "session timed out"), f"{returning.host.name} knew it had lost them"
+
     def close(self) -> None:
         self.producer.stop()
         if self.watch.thread.is_alive():
@@ -203,10 +215,9 @@ class Scenario:
 
 
 @pytest.fixture
-def scenario(request, flow: Config, tmp_path: Path, figures: list) -> Iterator[Scenario]:
-    run = Scenario(
-        request.node.name.removeprefix("test_"), flow, tmp_path, request.config.getoption("--scale"), figures
-    )
+def scenario(request, flow: Config, cluster: Cluster, tmp_path: Path, figures: list) -> Iterator[Scenario]:
+    name, scale = request.node.name.removeprefix("test_"), request.config.getoption("--scale")
+    run = Scenario(name, flow, cluster, tmp_path, scale, figures)
     try:
         yield run
     finally:
@@ -232,8 +243,7 @@ def test_a_broker_killed_while_it_leads_then_restarted(scenario: Scenario, clust
 def test_a_host_cut_off_from_the_brokers_longer_than_the_session_hands_over_and_rejoins(
     scenario: Scenario, cluster: Cluster, app_hosts: list[Host]
 ):
-    cut, other = scenario.start(*app_hosts[:2])
-    wait_until(lambda: scenario.owned_by(cut, other), timeout=60, what="both hosts holding partitions")
+    cut, other = scenario.share(*app_hosts[:2])
     scenario.load()
     scenario.flowing()
     started = time.monotonic()
@@ -243,17 +253,13 @@ def test_a_host_cut_off_from_the_brokers_longer_than_the_session_hands_over_and_
         wait_until(lambda: scenario.owned_by(other), timeout=90, what="the other host holding every partition")
         assert time.monotonic() - started > SESSION_TIMEOUT_SECONDS
         scenario.flowing()
-    healed = time.monotonic()
-    wait_until(lambda: scenario.owned_by(cut, other), timeout=120, what="the healed host back in the group")
-    scenario.finish(healed)
-    assert logged(cut.supervisor.messages("consumer-1"), "lost", "session timed out"), "it knew it lost them"
+    scenario.rejoined(cut, other, fault_over=time.monotonic())
 
 
 def test_a_host_paused_for_a_minute_does_not_commit_over_its_successor(
     scenario: Scenario, cluster: Cluster, app_hosts: list[Host]
 ):
-    paused, other = scenario.start(*app_hosts[:2])
-    wait_until(lambda: scenario.owned_by(paused, other), timeout=60, what="both hosts holding partitions")
+    paused, other = scenario.share(*app_hosts[:2])
     scenario.load()
     scenario.flowing()
     frozen = paused.processes()
@@ -266,12 +272,9 @@ def test_a_host_paused_for_a_minute_does_not_commit_over_its_successor(
         time.sleep(max(0.0, until - time.monotonic()))  # the fault is a pause of this length, not a wait
     finally:
         resume(frozen)
-    resumed = time.monotonic()
     # The zombie wakes up holding a batch and offsets of partitions it lost a minute ago; the group fences
     # its commits (checked by the watch: no committed offset ever goes back), and it rejoins.
-    wait_until(lambda: scenario.owned_by(paused, other), timeout=120, what="the paused host back in the group")
-    scenario.finish(resumed)
-    assert logged(paused.supervisor.messages("consumer-1"), "lost", "session timed out"), "it knew it lost them"
+    scenario.rejoined(paused, other, fault_over=time.monotonic())
 
 
 def test_one_to_three_to_one_hosts_under_load(scenario: Scenario, cluster: Cluster, app_hosts: list[Host]):

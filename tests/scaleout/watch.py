@@ -94,6 +94,11 @@ class Watch:
         self.samples.append(sample)
         return sample
 
+    def committed_total(self) -> int:
+        """What the group had committed by the latest sample (0 before the first): how far the flow got."""
+        latest = self.samples[-1] if self.samples else None
+        return sum(offset for offset in latest.committed.values() if offset >= 0) if latest else 0
+
     def longest_stall(self) -> float:
         """The longest time one partition's committed offset stood still while messages waited in it."""
         longest = 0.0
